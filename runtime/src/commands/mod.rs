@@ -1,0 +1,238 @@
+//! The subcommands.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice::host::http::HostGrant;
+use sluice::limits::{self, Limits};
+use sluice::pipeline::{self, RunRequest};
+use sluice::store::{SqliteStore, Store};
+use sluice::{Runtime, RuntimeOptions};
+
+/// Sluice runs data connectors compiled to WebAssembly components, each in
+/// its own sandbox, into SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// Directory of compiled components (default: $SLUICE_CACHE_DIR, else
+    /// ~/.cache/sluice/components).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components every time instead of using the disk cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Log filter (tracing syntax), e.g. `info` or `warn,guest=debug`.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG",
+        default_value = "warn,guest=info"
+    )]
+    pub log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a connector's spec: name, version, config schema, streams.
+    Spec {
+        /// The connector component (.wasm, or .wat text).
+        component: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a connector whether a config is valid.
+    Check {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+    },
+    /// List the streams a connector offers with a config.
+    Discover {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a connector into a SQLite database.
+    Run {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+        /// The SQLite database (created if missing).
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List past runs recorded in a database.
+    Runs {
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// How many runs, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Config, grants and limits of one connector invocation.
+#[derive(Debug, Args)]
+struct Access {
+    /// The connector's config (a JSON file).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Let the connector reach HOST or HOST:PORT (repeatable). Nothing else
+    /// is reachable.
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    allow_hosts: Vec<HostGrant>,
+    /// Fuel (≈ instructions) for the run [default: 20000000000].
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Linear-memory limit, e.g. 268435456 or 256MiB [default: 256MiB].
+    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
+    memory: Option<u64>,
+    /// Wall-clock deadline in seconds [default: 900].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+}
+
+impl Access {
+    fn limits(&self) -> Result<Limits> {
+        let mut l = Limits::default();
+        if let Some(f) = self.fuel {
+            l.fuel = f;
+        }
+        if let Some(m) = self.memory {
+            l.memory_bytes = m;
+        }
+        if let Some(t) = self.timeout {
+            anyhow::ensure!(
+                t.is_finite() && t > 0.0,
+                "--timeout must be a positive number of seconds"
+            );
+            l.timeout = Duration::from_secs_f64(t);
+        }
+        Ok(l)
+    }
+
+    fn config_text(&self) -> Result<String> {
+        read_config(&self.config)
+    }
+}
+
+fn read_config(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))
+}
+
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime(cli: &Cli) -> Result<Runtime> {
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir
+            .clone()
+            .or_else(RuntimeOptions::default_cache_dir)
+    };
+    Ok(Runtime::new(RuntimeOptions { cache_dir })?)
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Spec { component, json } => {
+            let start = Instant::now();
+            let rt = runtime(&cli)?;
+            let (loaded, spec) = pipeline::spec(&rt, component, &Limits::default()).await?;
+            output::print_spec(&spec, *json)?;
+            tracing::info!(
+                cache = ?loaded.cache,
+                load_ms = loaded.load_time.as_millis() as u64,
+                total_ms = start.elapsed().as_millis() as u64,
+                "spec answered"
+            );
+        }
+        Command::Check { component, access } => {
+            let rt = runtime(&cli)?;
+            let config = access.config_text()?;
+            pipeline::check(
+                &rt,
+                component,
+                &config,
+                &access.allow_hosts,
+                &access.limits()?,
+            )
+            .await?;
+            println!("config ok");
+        }
+        Command::Discover {
+            component,
+            access,
+            json,
+        } => {
+            let rt = runtime(&cli)?;
+            let config = access.config_text()?;
+            let streams = pipeline::discover(
+                &rt,
+                component,
+                &config,
+                &access.allow_hosts,
+                &access.limits()?,
+            )
+            .await?;
+            output::print_streams(&streams, *json)?;
+        }
+        Command::Run {
+            component,
+            access,
+            db,
+            json,
+        } => {
+            let rt = runtime(&cli)?;
+            let req = RunRequest {
+                component: component.clone(),
+                config: access.config_text()?,
+                db: db.clone(),
+                grants: access.allow_hosts.clone(),
+                limits: access.limits()?,
+            };
+            let report = pipeline::run(&rt, &req).await?;
+            output::print_report(&report, *json)?;
+            if !report.succeeded() {
+                eprintln!(
+                    "error: run {} ended {}: {}",
+                    report.record.id,
+                    report.record.status,
+                    report.record.error.as_deref().unwrap_or("(no message)")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Runs { db, limit, json } => {
+            anyhow::ensure!(db.exists(), "database {} does not exist", db.display());
+            let mut store = SqliteStore::open(db)?;
+            let runs = store.list_runs(*limit)?;
+            output::print_runs(&runs, *json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,169 @@
+//! Human and JSON output of the subcommands.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use sluice::bindings::types::{ConnectorSpec, Stream, SyncMode};
+use sluice::pipeline::RunReport;
+use sluice::RunRecord;
+
+fn schema_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+fn modes(s: &Stream) -> Vec<&'static str> {
+    s.sync_modes
+        .iter()
+        .map(|m| match m {
+            SyncMode::FullRefresh => "full_refresh",
+            SyncMode::Incremental => "incremental",
+        })
+        .collect()
+}
+
+fn stream_json(s: &Stream) -> Value {
+    json!({
+        "name": s.name,
+        "json_schema": schema_value(&s.json_schema),
+        "primary_key": s.primary_key,
+        "cursor_field": s.cursor_field,
+        "sync_modes": modes(s),
+    })
+}
+
+fn print_stream_lines(streams: &[Stream]) {
+    for s in streams {
+        let key = if s.primary_key.is_empty() {
+            "(no primary key)".to_string()
+        } else {
+            format!("key ({})", s.primary_key.join(", "))
+        };
+        let cursor = s
+            .cursor_field
+            .as_deref()
+            .map(|c| format!("  cursor {c}"))
+            .unwrap_or_default();
+        println!("  {}  {key}{cursor}  modes {}", s.name, modes(s).join(", "));
+    }
+}
+
+pub fn print_spec(spec: &ConnectorSpec, as_json: bool) -> Result<()> {
+    if as_json {
+        let v = json!({
+            "name": spec.name,
+            "version": spec.version,
+            "description": spec.description,
+            "config_schema": schema_value(&spec.config_schema),
+            "streams": spec.streams.iter().map(stream_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{} {} — {}", spec.name, spec.version, spec.description);
+        println!("streams:");
+        print_stream_lines(&spec.streams);
+    }
+    Ok(())
+}
+
+pub fn print_streams(streams: &[Stream], as_json: bool) -> Result<()> {
+    if as_json {
+        let v: Vec<Value> = streams.iter().map(stream_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_stream_lines(streams);
+    }
+    Ok(())
+}
+
+/// `n` bytes in a human unit.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let r = &report.record;
+    let secs = r.duration_ms.unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "run {}  {} {}  {}",
+        r.id, r.connector, r.connector_version, r.status
+    );
+    println!("  streams:  {}", report.streams.join(", "));
+    println!(
+        "  records:  {} emitted, {} upserted in {} commits",
+        r.records_emitted, r.records_upserted, r.commits
+    );
+    println!(
+        "  http:     {} calls, {} denied, {} failed, {} received",
+        r.http_requests,
+        r.http_denied,
+        report.http_failed,
+        human_bytes(r.http_bytes)
+    );
+    println!(
+        "  sandbox:  {} fuel, {} peak memory, component {} ({} ms)",
+        r.fuel_used,
+        human_bytes(r.peak_memory_bytes),
+        report.component_cache,
+        report.component_load_ms
+    );
+    let rate = if secs > 0.0 {
+        format!(" ({:.0} records/s)", r.records_upserted as f64 / secs)
+    } else {
+        String::new()
+    };
+    println!("  duration: {secs:.3} s{rate}");
+    if report.log_lines_suppressed > 0 {
+        println!(
+            "  log:      {} lines over the cap suppressed",
+            report.log_lines_suppressed
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("  error:    {e}");
+    }
+    Ok(())
+}
+
+pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(runs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<16}  {:<24}  {:<16}  {:>9}  {:>9}  {:>6}  {:>9}",
+        "run", "connector", "started", "status", "emitted", "upserted", "http", "ms"
+    );
+    for r in runs {
+        println!(
+            "{:<36}  {:<16}  {:<24}  {:<16}  {:>9}  {:>9}  {:>6}  {:>9}",
+            r.id,
+            r.connector,
+            r.started_at,
+            r.status.as_str(),
+            r.records_emitted,
+            r.records_upserted,
+            r.http_requests,
+            r.duration_ms
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+        if let Some(e) = &r.error {
+            println!("    error: {e}");
+        }
+    }
+    Ok(())
+}

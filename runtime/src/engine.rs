@@ -1,0 +1,281 @@
+//! One wasmtime [`Engine`] per process, the linker with every host
+//! capability, a compiled-component cache on disk, and `InstancePre`s reused
+//! across runs.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::bindings::SourcePre;
+use crate::host;
+use crate::limits::{EPOCH_TICK, MAX_WASM_STACK_BYTES};
+use crate::sandbox::HostState;
+
+/// Environment variable naming the compiled-component cache directory.
+pub const CACHE_DIR_ENV: &str = "SLUICE_CACHE_DIR";
+
+/// Sub-directory of the user's cache directory used when none is given.
+pub const DEFAULT_CACHE_SUBDIR: &str = "sluice/components";
+
+/// Failures loading or compiling a component.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly component: {reason}")]
+    NotAComponent { path: String, reason: String },
+    #[error("{path} does not compile: {reason}")]
+    Compile { path: String, reason: String },
+    #[error("{path} does not implement the world sluice:connector/source@0.1.0: {reason}")]
+    WrongWorld { path: String, reason: String },
+    #[error("engine setup failed: {0}")]
+    Engine(String),
+}
+
+/// Where a loaded component's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Already loaded in this process (`InstancePre` reused).
+    Memory,
+    /// Deserialised from the on-disk cache.
+    Disk,
+    /// Compiled now (and written to the cache, if enabled).
+    Compiled,
+}
+
+/// A component ready to instantiate.
+pub struct Loaded {
+    pub path: PathBuf,
+    /// SHA-256 of the component bytes, hex.
+    pub hash: String,
+    pub pre: SourcePre<HostState>,
+    pub cache: CacheOutcome,
+    pub load_time: Duration,
+}
+
+/// Options for [`Runtime::new`].
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Compiled-component cache; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RuntimeOptions {
+    /// The cache directory from `SLUICE_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/sluice/components`, else `~/.cache/sluice/components`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
+            return Some(PathBuf::from(dir));
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join(DEFAULT_CACHE_SUBDIR))
+    }
+}
+
+/// The process-wide runtime: engine, linker, caches, epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    /// `engine.precompile_compatibility_hash()` folded to 64 bits: covers the
+    /// wasmtime version and every engine setting that affects compiled code.
+    engine_key: u64,
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> Result<Self, RuntimeError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK_BYTES);
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        link(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        spawn_epoch_ticker(&engine);
+        let engine_key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            h.finish()
+        };
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: options.cache_dir,
+            engine_key,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load the component at `path`: from this process's memory, the disk
+    /// cache, or by compiling it.
+    pub fn load(&self, path: &Path) -> Result<Arc<Loaded>, RuntimeError> {
+        let start = Instant::now();
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        if let Some(l) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+        {
+            return Ok(Arc::new(Loaded {
+                path: path.to_path_buf(),
+                hash,
+                pre: l.pre.clone(),
+                cache: CacheOutcome::Memory,
+                load_time: start.elapsed(),
+            }));
+        }
+        check_header(&bytes).map_err(|reason| RuntimeError::NotAComponent {
+            path: shown.clone(),
+            reason,
+        })?;
+        let (component, cache) = self.compile_cached(&bytes, &hash, &shown)?;
+        let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
+            path: shown.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = SourcePre::new(instance_pre).map_err(wrong_world)?;
+        let loaded = Arc::new(Loaded {
+            path: path.to_path_buf(),
+            hash: hash.clone(),
+            pre,
+            cache,
+            load_time: start.elapsed(),
+        });
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn cache_file(&self, hash: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{hash}-{:016x}.cwasm", self.engine_key)))
+    }
+
+    fn compile_cached(
+        &self,
+        bytes: &[u8],
+        hash: &str,
+        shown: &str,
+    ) -> Result<(Component, CacheOutcome), RuntimeError> {
+        let file = self.cache_file(hash);
+        if let Some(file) = file.as_ref().filter(|f| f.exists()) {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with the same compatibility hash (it is in the file
+            // name), into a cache directory owned by the operator; wasmtime
+            // re-checks the header and refuses incompatible artifacts.
+            match unsafe { Component::deserialize_file(&self.engine, file) } {
+                Ok(c) => return Ok((c, CacheOutcome::Disk)),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cache entry")
+                }
+            }
+        }
+        let compile_err = |e: wasmtime::Error| RuntimeError::Compile {
+            path: shown.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let Some(file) = file else {
+            return Ok((
+                Component::new(&self.engine, bytes).map_err(compile_err)?,
+                CacheOutcome::Compiled,
+            ));
+        };
+        let artifact = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(compile_err)?;
+        if let Err(e) = write_atomically(&file, &artifact) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot write component cache");
+        }
+        // SAFETY: `artifact` was just produced by this engine.
+        let component =
+            unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(compile_err)?;
+        Ok((component, CacheOutcome::Compiled))
+    }
+}
+
+fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        file.file_name().and_then(|n| n.to_str()).unwrap_or("cache"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
+}
+
+/// A component starts with `\0asm` and the component-model version/layer
+/// (`0d 00 01 00`); a core module has version `01 00 00 00`.
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        // Allow the text format (tests, hand-written adversaries).
+        if std::str::from_utf8(bytes).is_ok_and(|t| t.trim_start().starts_with('(')) {
+            return Ok(());
+        }
+        return Err("no WebAssembly header (truncated, or not a .wasm file)".into());
+    }
+    match &bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => Err("it is a core WebAssembly module; connectors must be components \
+             (build for wasm32-unknown-unknown with wasm-component-ld, or run wasm-tools component new)"
+            .into()),
+        v => Err(format!("unsupported WebAssembly version/layer {v:02x?}")),
+    }
+}
+
+fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    host::add_types_to_linker(linker)?;
+    host::http::add_to_linker(linker, |s| &mut s.http)?;
+    host::state::add_to_linker(linker, |s| &mut s.state)?;
+    host::sink::add_to_linker(linker, |s| &mut s.sink)?;
+    host::log::add_to_linker(linker, |s| &mut s.log)?;
+    Ok(())
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawn epoch ticker");
+}

@@ -1,0 +1,77 @@
+//! The `log` capability: guest log lines into `tracing`, tagged with the run
+//! id and connector, truncated and capped per run.
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::{log, types::Level};
+use crate::limits::MAX_LOG_MESSAGE_BYTES;
+
+/// Per-run state of the `log` capability.
+#[derive(Debug)]
+pub struct LogCtx {
+    pub run_id: String,
+    pub connector: String,
+    pub max_lines: u64,
+    /// Lines written.
+    pub lines: u64,
+    /// Lines over the cap, counted and not written.
+    pub suppressed: u64,
+}
+
+impl LogCtx {
+    pub fn new(run_id: &str, connector: &str, max_lines: u64) -> Self {
+        LogCtx {
+            run_id: run_id.to_string(),
+            connector: connector.to_string(),
+            max_lines,
+            lines: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+/// `message` cut to at most `max` bytes on a char boundary.
+pub(crate) fn truncate(message: &str, max: usize) -> &str {
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+impl log::Host for LogCtx {
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if self.lines >= self.max_lines {
+            self.suppressed += 1;
+            return Ok(());
+        }
+        self.lines += 1;
+        let msg = truncate(&message, MAX_LOG_MESSAGE_BYTES);
+        let (run, conn) = (self.run_id.as_str(), self.connector.as_str());
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "guest", run_id = run, connector = conn, "{msg}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "guest", run_id = run, connector = conn, "{msg}")
+            }
+            Level::Info => tracing::info!(target: "guest", run_id = run, connector = conn, "{msg}"),
+            Level::Warn => tracing::warn!(target: "guest", run_id = run, connector = conn, "{msg}"),
+            Level::Error => {
+                tracing::error!(target: "guest", run_id = run, connector = conn, "{msg}")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Link the `log` interface, reaching each store's [`LogCtx`] through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut LogCtx,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get)
+}

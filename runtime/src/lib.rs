@@ -1,0 +1,24 @@
+//! # Sluice runtime
+//!
+//! The host side of Sluice: a wasmtime engine that runs connector
+//! components (world `sluice:connector/source@0.1.0`, see `wit/`) in
+//! per-run sandboxes with fuel, memory and deadline limits; host
+//! capabilities (`http`, `state`, `sink`, `log`); the SQLite store; and the
+//! pipeline that ties them into runs. The `sluice` binary is a thin CLI over
+//! [`pipeline`].
+//!
+//! Layering: `pipeline` → `sandbox`/`engine` → `host` → `store`. Nothing
+//! below imports anything above.
+
+pub mod bindings;
+pub mod engine;
+pub mod host;
+pub mod limits;
+pub mod pipeline;
+pub mod sandbox;
+pub mod store;
+
+pub use engine::{Runtime, RuntimeError, RuntimeOptions};
+pub use limits::Limits;
+pub use pipeline::{PipelineError, RunReport, RunRequest};
+pub use store::{RunRecord, RunStatus};

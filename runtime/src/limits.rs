@@ -1,0 +1,129 @@
+//! Every per-run limit and default, as a named constant, and the [`Limits`]
+//! an operator can override per run (CLI flags `--fuel`, `--memory`,
+//! `--timeout`, …).
+
+use std::time::Duration;
+
+/// Fuel (≈ WebAssembly instructions) one run may spend across `spec`,
+/// `discover` and `read`. Bounds CPU deterministically.
+pub const DEFAULT_FUEL: u64 = 20_000_000_000;
+
+/// Linear memory, in bytes, all of a run's memories may grow to together.
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Wall-clock deadline of one run, covering guest execution *and* time spent
+/// waiting in host calls (HTTP, commits).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How often the epoch ticker advances the engine's epoch; the granularity
+/// of wall-clock interruption of a running guest.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Timeout of one outbound HTTP request (connect + response).
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeout for establishing one outbound connection.
+pub const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest response body a guest may receive, in bytes.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Outbound HTTP requests one run may make.
+pub const DEFAULT_MAX_HTTP_REQUESTS: u64 = 100_000;
+
+/// Redirect hops followed for one request (each re-checked against grants).
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Bytes of records emitted but not yet committed a run may hold. A
+/// connector must `state.commit` (or finish) before reaching it.
+pub const DEFAULT_MAX_UNCOMMITTED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Largest single state value, in bytes.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 1024 * 1024;
+
+/// Log lines a run may write; later lines are counted, not written.
+pub const DEFAULT_MAX_LOG_LINES: u64 = 10_000;
+
+/// Longest log message kept; longer ones are truncated.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 4096;
+
+/// Table elements a run may grow its tables to.
+pub const DEFAULT_MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Core instances one component may create.
+pub const DEFAULT_MAX_INSTANCES: usize = 100;
+
+/// Tables and memories one component may create.
+pub const DEFAULT_MAX_TABLES: usize = 100;
+pub const DEFAULT_MAX_MEMORIES: usize = 16;
+
+/// Native stack the guest may use, in bytes (wasmtime's `max_wasm_stack`).
+pub const MAX_WASM_STACK_BYTES: usize = 1024 * 1024;
+
+/// Batches in flight between the sandboxes and a database's writer thread
+/// (back-pressure on `sink.emit`).
+pub const WRITER_CHANNEL_CAPACITY: usize = 64;
+
+/// Operator-tunable limits of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub http_timeout: Duration,
+    pub max_response_bytes: u64,
+    pub max_http_requests: u64,
+    pub max_uncommitted_bytes: u64,
+    pub max_state_bytes: u64,
+    pub max_log_lines: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: DEFAULT_FUEL,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            http_timeout: DEFAULT_HTTP_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_http_requests: DEFAULT_MAX_HTTP_REQUESTS,
+            max_uncommitted_bytes: DEFAULT_MAX_UNCOMMITTED_BYTES,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            max_log_lines: DEFAULT_MAX_LOG_LINES,
+        }
+    }
+}
+
+/// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also `K`, `M`,
+/// `G`, `KB`, `MB`, `GB`, all binary multiples).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte size (e.g. 67108864 or 64MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown byte unit {other:?} in {text:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("2g").unwrap(), 2 << 30);
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+}

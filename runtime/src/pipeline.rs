@@ -1,0 +1,339 @@
+//! The pipeline: resolve a connector, its config, grants and limits, drive
+//! one sandbox through `spec` → `discover` → `read`, and record the run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::bindings::types::{self, ConfiguredStream, SyncMode};
+use crate::engine::{CacheOutcome, Loaded, Runtime, RuntimeError};
+use crate::host::http::{HostGrant, HttpStats};
+use crate::host::{RunChannel, RunCounters};
+use crate::limits::Limits;
+use crate::sandbox::{GuestError, Sandbox};
+use crate::store::{
+    now_rfc3339, RunRecord, RunStatus, SqliteStore, StoreError, StreamTable, WriterHandle,
+};
+
+/// Failures before a run can be recorded, or of the store under it.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+}
+
+/// Parse and check the operator's config text: it must be a JSON object.
+pub fn check_config_json(config: &str) -> Result<(), PipelineError> {
+    match serde_json::from_str::<serde_json::Value>(config) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(PipelineError::Config(
+            "the config must be a JSON object".into(),
+        )),
+        Err(e) => Err(PipelineError::Config(format!(
+            "the config is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// A new run id: UUID v7 (time-ordered).
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// `spec` of the component at `path`.
+pub async fn spec(
+    runtime: &Runtime,
+    path: &Path,
+    limits: &Limits,
+) -> Result<(Arc<Loaded>, types::ConnectorSpec), PipelineError> {
+    let loaded = runtime.load(path)?;
+    let mut sandbox = Sandbox::new(runtime, &loaded, &new_run_id(), "?", &[], limits).await?;
+    let spec = sandbox.spec().await?;
+    Ok((loaded, spec))
+}
+
+/// `check` of the component at `path` with `config`.
+pub async fn check(
+    runtime: &Runtime,
+    path: &Path,
+    config: &str,
+    grants: &[HostGrant],
+    limits: &Limits,
+) -> Result<(), PipelineError> {
+    check_config_json(config)?;
+    let loaded = runtime.load(path)?;
+    let mut sandbox = Sandbox::new(runtime, &loaded, &new_run_id(), "?", grants, limits).await?;
+    let spec = sandbox.spec().await?;
+    sandbox.set_connector(&spec.name);
+    Ok(sandbox.check(config).await?)
+}
+
+/// `discover` of the component at `path` with `config`.
+pub async fn discover(
+    runtime: &Runtime,
+    path: &Path,
+    config: &str,
+    grants: &[HostGrant],
+    limits: &Limits,
+) -> Result<Vec<types::Stream>, PipelineError> {
+    check_config_json(config)?;
+    let loaded = runtime.load(path)?;
+    let mut sandbox = Sandbox::new(runtime, &loaded, &new_run_id(), "?", grants, limits).await?;
+    let spec = sandbox.spec().await?;
+    sandbox.set_connector(&spec.name);
+    Ok(sandbox.discover(config).await?)
+}
+
+/// What `run` needs.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub component: PathBuf,
+    /// The connector's config, JSON text.
+    pub config: String,
+    pub db: PathBuf,
+    pub grants: Vec<HostGrant>,
+    pub limits: Limits,
+}
+
+/// How a run went: its history row plus details for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    #[serde(flatten)]
+    pub record: RunRecord,
+    pub streams: Vec<String>,
+    pub http_failed: u64,
+    pub log_lines_suppressed: u64,
+    pub component_cache: &'static str,
+    pub component_load_ms: u64,
+}
+
+impl RunReport {
+    pub fn succeeded(&self) -> bool {
+        self.record.status == RunStatus::Succeeded
+    }
+}
+
+/// A run that ended badly, with its status.
+struct Failure {
+    status: RunStatus,
+    message: String,
+}
+
+impl From<GuestError> for Failure {
+    fn from(e: GuestError) -> Self {
+        Failure {
+            status: e.status(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure {
+            status: RunStatus::StoreError,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Run a connector into the database: the whole `sluice run`.
+pub async fn run(runtime: &Runtime, req: &RunRequest) -> Result<RunReport, PipelineError> {
+    check_config_json(&req.config)?;
+    let loaded = runtime.load(&req.component)?;
+    let handle = WriterHandle::spawn(Box::new(SqliteStore::open(&req.db)?));
+    let result = run_with_writer(runtime, &loaded, req, &handle).await;
+    handle.close().await;
+    result
+}
+
+async fn run_with_writer(
+    runtime: &Runtime,
+    loaded: &Loaded,
+    req: &RunRequest,
+    handle: &WriterHandle,
+) -> Result<RunReport, PipelineError> {
+    let writer = &handle.writer;
+    let run_id = new_run_id();
+    let started = Instant::now();
+    let mut sandbox = Sandbox::new(runtime, loaded, &run_id, "?", &req.grants, &req.limits).await?;
+    let spec = sandbox.spec().await?;
+    sandbox.set_connector(&spec.name);
+
+    let mut record = RunRecord {
+        id: run_id.clone(),
+        connector: spec.name.clone(),
+        connector_version: spec.version.clone(),
+        component_hash: loaded.hash.clone(),
+        started_at: now_rfc3339(),
+        ended_at: None,
+        duration_ms: None,
+        status: RunStatus::Running,
+        records_emitted: 0,
+        records_upserted: 0,
+        commits: 0,
+        http_requests: 0,
+        http_denied: 0,
+        http_bytes: 0,
+        fuel_used: 0,
+        peak_memory_bytes: 0,
+        error: None,
+    };
+    let inserted = record.clone();
+    writer.call(move |s| s.insert_run(&inserted)).await??;
+
+    let channel: Arc<Mutex<Option<Arc<RunChannel>>>> = Arc::default();
+    let mut streams = Vec::new();
+    let outcome = drive(
+        &mut sandbox,
+        &spec,
+        req,
+        writer,
+        &run_id,
+        &channel,
+        &mut streams,
+    )
+    .await;
+
+    let counters = channel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .map(|c| c.counters())
+        .unwrap_or_default();
+    if outcome.is_err() {
+        // Nothing after the last commit is written.
+        writer.discard(Arc::from(run_id.as_str())).await?;
+    }
+    let host = sandbox.host();
+    let http: HttpStats = host.http.stats;
+    let log_suppressed = host.log.suppressed;
+    let peak_memory = host.limiter.peak_memory;
+    let fuel_used = sandbox.fuel_used();
+    drop(sandbox);
+
+    let (status, error) = match outcome {
+        Ok(()) => (RunStatus::Succeeded, None),
+        Err(f) => (f.status, Some(f.message)),
+    };
+    fill(
+        &mut record,
+        status,
+        error,
+        &counters,
+        &http,
+        fuel_used,
+        peak_memory,
+        started,
+    );
+    let updated = record.clone();
+    writer.call(move |s| s.update_run(&updated)).await??;
+    Ok(RunReport {
+        record,
+        streams,
+        http_failed: http.failed,
+        log_lines_suppressed: log_suppressed,
+        component_cache: match loaded.cache {
+            CacheOutcome::Memory => "memory",
+            CacheOutcome::Disk => "disk",
+            CacheOutcome::Compiled => "compiled",
+        },
+        component_load_ms: loaded.load_time.as_millis() as u64,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    record: &mut RunRecord,
+    status: RunStatus,
+    error: Option<String>,
+    c: &RunCounters,
+    http: &HttpStats,
+    fuel_used: u64,
+    peak_memory: u64,
+    started: Instant,
+) {
+    record.status = status;
+    record.error = error;
+    record.ended_at = Some(now_rfc3339());
+    record.duration_ms = Some(started.elapsed().as_millis() as u64);
+    record.records_emitted = c.emitted;
+    record.records_upserted = c.upserted;
+    record.commits = c.commits;
+    record.http_requests = http.requests;
+    record.http_denied = http.denied;
+    record.http_bytes = http.bytes_received;
+    record.fuel_used = fuel_used;
+    record.peak_memory_bytes = peak_memory;
+}
+
+async fn drive(
+    sandbox: &mut Sandbox,
+    spec: &types::ConnectorSpec,
+    req: &RunRequest,
+    writer: &crate::store::Writer,
+    run_id: &str,
+    channel_slot: &Mutex<Option<Arc<RunChannel>>>,
+    stream_names: &mut Vec<String>,
+) -> Result<(), Failure> {
+    let discovered = sandbox.discover(&req.config).await?;
+    let mut tables = HashMap::new();
+    let mut configured = Vec::new();
+    for s in &discovered {
+        let table =
+            StreamTable::from_spec(&s.name, &s.json_schema, &s.primary_key).map_err(|e| {
+                Failure {
+                    status: RunStatus::Failed,
+                    message: format!("connector {} declared an invalid stream: {e}", spec.name),
+                }
+            })?;
+        if tables.insert(s.name.clone(), Arc::new(table)).is_some() {
+            return Err(Failure {
+                status: RunStatus::Failed,
+                message: format!("connector {} declared stream {:?} twice", spec.name, s.name),
+            });
+        }
+        let sync_mode = if s.sync_modes.contains(&SyncMode::Incremental) {
+            SyncMode::Incremental
+        } else {
+            SyncMode::FullRefresh
+        };
+        configured.push(ConfiguredStream {
+            name: s.name.clone(),
+            sync_mode,
+        });
+        stream_names.push(s.name.clone());
+    }
+    for table in tables.values() {
+        let t = table.clone();
+        writer.call(move |s| s.ensure_table(&t)).await??;
+    }
+    let channel = Arc::new(RunChannel {
+        run_id: Arc::from(run_id),
+        connector: Arc::from(spec.name.as_str()),
+        writer: writer.clone(),
+        tables,
+        max_uncommitted_bytes: req.limits.max_uncommitted_bytes,
+        max_state_bytes: req.limits.max_state_bytes,
+        counters: Mutex::default(),
+    });
+    *channel_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
+    sandbox.attach_run(channel.clone());
+    sandbox.read(&req.config, &configured).await?;
+    // Records emitted after the connector's last commit become durable now,
+    // under the state it last committed (replays are idempotent upserts).
+    channel.commit(None).await.map_err(|e| Failure {
+        status: RunStatus::StoreError,
+        message: e.to_string(),
+    })?;
+    Ok(())
+}

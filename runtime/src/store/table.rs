@@ -1,0 +1,230 @@
+//! A stream's destination table: columns from the top-level `properties` of
+//! its JSON Schema, the primary key, and turning one JSON record into a row.
+
+use rusqlite::types::Value as SqlValue;
+use serde_json::Value;
+
+use super::StoreError;
+
+/// Columns every stream table has besides the declared properties.
+pub const META_COLUMNS: [&str; 3] = ["_record", "_run_id", "_synced_at"];
+
+/// Longest stream (table) name.
+pub const MAX_STREAM_NAME_LEN: usize = 64;
+
+/// SQLite storage class chosen from a property's JSON Schema `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Integer,
+    Real,
+    Boolean,
+    Text,
+    /// Objects, arrays and untyped values, stored as JSON text.
+    Json,
+}
+
+impl ColumnKind {
+    fn from_schema(prop: &Value) -> Self {
+        let ty = match prop.get("type") {
+            Some(Value::String(t)) => Some(t.as_str()),
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null"),
+            _ => None,
+        };
+        match ty {
+            Some("integer") => ColumnKind::Integer,
+            Some("number") => ColumnKind::Real,
+            Some("boolean") => ColumnKind::Boolean,
+            Some("string") => ColumnKind::Text,
+            _ => ColumnKind::Json,
+        }
+    }
+
+    pub fn sql_type(self) -> &'static str {
+        match self {
+            ColumnKind::Integer | ColumnKind::Boolean => "INTEGER",
+            ColumnKind::Real => "REAL",
+            ColumnKind::Text | ColumnKind::Json => "TEXT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub kind: ColumnKind,
+}
+
+/// A stream's table and how its records map onto it.
+#[derive(Debug, Clone)]
+pub struct StreamTable {
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indices into `columns`.
+    pub primary_key: Vec<usize>,
+}
+
+/// One record ready to write: a value per column, then the raw JSON.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub values: Vec<SqlValue>,
+    pub raw: String,
+}
+
+/// `name` quoted as an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn valid_stream_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= MAX_STREAM_NAME_LEN
+}
+
+impl StreamTable {
+    /// The table of a stream declared with `json_schema` and `primary_key`.
+    pub fn from_spec(
+        name: &str,
+        json_schema: &str,
+        primary_key: &[String],
+    ) -> Result<Self, StoreError> {
+        let invalid = |reason: String| StoreError::InvalidStream {
+            stream: name.to_string(),
+            reason,
+        };
+        if !valid_stream_name(name) {
+            return Err(invalid(format!(
+                "stream names must match [A-Za-z][A-Za-z0-9_]* and be at most {MAX_STREAM_NAME_LEN} bytes"
+            )));
+        }
+        let schema: Value = serde_json::from_str(json_schema)
+            .map_err(|e| invalid(format!("JSON Schema is not valid JSON: {e}")))?;
+        let props = match schema.get("properties") {
+            Some(Value::Object(p)) => p,
+            Some(_) => return Err(invalid("schema `properties` is not an object".into())),
+            None => return Err(invalid("schema declares no top-level `properties`".into())),
+        };
+        let mut columns = Vec::with_capacity(props.len());
+        for (prop, def) in props {
+            if META_COLUMNS.contains(&prop.as_str()) {
+                return Err(invalid(format!(
+                    "property {prop:?} collides with a column Sluice adds"
+                )));
+            }
+            if prop.is_empty() {
+                return Err(invalid("empty property name".into()));
+            }
+            columns.push(Column {
+                name: prop.clone(),
+                kind: ColumnKind::from_schema(def),
+            });
+        }
+        let mut pk = Vec::with_capacity(primary_key.len());
+        for field in primary_key {
+            let idx = columns
+                .iter()
+                .position(|c| &c.name == field)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "primary-key field {field:?} is not a declared property"
+                    ))
+                })?;
+            if pk.contains(&idx) {
+                return Err(invalid(format!(
+                    "primary-key field {field:?} is listed twice"
+                )));
+            }
+            pk.push(idx);
+        }
+        Ok(StreamTable {
+            name: name.to_string(),
+            columns,
+            primary_key: pk,
+        })
+    }
+
+    /// Turn one JSON record (text) into a row, or say why it cannot be one.
+    pub fn row(&self, raw: String) -> Result<Row, String> {
+        let value: Value =
+            serde_json::from_str(&raw).map_err(|e| format!("not valid JSON: {e}"))?;
+        let Value::Object(mut obj) = value else {
+            return Err("not a JSON object".into());
+        };
+        let mut values = Vec::with_capacity(self.columns.len());
+        for col in &self.columns {
+            values.push(match obj.remove(&col.name) {
+                None | Some(Value::Null) => SqlValue::Null,
+                Some(v) => to_sql(col.kind, v),
+            });
+        }
+        for &i in &self.primary_key {
+            if values[i] == SqlValue::Null {
+                return Err(format!(
+                    "primary-key field {:?} is missing or null",
+                    self.columns[i].name
+                ));
+            }
+        }
+        Ok(Row { values, raw })
+    }
+}
+
+fn to_sql(kind: ColumnKind, v: Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(b.into()),
+        Value::Number(n) => match (kind, n.as_i64()) {
+            (ColumnKind::Real, _) => n.as_f64().map_or(SqlValue::Null, SqlValue::Real),
+            (_, Some(i)) => SqlValue::Integer(i),
+            (_, None) => n.as_f64().map_or(SqlValue::Null, SqlValue::Real),
+        },
+        Value::String(s) => SqlValue::Text(s),
+        other @ (Value::Array(_) | Value::Object(_)) => SqlValue::Text(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> StreamTable {
+        StreamTable::from_spec(
+            "t",
+            r#"{"type":"object","properties":{"id":{"type":"integer"},"x":{"type":["number","null"]},"tags":{"type":"array"}}}"#,
+            &["id".to_string()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn maps_records_to_rows() {
+        let t = table();
+        let row = t
+            .row(r#"{"id":7,"x":1,"tags":["a"],"extra":true}"#.into())
+            .unwrap();
+        // Columns are ordered by name: id, tags, x.
+        assert_eq!(
+            row.values,
+            vec![
+                SqlValue::Integer(7),
+                SqlValue::Text("[\"a\"]".into()),
+                SqlValue::Real(1.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records_and_streams() {
+        let t = table();
+        assert!(t.row("[1]".into()).unwrap_err().contains("object"));
+        assert!(t.row("{".into()).unwrap_err().contains("JSON"));
+        assert!(t
+            .row(r#"{"x":1}"#.into())
+            .unwrap_err()
+            .contains("primary-key"));
+        assert!(StreamTable::from_spec("1bad", "{}", &[]).is_err());
+        assert!(StreamTable::from_spec("t", r#"{"properties":{"a":{}}}"#, &["b".into()]).is_err());
+        assert!(StreamTable::from_spec("t", r#"{"properties":{"_record":{}}}"#, &[]).is_err());
+    }
+}

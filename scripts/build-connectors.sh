@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Build the example connectors to WebAssembly components with Debian's
+# rustc-web (build-std; see shared DESIGN §5). Installs the guest toolchain
+# first if it is missing. Output: connectors/target/wasm32-unknown-unknown/release/*.wasm
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+"$here/scripts/setup-guest-toolchain.sh"
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
+# rustup's cargo would shadow Debian's; call Debian's by path.
+cd "$here/connectors"
+/usr/bin/cargo build --release "$@"
+ls -l target/wasm32-unknown-unknown/release/*.wasm

@@ -1,0 +1,116 @@
+//! Outbound HTTP through the host. Only hosts the operator granted are
+//! reachable; a denial comes back as [`Error::Host`].
+
+use serde::de::DeserializeOwned;
+
+use crate::bindings::sluice::connector::http as wit;
+use crate::Error;
+
+/// Bytes of a non-success response body quoted in an [`Error::Upstream`].
+pub const ERROR_BODY_SNIPPET: usize = 300;
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body decoded as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::Upstream(format!("response is not the expected JSON: {e}")))
+    }
+
+    /// `Err(Error::Upstream)` unless the status is 2xx.
+    pub fn error_for_status(self) -> Result<Self, Error> {
+        if (200..300).contains(&self.status) {
+            return Ok(self);
+        }
+        let end = self.body.len().min(ERROR_BODY_SNIPPET);
+        Err(Error::Upstream(format!(
+            "HTTP {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body[..end])
+        )))
+    }
+}
+
+/// A request being built.
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: wit::Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+}
+
+impl Request {
+    pub fn get(url: impl Into<String>) -> Self {
+        Request {
+            method: wit::Method::Get,
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn post(url: impl Into<String>, body: Vec<u8>) -> Self {
+        Request {
+            method: wit::Method::Post,
+            url: url.into(),
+            headers: Vec::new(),
+            body: Some(body),
+        }
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Send through the host.
+    pub fn send(self) -> Result<Response, Error> {
+        let req = wit::Request {
+            method: self.method,
+            url: self.url,
+            headers: self.headers,
+            body: self.body,
+        };
+        match wit::send(&req) {
+            Ok(r) => Ok(Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            }),
+            Err(e) => Err(Error::Host(http_error_text(&req.url, e))),
+        }
+    }
+}
+
+fn http_error_text(url: &str, e: wit::HttpError) -> String {
+    match e {
+        wit::HttpError::Denied(why) => format!("request to {url} denied: {why}"),
+        wit::HttpError::InvalidRequest(why) => format!("invalid request to {url}: {why}"),
+        wit::HttpError::Timeout => format!("request to {url} timed out"),
+        wit::HttpError::Connect(why) => format!("cannot connect to {url}: {why}"),
+        wit::HttpError::TooLarge(n) => format!("response from {url} over {n} bytes"),
+        wit::HttpError::BudgetExhausted => "HTTP request budget of this run is spent".to_string(),
+        wit::HttpError::Other(why) => format!("request to {url} failed: {why}"),
+    }
+}
+
+/// GET `url` and decode a 2xx JSON body.
+pub fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, Error> {
+    Request::get(url).send()?.error_for_status()?.json()
+}
