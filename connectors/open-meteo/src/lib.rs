@@ -2,9 +2,13 @@
 //! (`/v1/forecast?latitude=…&longitude=…&hourly=…`).
 //!
 //! One stream, `hourly_weather`, keyed by (`location`, `time`), incremental
-//! on `time`: the state holds, per location, the latest hour already synced,
-//! and the next run asks the API for hours from there on (`start_hour` /
-//! `end_hour`), re-reading that one hour so an updated value replaces it.
+//! on `time`. Each run asks for the upstream's window (`past_days` before
+//! its today, `forecast_days` from it). Hours before the upstream's today
+//! are final; from today on they are forecasts that change. So the cursor
+//! kept per location is the start of the upstream's today: the next run
+//! emits only hours at or after it (refreshing forecasts by upsert), and if
+//! the window has moved past the cursor (the connector was not run for a
+//! while) it backfills the gap with `start_hour`/`end_hour` first.
 
 use std::collections::BTreeMap;
 
@@ -61,7 +65,7 @@ fn default_past_days() -> u32 {
     DEFAULT_PAST_DAYS
 }
 
-/// The per-location cursor: latest `time` synced.
+/// Per location, the first hour not yet final upstream (the cursor).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     cursors: BTreeMap<String, String>,
@@ -135,17 +139,25 @@ fn validate(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// `hour` (`YYYY-MM-DDTHH:MM`) plus `days` days, same format.
-fn add_days(hour: &str, days: u32) -> Result<String, Error> {
-    let bad = || Error::Internal(format!("state cursor {hour:?} is not an ISO hour"));
-    let (date, rest) = hour.split_once('T').ok_or_else(bad)?;
+/// `YYYY-MM-DDTHH:MM` as hours since the Unix epoch.
+fn parse_hour(text: &str) -> Result<i64, Error> {
+    let bad = || Error::Upstream(format!("{text:?} is not an ISO 8601 hour"));
+    let (date, time) = text.split_once('T').ok_or_else(bad)?;
     let mut parts = date.split('-').map(|p| p.parse::<i64>());
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d)), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
-    let z = days_from_civil(y, m, d) + i64::from(days);
-    let (y, m, d) = civil_from_days(z);
-    Ok(format!("{y:04}-{m:02}-{d:02}T{rest}"))
+    let hour: i64 = time.get(..2).and_then(|h| h.parse().ok()).ok_or_else(bad)?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(0..24).contains(&hour) {
+        return Err(bad());
+    }
+    Ok(days_from_civil(y, m, d) * 24 + hour)
+}
+
+/// Hours since the Unix epoch as `YYYY-MM-DDTHH:MM`.
+fn format_hour(h: i64) -> String {
+    let (y, m, d) = civil_from_days(h.div_euclid(24));
+    format!("{y:04}-{m:02}-{d:02}T{:02}:00", h.rem_euclid(24))
 }
 
 // Howard Hinnant's civil-date algorithms (proleptic Gregorian).
@@ -235,59 +247,76 @@ impl Connector for OpenMeteo {
         let base = config.base_url.trim_end_matches('/');
         let hourly = config.hourly.join(",");
         for loc in &config.locations {
-            let mut url = format!(
+            let url = format!(
                 "{base}/v1/forecast?latitude={}&longitude={}&hourly={hourly}&timezone=GMT",
                 loc.latitude, loc.longitude
             );
-            match state.cursors.get(&loc.name) {
-                Some(cursor) => {
-                    let end = add_days(cursor, config.forecast_days.max(1))?;
-                    url.push_str(&format!("&start_hour={cursor}&end_hour={end}"));
-                }
-                None => url.push_str(&format!(
-                    "&past_days={}&forecast_days={}",
-                    config.past_days, config.forecast_days
-                )),
+            let window_url = format!("{url}&past_days={}&forecast_days={}", config.past_days, config.forecast_days);
+            log::info(&format!("fetching {} ({window_url})", loc.name));
+            let window: Forecast = sluice_sdk::http::get_json(&window_url)?;
+            let times = hour_list(&window)?;
+            let Some(&window_start) = times.first() else {
+                continue;
+            };
+            let today = window_start + 24 * i64::from(config.past_days);
+            let cursor = state.cursors.get(&loc.name).map(|c| parse_hour(c)).transpose()?;
+            if let Some(cursor) = cursor.filter(|c| *c < window_start) {
+                // The window moved past the cursor: fill the gap first.
+                let gap_url = format!(
+                    "{url}&start_hour={}&end_hour={}",
+                    format_hour(cursor),
+                    format_hour(window_start - 1)
+                );
+                log::info(&format!("backfilling {} ({gap_url})", loc.name));
+                let gap: Forecast = sluice_sdk::http::get_json(&gap_url)?;
+                emit_hours(reader, config, &loc.name, &gap, cursor)?;
             }
-            log::info(&format!("fetching {} ({url})", loc.name));
-            let forecast: Forecast = sluice_sdk::http::get_json(&url)?;
-            let times = forecast
-                .hourly
-                .get("time")
-                .and_then(Value::as_array)
-                .ok_or_else(|| Error::Upstream("response has no hourly.time array".into()))?;
-            let mut latest: Option<&str> = None;
-            for (i, t) in times.iter().enumerate() {
-                let t = t
-                    .as_str()
-                    .ok_or_else(|| Error::Upstream(format!("hourly.time[{i}] is not a string")))?;
-                let mut rec = serde_json::Map::new();
-                rec.insert("location".into(), Value::String(loc.name.clone()));
-                rec.insert("latitude".into(), json!(forecast.latitude));
-                rec.insert("longitude".into(), json!(forecast.longitude));
-                rec.insert("time".into(), Value::String(t.to_string()));
-                for v in &config.hourly {
-                    let value = forecast
-                        .hourly
-                        .get(v)
-                        .and_then(|a| a.get(i))
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                    rec.insert(v.clone(), value);
-                }
-                reader.emit(STREAM, &rec)?;
-                if latest.is_none_or(|l| t > l) {
-                    latest = Some(t);
-                }
-            }
-            if let Some(latest) = latest {
-                state.cursors.insert(loc.name.clone(), latest.to_string());
-            }
-            // One location's page and its cursor become durable together.
+            emit_hours(reader, config, &loc.name, &window, cursor.unwrap_or(i64::MIN))?;
+            let next = cursor.map_or(today, |c| c.max(today));
+            state.cursors.insert(loc.name.clone(), format_hour(next));
+            // One location's records and its cursor become durable together.
             reader.commit(STREAM, &state)?;
         }
         Ok(())
     }
+}
+
+/// The response's `hourly.time` as hours since epoch.
+fn hour_list(f: &Forecast) -> Result<Vec<i64>, Error> {
+    let times = f
+        .hourly
+        .get("time")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Upstream("response has no hourly.time array".into()))?;
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.as_str()
+                .ok_or_else(|| Error::Upstream(format!("hourly.time[{i}] is not a string")))
+                .and_then(parse_hour)
+        })
+        .collect()
+}
+
+/// Emit the hours of `f` at or after `from`.
+fn emit_hours(reader: &mut Reader, config: &Config, location: &str, f: &Forecast, from: i64) -> Result<(), Error> {
+    for (i, h) in hour_list(f)?.into_iter().enumerate() {
+        if h < from {
+            continue;
+        }
+        let mut rec = serde_json::Map::new();
+        rec.insert("location".into(), Value::String(location.to_string()));
+        rec.insert("latitude".into(), json!(f.latitude));
+        rec.insert("longitude".into(), json!(f.longitude));
+        rec.insert("time".into(), Value::String(format_hour(h)));
+        for v in &config.hourly {
+            let value = f.hourly.get(v).and_then(|a| a.get(i)).cloned().unwrap_or(Value::Null);
+            rec.insert(v.clone(), value);
+        }
+        reader.emit(STREAM, &rec)?;
+    }
+    Ok(())
 }
 
 sluice_sdk::export_connector!(OpenMeteo);
@@ -297,9 +326,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn add_days_crosses_months_and_years() {
-        assert_eq!(add_days("2026-12-30T05:00", 3).unwrap(), "2027-01-02T05:00");
-        assert_eq!(add_days("2024-02-28T00:00", 1).unwrap(), "2024-02-29T00:00");
-        assert!(add_days("garbage", 1).is_err());
+    fn hours_round_trip_across_months_and_leap_days() {
+        for text in ["2026-12-31T23:00", "2024-02-29T05:00", "1970-01-01T00:00"] {
+            assert_eq!(format_hour(parse_hour(text).unwrap()), text);
+        }
+        assert_eq!(format_hour(parse_hour("2026-12-31T23:00").unwrap() + 1), "2027-01-01T00:00");
+        assert!(parse_hour("garbage").is_err());
+        assert!(parse_hour("2026-13-01T00:00").is_err());
     }
 }
