@@ -189,15 +189,21 @@ impl Runtime {
         shown: &str,
     ) -> Result<(Component, CacheOutcome), RuntimeError> {
         let file = self.cache_file(hash);
-        if let Some(file) = file.as_ref().filter(|f| f.exists()) {
-            // SAFETY: the file was written by `precompile_component` of an
-            // engine with the same compatibility hash (it is in the file
-            // name), into a cache directory owned by the operator; wasmtime
-            // re-checks the header and refuses incompatible artifacts.
-            match unsafe { Component::deserialize_file(&self.engine, file) } {
-                Ok(c) => return Ok((c, CacheOutcome::Disk)),
-                Err(e) => {
-                    tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cache entry")
+        if let Some(file) = file.as_ref() {
+            // Read the entry into memory rather than mapping it: a file that
+            // another process truncates or rewrites in place can then never
+            // fault under us.
+            if let Ok(artifact) = std::fs::read(file) {
+                // SAFETY: the entry was written by `precompile_component` of
+                // an engine with the same compatibility hash (it is in the
+                // file name), into a cache directory the operator owns;
+                // wasmtime re-checks the header and refuses artifacts that
+                // are not its own or are incompatible.
+                match unsafe { Component::deserialize(&self.engine, &artifact) } {
+                    Ok(c) => return Ok((c, CacheOutcome::Disk)),
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cache entry")
+                    }
                 }
             }
         }
@@ -237,21 +243,27 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, file)
 }
 
+const CORE_MODULE: &str = "it is a core WebAssembly module; connectors must be components \
+    (build for wasm32-unknown-unknown with wasm-component-ld, or run wasm-tools component new)";
+
 /// A component starts with `\0asm` and the component-model version/layer
 /// (`0d 00 01 00`); a core module has version `01 00 00 00`.
 fn check_header(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        // Allow the text format (tests, hand-written adversaries).
-        if std::str::from_utf8(bytes).is_ok_and(|t| t.trim_start().starts_with('(')) {
-            return Ok(());
+        // The text format (tests, hand-written adversaries).
+        if let Some(text) = std::str::from_utf8(bytes).ok().map(str::trim_start) {
+            if text.starts_with("(component") {
+                return Ok(());
+            }
+            if text.starts_with("(module") {
+                return Err(CORE_MODULE.into());
+            }
         }
         return Err("no WebAssembly header (truncated, or not a .wasm file)".into());
     }
     match &bytes[4..8] {
         [0x0d, 0x00, 0x01, 0x00] => Ok(()),
-        [0x01, 0x00, 0x00, 0x00] => Err("it is a core WebAssembly module; connectors must be components \
-             (build for wasm32-unknown-unknown with wasm-component-ld, or run wasm-tools component new)"
-            .into()),
+        [0x01, 0x00, 0x00, 0x00] => Err(CORE_MODULE.into()),
         v => Err(format!("unsupported WebAssembly version/layer {v:02x?}")),
     }
 }

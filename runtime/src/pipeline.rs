@@ -130,9 +130,12 @@ struct Failure {
 
 impl From<GuestError> for Failure {
     fn from(e: GuestError) -> Self {
-        Failure {
-            status: e.status(),
-            message: e.to_string(),
+        match e {
+            GuestError::Stopped { status, message } => Failure { status, message },
+            GuestError::Connector(_) => Failure {
+                status: RunStatus::Failed,
+                message: e.to_string(),
+            },
         }
     }
 }

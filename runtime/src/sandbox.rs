@@ -271,11 +271,13 @@ impl Sandbox {
     pub async fn check(&mut self, config: &str) -> Result<(), GuestError> {
         let fut = self.source.call_check(&mut self.store, config);
         finish(tokio::time::timeout_at(self.deadline.into(), fut).await)
+            .map_err(|e| self.explain(e))
     }
 
     pub async fn discover(&mut self, config: &str) -> Result<Vec<types::Stream>, GuestError> {
         let fut = self.source.call_discover(&mut self.store, config);
         finish(tokio::time::timeout_at(self.deadline.into(), fut).await)
+            .map_err(|e| self.explain(e))
     }
 
     pub async fn read(
@@ -285,6 +287,7 @@ impl Sandbox {
     ) -> Result<types::ReadSummary, GuestError> {
         let fut = self.source.call_read(&mut self.store, config, streams);
         finish(tokio::time::timeout_at(self.deadline.into(), fut).await)
+            .map_err(|e| self.explain(e))
     }
 }
 
@@ -292,6 +295,26 @@ fn deadline_error() -> GuestError {
     GuestError::Stopped {
         status: RunStatus::Deadline,
         message: "the run's wall-clock deadline passed (while the guest waited on the host)".into(),
+    }
+}
+
+impl Sandbox {
+    /// Add the guest's last error log line (e.g. the panic message the SDK
+    /// logs) to a trap's message.
+    fn explain(&self, e: GuestError) -> GuestError {
+        match (e, &self.store.data().log.last_error) {
+            (
+                GuestError::Stopped {
+                    status: RunStatus::Trapped,
+                    message,
+                },
+                Some(last),
+            ) => GuestError::Stopped {
+                status: RunStatus::Trapped,
+                message: format!("{message} (guest's last error log: {last})"),
+            },
+            (e, _) => e,
+        }
     }
 }
 

@@ -16,6 +16,9 @@ pub struct LogCtx {
     pub lines: u64,
     /// Lines over the cap, counted and not written.
     pub suppressed: u64,
+    /// The last error-level line (e.g. a panic message the SDK logged just
+    /// before trapping), quoted in the run's error.
+    pub last_error: Option<String>,
 }
 
 impl LogCtx {
@@ -26,6 +29,7 @@ impl LogCtx {
             max_lines,
             lines: 0,
             suppressed: 0,
+            last_error: None,
         }
     }
 }
@@ -44,6 +48,9 @@ pub(crate) fn truncate(message: &str, max: usize) -> &str {
 
 impl log::Host for LogCtx {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if level == Level::Error {
+            self.last_error = Some(truncate(&message, MAX_LOG_MESSAGE_BYTES).to_string());
+        }
         if self.lines >= self.max_lines {
             self.suppressed += 1;
             return Ok(());

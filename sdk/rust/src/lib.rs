@@ -360,11 +360,23 @@ pub trait Connector {
 pub mod __private {
     use super::*;
 
+    /// Log a panic's message at error level before the guest traps, so the
+    /// host can report it (wasm32-unknown-unknown has no stderr).
+    fn install_panic_hook() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                crate::log::error(&format!("panic: {info}").replace('\n', " "));
+            }));
+        });
+    }
+
     fn parse<C: Connector>(config: &str) -> Result<C::Config, Error> {
         serde_json::from_str(config).map_err(|e| Error::Config(e.to_string()))
     }
 
     pub fn spec<C: Connector>() -> types::ConnectorSpec {
+        install_panic_hook();
         let s = C::spec();
         types::ConnectorSpec {
             name: s.name,
@@ -376,6 +388,7 @@ pub mod __private {
     }
 
     pub fn check<C: Connector>(config: String) -> Result<(), types::ConnectorError> {
+        install_panic_hook();
         let cfg = parse::<C>(&config)?;
         C::check(&cfg).map_err(Into::into)
     }
@@ -383,6 +396,7 @@ pub mod __private {
     pub fn discover<C: Connector>(
         config: String,
     ) -> Result<Vec<types::Stream>, types::ConnectorError> {
+        install_panic_hook();
         let cfg = parse::<C>(&config)?;
         Ok(C::discover(&cfg)?
             .into_iter()
@@ -394,6 +408,7 @@ pub mod __private {
         config: String,
         streams: Vec<types::ConfiguredStream>,
     ) -> Result<types::ReadSummary, types::ConnectorError> {
+        install_panic_hook();
         let cfg = parse::<C>(&config)?;
         let streams = streams
             .into_iter()
@@ -412,39 +427,55 @@ pub mod __private {
 }
 
 /// Export a [`Connector`] implementation as the component's `source` world.
+///
+/// The exports exist only on `wasm32` targets: natively (e.g. `cargo test`
+/// of a connector's pure functions) the world's export names, such as
+/// `read`, would clash with the C library's symbols.
 #[macro_export]
 macro_rules! export_connector {
     ($connector:ty) => {
-        struct __SluiceExport;
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __SluiceExport;
 
-        impl $crate::bindings::Guest for __SluiceExport {
-            fn spec() -> $crate::bindings::sluice::connector::types::ConnectorSpec {
-                $crate::__private::spec::<$connector>()
+            impl $crate::bindings::Guest for __SluiceExport {
+                fn spec() -> $crate::bindings::sluice::connector::types::ConnectorSpec {
+                    $crate::__private::spec::<$connector>()
+                }
+                fn check(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), $crate::bindings::sluice::connector::types::ConnectorError> {
+                    $crate::__private::check::<$connector>(config)
+                }
+                fn discover(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::bindings::sluice::connector::types::Stream>,
+                    $crate::bindings::sluice::connector::types::ConnectorError,
+                > {
+                    $crate::__private::discover::<$connector>(config)
+                }
+                fn read(
+                    config: ::std::string::String,
+                    streams: ::std::vec::Vec<$crate::bindings::sluice::connector::types::ConfiguredStream>,
+                ) -> ::std::result::Result<
+                    $crate::bindings::sluice::connector::types::ReadSummary,
+                    $crate::bindings::sluice::connector::types::ConnectorError,
+                > {
+                    $crate::__private::read::<$connector>(config, streams)
+                }
             }
-            fn check(
-                config: ::std::string::String,
-            ) -> ::std::result::Result<(), $crate::bindings::sluice::connector::types::ConnectorError> {
-                $crate::__private::check::<$connector>(config)
-            }
-            fn discover(
-                config: ::std::string::String,
-            ) -> ::std::result::Result<
-                ::std::vec::Vec<$crate::bindings::sluice::connector::types::Stream>,
-                $crate::bindings::sluice::connector::types::ConnectorError,
-            > {
-                $crate::__private::discover::<$connector>(config)
-            }
-            fn read(
-                config: ::std::string::String,
-                streams: ::std::vec::Vec<$crate::bindings::sluice::connector::types::ConfiguredStream>,
-            ) -> ::std::result::Result<
-                $crate::bindings::sluice::connector::types::ReadSummary,
-                $crate::bindings::sluice::connector::types::ConnectorError,
-            > {
-                $crate::__private::read::<$connector>(config, streams)
-            }
-        }
 
-        $crate::bindings::export!(__SluiceExport with_types_in $crate::bindings);
+            $crate::bindings::export!(__SluiceExport with_types_in $crate::bindings);
+        };
+
+        // Natively, still reference the connector so it counts as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = $crate::__private::spec::<$connector>;
+            let _ = $crate::__private::check::<$connector>;
+            let _ = $crate::__private::discover::<$connector>;
+            let _ = $crate::__private::read::<$connector>;
+        };
     };
 }

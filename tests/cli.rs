@@ -1,0 +1,576 @@
+//! End-to-end tests through the `sluice` binary: the open-meteo connector
+//! against the loopback fixture, limits that trip, denials, bad components.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{count, db, guest, runs, sluice, Scratch};
+use sluice_fixture::open_meteo::{self, parse_hour, DEFAULT_NOW};
+use sluice_fixture::Running;
+
+fn start_open_meteo() -> (Running, open_meteo::Shared) {
+    let (router, state) = open_meteo::router(DEFAULT_NOW);
+    (Running::start(router, 0).unwrap(), state)
+}
+
+fn open_meteo_config(s: &Scratch, fx: &Running) -> std::path::PathBuf {
+    s.write(
+        "config.json",
+        format!(
+            r#"{{"base_url": "{}", "locations": [
+                {{"name": "berlin", "latitude": 52.52, "longitude": 13.41}},
+                {{"name": "lisbon", "latitude": 38.72, "longitude": -9.14}}],
+              "past_days": 1, "forecast_days": 7}}"#,
+            fx.base_url()
+        ),
+    )
+}
+
+fn run_open_meteo(s: &Scratch, fx: &Running, config: &std::path::Path) -> common::Out {
+    let grant = format!("127.0.0.1:{}", fx.addr.port());
+    let db = s.path("sluice.db");
+    let out = sluice([
+        "run".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--allow-host".as_ref(),
+        grant.as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(out.ok, "run failed: {out:?}");
+    out
+}
+
+fn report(out: &common::Out) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+}
+
+/// Every row's values equal what the fixture serves for its (location, hour).
+fn assert_values_match_fixture(conn: &rusqlite::Connection) {
+    let mut stmt = conn
+        .prepare(
+            "SELECT location, latitude, longitude, time, temperature_2m, relative_humidity_2m, \
+             precipitation, wind_speed_10m, _record, _run_id FROM hourly_weather",
+        )
+        .unwrap();
+    let mut n = 0;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, f64>(1)?,
+                r.get::<_, f64>(2)?,
+                r.get::<_, String>(3)?,
+                [
+                    r.get::<_, f64>(4)?,
+                    r.get::<_, f64>(5)?,
+                    r.get::<_, f64>(6)?,
+                    r.get::<_, f64>(7)?,
+                ],
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        })
+        .unwrap();
+    for row in rows {
+        let (loc, lat, lon, time, vals, record, run_id) = row.unwrap();
+        let expected_lat = if loc == "berlin" { 52.52 } else { 38.72 };
+        assert_eq!(lat, expected_lat, "{loc}");
+        let h = parse_hour(&time).unwrap_or_else(|| panic!("bad time {time}"));
+        for (var, got) in [
+            "temperature_2m",
+            "relative_humidity_2m",
+            "precipitation",
+            "wind_speed_10m",
+        ]
+        .iter()
+        .zip(vals)
+        {
+            assert_eq!(
+                got,
+                open_meteo::value(var, lat, lon, h).unwrap(),
+                "{var} at {loc} {time}"
+            );
+        }
+        let rec: serde_json::Value = serde_json::from_str(&record).unwrap();
+        assert_eq!(rec["time"], time.as_str());
+        assert!(!run_id.is_empty());
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+#[test]
+fn open_meteo_lands_in_sqlite_and_a_second_run_is_idempotent() {
+    let s = Scratch::new();
+    let (fx, state) = start_open_meteo();
+    let config = open_meteo_config(&s, &fx);
+
+    let first = report(&run_open_meteo(&s, &fx, &config));
+    assert_eq!(first["status"], "succeeded");
+    // 1 past day + 7 forecast days, 24 hours each, 2 locations.
+    assert_eq!(first["records_upserted"], 2 * 8 * 24);
+    assert_eq!(first["http_requests"], 2);
+    assert!(first["fuel_used"].as_u64().unwrap() > 0);
+
+    let conn = db(&s.path("sluice.db"));
+    let cols: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('hourly_weather') ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        cols,
+        [
+            "_record",
+            "_run_id",
+            "_synced_at",
+            "latitude",
+            "location",
+            "longitude",
+            "precipitation",
+            "relative_humidity_2m",
+            "temperature_2m",
+            "time",
+            "wind_speed_10m"
+        ]
+    );
+    assert_eq!(count(&conn, "SELECT count(*) FROM hourly_weather"), 384);
+    assert_values_match_fixture(&conn);
+
+    // Second run, upstream unchanged: it resumes from the committed cursor
+    // (emits only the not-yet-final hours) and the table is unchanged in size.
+    let second = report(&run_open_meteo(&s, &fx, &config));
+    assert_eq!(second["status"], "succeeded");
+    assert_eq!(second["records_emitted"], 2 * 7 * 24, "resumed from state");
+    assert_eq!(count(&conn, "SELECT count(*) FROM hourly_weather"), 384);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM (SELECT DISTINCT location, time FROM hourly_weather)"
+        ),
+        384
+    );
+    let cursor: String = conn
+        .query_row(
+            "SELECT value FROM _sluice_state WHERE connector = 'open-meteo' AND stream = 'hourly_weather'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        cursor,
+        r#"{"cursors":{"berlin":"2026-11-22T00:00","lisbon":"2026-11-22T00:00"}}"#
+    );
+    assert_values_match_fixture(&conn);
+    assert_eq!(state.lock().unwrap().requests.len(), 4);
+
+    let history = runs(&conn);
+    assert_eq!(history.len(), 2);
+    assert!(history
+        .iter()
+        .all(|r| r.0 == "succeeded" && r.3 == 2 && r.4 == 0));
+}
+
+#[test]
+fn open_meteo_picks_up_new_hours_and_backfills_gaps() {
+    let s = Scratch::new();
+    let (fx, state) = start_open_meteo();
+    let config = open_meteo_config(&s, &fx);
+    run_open_meteo(&s, &fx, &config);
+
+    // A day later upstream: one new forecast day per location.
+    state.lock().unwrap().now += 24;
+    let r = report(&run_open_meteo(&s, &fx, &config));
+    assert_eq!(r["http_requests"], 2);
+    let conn = db(&s.path("sluice.db"));
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM hourly_weather"),
+        384 + 48
+    );
+
+    // Four more days: the window has moved past the cursor, so the
+    // connector backfills the gap with start_hour/end_hour.
+    state.lock().unwrap().now += 4 * 24;
+    let r = report(&run_open_meteo(&s, &fx, &config));
+    assert_eq!(r["http_requests"], 4);
+    let requests = state.lock().unwrap().requests.clone();
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|q| q.contains("start_hour=2026-11-23T00:00"))
+            .count(),
+        2
+    );
+    // No hour is missing between the first and the last.
+    let (first, last): (String, String) = conn
+        .query_row("SELECT min(time), max(time) FROM hourly_weather", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let hours = parse_hour(&last).unwrap() - parse_hour(&first).unwrap() + 1;
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM hourly_weather"),
+        2 * hours
+    );
+    assert_values_match_fixture(&conn);
+}
+
+fn misbehave(s: &Scratch, config: &str, extra: &[&str]) -> common::Out {
+    let cfg = s.write("misbehave.json", config);
+    let db = s.path("sluice.db");
+    let mut args = vec![
+        "run".to_string(),
+        guest("misbehave").display().to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+        "--db".into(),
+        db.display().to_string(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    sluice(args)
+}
+
+/// The run failed with `status`, and only the committed rows are stored.
+fn assert_failed_with(
+    s: &Scratch,
+    out: &common::Out,
+    status: &str,
+    committed: i64,
+) -> serde_json::Value {
+    assert!(!out.ok, "run should fail: {out:?}");
+    let r = report(out);
+    assert_eq!(r["status"], status, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("ended {status}")),
+        "{}",
+        out.stderr
+    );
+    let conn = db(&s.path("sluice.db"));
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM items"),
+        committed,
+        "rows past the last commit leaked"
+    );
+    assert_eq!(
+        count(
+            &conn,
+            &format!("SELECT count(*) FROM items WHERE id >= {committed}")
+        ),
+        0
+    );
+    let history = runs(&conn);
+    assert_eq!(history.last().unwrap().0, status);
+    assert_eq!(history.last().unwrap().2, committed);
+    r
+}
+
+#[test]
+fn a_guest_that_loops_forever_runs_out_of_fuel() {
+    let s = Scratch::new();
+    let start = Instant::now();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "loop", "committed": 50, "uncommitted": 7}"#,
+        &["--fuel", "500000000"],
+    );
+    let r = assert_failed_with(&s, &out, "fuel_exhausted", 50);
+    assert!(r["fuel_used"].as_u64().unwrap() >= 500_000_000);
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_guest_that_loops_forever_hits_the_deadline() {
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "loop", "committed": 20, "uncommitted": 3}"#,
+        &["--timeout", "0.5"],
+    );
+    let r = assert_failed_with(&s, &out, "deadline", 20);
+    assert!(r["duration_ms"].as_u64().unwrap() < 10_000);
+}
+
+#[test]
+fn the_deadline_covers_time_spent_waiting_on_the_host() {
+    // An upstream that accepts and then says nothing for 20 s.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            std::thread::sleep(Duration::from_secs(20));
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let s = Scratch::new();
+    let start = Instant::now();
+    let out = misbehave(
+        &s,
+        &format!(
+            r#"{{"behaviour": "http", "committed": 5, "url": "http://127.0.0.1:{port}/slow"}}"#
+        ),
+        &[
+            "--timeout",
+            "1",
+            "--allow-host",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    assert_failed_with(&s, &out, "deadline", 5);
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "deadline did not cut the host wait"
+    );
+}
+
+#[test]
+fn a_guest_that_grows_memory_without_bound_hits_the_memory_limit() {
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "grow", "committed": 10, "uncommitted": 10}"#,
+        &["--memory", "32MiB"],
+    );
+    let r = assert_failed_with(&s, &out, "memory_limit", 10);
+    assert!(r["error"].as_str().unwrap().contains("33554432"));
+    assert!(r["peak_memory_bytes"].as_u64().unwrap() <= 32 << 20);
+}
+
+#[test]
+fn a_panicking_guest_traps_and_keeps_what_it_committed() {
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "panic", "committed": 30, "uncommitted": 30}"#,
+        &[],
+    );
+    let r = assert_failed_with(&s, &out, "trapped", 30);
+    assert!(
+        r["error"].as_str().unwrap().contains("deliberate panic"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_connector_error_fails_the_run_cleanly() {
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "error", "committed": 4, "uncommitted": 4}"#,
+        &[],
+    );
+    let r = assert_failed_with(&s, &out, "failed", 4);
+    assert!(r["error"]
+        .as_str()
+        .unwrap()
+        .contains("deliberate connector error"));
+}
+
+#[test]
+fn a_host_that_was_not_granted_is_denied_inside_the_guest_and_recorded() {
+    let s = Scratch::new();
+    // A listener that must never see a connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let out = misbehave(
+        &s,
+        &format!(r#"{{"behaviour": "http", "committed": 3, "url": "http://127.0.0.1:{port}/"}}"#),
+        &["--allow-host", "127.0.0.1:1"],
+    );
+    let r = assert_failed_with(&s, &out, "failed", 3);
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("denied") && err.contains("not granted"),
+        "{err}"
+    );
+    assert_eq!(r["http_denied"], 1);
+    assert_eq!(r["http_requests"], 0);
+    let history = runs(&db(&s.path("sluice.db")));
+    assert_eq!(
+        history.last().unwrap().4,
+        1,
+        "denial counted in the run record"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the denied host saw a connection"
+    );
+}
+
+#[test]
+fn a_failed_run_leaves_earlier_data_untouched() {
+    let s = Scratch::new();
+    let (fx, _state) = start_open_meteo();
+    let config = open_meteo_config(&s, &fx);
+    run_open_meteo(&s, &fx, &config);
+    let conn = db(&s.path("sluice.db"));
+    let snapshot = |c: &rusqlite::Connection| -> String {
+        c.query_row(
+            "SELECT group_concat(location || time || _record, '|') FROM (SELECT * FROM hourly_weather ORDER BY location, time)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let before = snapshot(&conn);
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "panic", "committed": 0, "uncommitted": 100}"#,
+        &[],
+    );
+    assert!(!out.ok);
+    assert_eq!(snapshot(&conn), before);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items"), 0);
+}
+
+#[test]
+fn bad_components_get_a_clear_error_and_a_non_zero_exit() {
+    let s = Scratch::new();
+    let real = std::fs::read(guest("open_meteo")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage.wasm",
+            b"this is not wasm at all".to_vec(),
+            "not a WebAssembly component",
+        ),
+        ("empty.wasm", Vec::new(), "not a WebAssembly component"),
+        (
+            "truncated.wasm",
+            real[..real.len() / 2].to_vec(),
+            "does not compile",
+        ),
+        (
+            "core.wat",
+            b"(module (func (export \"spec\")))".to_vec(),
+            "core WebAssembly module",
+        ),
+        (
+            "empty-component.wat",
+            b"(component)".to_vec(),
+            "does not implement the world",
+        ),
+        (
+            "other-world.wat",
+            b"(component (import \"wasi:cli/environment@0.2.0\" (instance)))".to_vec(),
+            "does not implement the world",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = s.write(name, &bytes);
+        let out = sluice(["spec".as_ref(), path.as_os_str()]);
+        assert!(!out.ok, "{name}: should fail");
+        assert_eq!(out.code, Some(1), "{name}");
+        assert!(out.stderr.contains(expected), "{name}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{name}: one line: {}",
+            out.stderr
+        );
+    }
+    let out = sluice(["spec", "/no/such/component.wasm"]);
+    assert!(!out.ok && out.stderr.contains("cannot read component"));
+}
+
+#[test]
+fn bad_config_gets_a_clear_error_and_stores_nothing() {
+    let s = Scratch::new();
+    let cfg = s.write("bad.json", "{not json");
+    let db_path = s.path("sluice.db");
+    let out = sluice([
+        "run".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--db".as_ref(),
+        db_path.as_os_str(),
+    ]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    // The connector's own check rejects a config without locations.
+    let cfg = s.write("nolocations.json", r#"{"locations": []}"#);
+    let out = sluice([
+        "check".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("at least one location"),
+        "{}",
+        out.stderr
+    );
+    let cfg = s.write("typo.json", r#"{"locatoins": []}"#);
+    let out = sluice([
+        "check".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ]);
+    assert!(
+        !out.ok && out.stderr.contains("unknown field"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn spec_discover_and_runs_print_json() {
+    let s = Scratch::new();
+    let out = sluice([
+        "spec".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(out.ok, "{out:?}");
+    let spec: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(spec["name"], "open-meteo");
+    assert_eq!(
+        spec["streams"][0]["primary_key"],
+        serde_json::json!(["location", "time"])
+    );
+
+    let cfg = s.write(
+        "c.json",
+        r#"{"locations": [{"name": "x", "latitude": 1, "longitude": 2}], "hourly": ["cloud_cover"]}"#,
+    );
+    let out = sluice([
+        "discover".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(out.ok, "{out:?}");
+    let streams: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let props = streams[0]["json_schema"]["properties"].as_object().unwrap();
+    assert!(props.contains_key("cloud_cover") && !props.contains_key("temperature_2m"));
+
+    let out = misbehave(&s, r#"{"behaviour": "ok", "committed": 2}"#, &[]);
+    assert!(out.ok, "{out:?}");
+    let db_path = s.path("sluice.db");
+    let out = sluice([
+        "runs".as_ref(),
+        "--db".as_ref(),
+        db_path.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let history: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(history[0]["status"], "succeeded");
+    assert_eq!(history[0]["records_upserted"], 2);
+    let out = sluice(["runs".as_ref(), "--db".as_ref(), db_path.as_os_str()]);
+    assert!(out.ok && out.stdout.contains("misbehave"), "{out:?}");
+}
