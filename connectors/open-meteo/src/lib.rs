@@ -144,7 +144,9 @@ fn parse_hour(text: &str) -> Result<i64, Error> {
     let bad = || Error::Upstream(format!("{text:?} is not an ISO 8601 hour"));
     let (date, time) = text.split_once('T').ok_or_else(bad)?;
     let mut parts = date.split('-').map(|p| p.parse::<i64>());
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d)), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad());
     };
     let hour: i64 = time.get(..2).and_then(|h| h.parse().ok()).ok_or_else(bad)?;
@@ -251,7 +253,10 @@ impl Connector for OpenMeteo {
                 "{base}/v1/forecast?latitude={}&longitude={}&hourly={hourly}&timezone=GMT",
                 loc.latitude, loc.longitude
             );
-            let window_url = format!("{url}&past_days={}&forecast_days={}", config.past_days, config.forecast_days);
+            let window_url = format!(
+                "{url}&past_days={}&forecast_days={}",
+                config.past_days, config.forecast_days
+            );
             log::info(&format!("fetching {} ({window_url})", loc.name));
             let window: Forecast = sluice_sdk::http::get_json(&window_url)?;
             let times = hour_list(&window)?;
@@ -259,7 +264,11 @@ impl Connector for OpenMeteo {
                 continue;
             };
             let today = window_start + 24 * i64::from(config.past_days);
-            let cursor = state.cursors.get(&loc.name).map(|c| parse_hour(c)).transpose()?;
+            let cursor = state
+                .cursors
+                .get(&loc.name)
+                .map(|c| parse_hour(c))
+                .transpose()?;
             if let Some(cursor) = cursor.filter(|c| *c < window_start) {
                 // The window moved past the cursor: fill the gap first.
                 let gap_url = format!(
@@ -271,7 +280,13 @@ impl Connector for OpenMeteo {
                 let gap: Forecast = sluice_sdk::http::get_json(&gap_url)?;
                 emit_hours(reader, config, &loc.name, &gap, cursor)?;
             }
-            emit_hours(reader, config, &loc.name, &window, cursor.unwrap_or(i64::MIN))?;
+            emit_hours(
+                reader,
+                config,
+                &loc.name,
+                &window,
+                cursor.unwrap_or(i64::MIN),
+            )?;
             let next = cursor.map_or(today, |c| c.max(today));
             state.cursors.insert(loc.name.clone(), format_hour(next));
             // One location's records and its cursor become durable together.
@@ -300,7 +315,13 @@ fn hour_list(f: &Forecast) -> Result<Vec<i64>, Error> {
 }
 
 /// Emit the hours of `f` at or after `from`.
-fn emit_hours(reader: &mut Reader, config: &Config, location: &str, f: &Forecast, from: i64) -> Result<(), Error> {
+fn emit_hours(
+    reader: &mut Reader,
+    config: &Config,
+    location: &str,
+    f: &Forecast,
+    from: i64,
+) -> Result<(), Error> {
     for (i, h) in hour_list(f)?.into_iter().enumerate() {
         if h < from {
             continue;
@@ -311,7 +332,12 @@ fn emit_hours(reader: &mut Reader, config: &Config, location: &str, f: &Forecast
         rec.insert("longitude".into(), json!(f.longitude));
         rec.insert("time".into(), Value::String(format_hour(h)));
         for v in &config.hourly {
-            let value = f.hourly.get(v).and_then(|a| a.get(i)).cloned().unwrap_or(Value::Null);
+            let value = f
+                .hourly
+                .get(v)
+                .and_then(|a| a.get(i))
+                .cloned()
+                .unwrap_or(Value::Null);
             rec.insert(v.clone(), value);
         }
         reader.emit(STREAM, &rec)?;
@@ -330,7 +356,10 @@ mod tests {
         for text in ["2026-12-31T23:00", "2024-02-29T05:00", "1970-01-01T00:00"] {
             assert_eq!(format_hour(parse_hour(text).unwrap()), text);
         }
-        assert_eq!(format_hour(parse_hour("2026-12-31T23:00").unwrap() + 1), "2027-01-01T00:00");
+        assert_eq!(
+            format_hour(parse_hour("2026-12-31T23:00").unwrap() + 1),
+            "2027-01-01T00:00"
+        );
         assert!(parse_hour("garbage").is_err());
         assert!(parse_hour("2026-13-01T00:00").is_err());
     }

@@ -432,6 +432,7 @@ pub mod __private {
 /// of a connector's pure functions) the world's export names, such as
 /// `read`, would clash with the C library's symbols.
 #[macro_export]
+#[rustfmt::skip] // rustfmt's formatting of this macro body is not stable.
 macro_rules! export_connector {
     ($connector:ty) => {
         #[cfg(target_arch = "wasm32")]

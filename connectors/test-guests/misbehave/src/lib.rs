@@ -80,11 +80,18 @@ impl Connector for Misbehave {
             }
             "panic" => panic!("misbehave: deliberate panic"),
             "http" => {
-                let url = config.url.as_deref().ok_or_else(|| Error::Config("url required".into()))?;
-                sluice_sdk::http::Request::get(url).send()?.error_for_status()?;
+                let url = config
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| Error::Config("url required".into()))?;
+                sluice_sdk::http::Request::get(url)
+                    .send()?
+                    .error_for_status()?;
                 Ok(())
             }
-            "error" => Err(Error::Upstream("misbehave: deliberate connector error".into())),
+            "error" => Err(Error::Upstream(
+                "misbehave: deliberate connector error".into(),
+            )),
             other => Err(Error::Config(format!("unknown behaviour {other:?}"))),
         }
     }

@@ -1,0 +1,37 @@
+# Sluice tasks. On a fresh machine run them through ./scripts/just, which
+# installs `just` with cargo first.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Fixture port for the demo (0 = any free port).
+demo_port := env_var_or_default("SLUICE_DEMO_PORT", "0")
+
+default:
+    @just --list
+
+# Install what the build needs: the WASM guest toolchain (Debian packages).
+setup:
+    scripts/setup-guest-toolchain.sh
+
+# Build the example connectors to WebAssembly components.
+build-connectors: setup
+    scripts/build-connectors.sh
+
+# Build the runtime, the CLI and the fixture servers.
+build:
+    cargo build --workspace --all-targets
+
+# Set up, build, start the fixture upstream on 127.0.0.1, run open-meteo into sluice.db.
+demo: build-connectors build
+    scripts/demo.sh
+
+# Formatting and lints (host workspace and guest crates).
+lint:
+    cargo fmt --all -- --check
+    cd connectors && cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The whole test suite: lints, guest builds, host tests, guest unit tests.
+test: lint build-connectors build
+    cargo test --workspace
+    cd connectors && cargo test --target x86_64-unknown-linux-gnu

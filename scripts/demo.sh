@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The demo: start the Open-Meteo fixture on 127.0.0.1, run the open-meteo
+# connector in the sandbox into ./sluice.db twice (the second run resumes
+# from state and changes nothing), and show the run history.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bin="$root/target/debug"
+wasm="$root/connectors/target/wasm32-unknown-unknown/release/open_meteo.wasm"
+db="${SLUICE_DB:-$root/sluice.db}"
+port="${SLUICE_DEMO_PORT:-0}"
+
+log="$(mktemp)"
+"$bin/sluice-fixture" open-meteo --port "$port" >"$log" 2>&1 &
+fixture=$!
+trap 'kill $fixture 2>/dev/null || true; rm -f "$log" "${config:-}"' EXIT
+for _ in $(seq 50); do
+    grep -q '^listening on' "$log" && break
+    sleep 0.1
+done
+url="$(sed -n 's/^listening on //p' "$log")"
+[ -n "$url" ] || { echo "fixture did not start: $(cat "$log")" >&2; exit 1; }
+hostport="${url#http://}"
+
+config="$(mktemp --suffix=.json)"
+cat >"$config" <<JSON
+{
+  "base_url": "$url",
+  "locations": [
+    {"name": "berlin", "latitude": 52.52, "longitude": 13.41},
+    {"name": "lisbon", "latitude": 38.72, "longitude": -9.14},
+    {"name": "tokyo", "latitude": 35.69, "longitude": 139.69}
+  ],
+  "hourly": ["temperature_2m", "relative_humidity_2m", "precipitation", "wind_speed_10m"],
+  "past_days": 2,
+  "forecast_days": 7
+}
+JSON
+
+echo "== sluice spec"
+"$bin/sluice" spec "$wasm"
+echo
+echo "== sluice run (fixture upstream at $url, database $db)"
+"$bin/sluice" run "$wasm" --config "$config" --db "$db" --allow-host "$hostport"
+echo
+echo "== sluice run again: resumes from the committed cursor, upserts idempotently"
+"$bin/sluice" run "$wasm" --config "$config" --db "$db" --allow-host "$hostport"
+echo
+echo "== sluice runs"
+"$bin/sluice" runs --db "$db" --limit 5
