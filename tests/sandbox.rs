@@ -18,6 +18,7 @@ fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
         db: s.path("sluice.db"),
         grants: Vec::new(),
         limits,
+        full_refresh: false,
     }
 }
 

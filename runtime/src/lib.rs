@@ -16,6 +16,7 @@ pub mod host;
 pub mod limits;
 pub mod pipeline;
 pub mod sandbox;
+pub mod schema;
 pub mod store;
 
 pub use engine::{Runtime, RuntimeError, RuntimeOptions};

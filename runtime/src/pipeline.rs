@@ -11,11 +11,13 @@ use serde::Serialize;
 use crate::bindings::types::{self, ConfiguredStream, SyncMode};
 use crate::engine::{CacheOutcome, Loaded, Runtime, RuntimeError};
 use crate::host::http::{HostGrant, HttpStats};
-use crate::host::{RunChannel, RunCounters};
+use crate::host::{RunChannel, RunCounters, RunStream};
 use crate::limits::Limits;
 use crate::sandbox::{GuestError, Sandbox};
+use crate::schema::{DriftKind, RecordError, StreamSchema, Verdict};
 use crate::store::{
-    now_rfc3339, RunRecord, RunStatus, SqliteStore, StoreError, StreamTable, WriterHandle,
+    now_rfc3339, QuarantineFilter, ReplayPlan, RunRecord, RunStatus, SqliteStore, Store,
+    StoreError, StreamDef, StreamTable, WriterHandle,
 };
 
 /// Failures before a run can be recorded, or of the store under it.
@@ -102,6 +104,9 @@ pub struct RunRequest {
     pub db: PathBuf,
     pub grants: Vec<HostGrant>,
     pub limits: Limits,
+    /// Read every stream in full-refresh mode: saved state is ignored and,
+    /// when the run succeeds, rows it did not write are removed.
+    pub full_refresh: bool,
 }
 
 /// How a run went: its history row plus details for the summary.
@@ -182,7 +187,11 @@ async fn run_with_writer(
         duration_ms: None,
         status: RunStatus::Running,
         records_emitted: 0,
+        records_valid: 0,
+        records_quarantined: 0,
         records_upserted: 0,
+        streams: Default::default(),
+        drift: Vec::new(),
         commits: 0,
         http_requests: 0,
         http_denied: 0,
@@ -254,6 +263,27 @@ async fn run_with_writer(
     })
 }
 
+/// "3 new fields in stream X" lines for the run summary.
+fn drift_lines(drift: &crate::schema::DriftSummary) -> Vec<String> {
+    drift
+        .iter()
+        .map(|((stream, kind), paths)| {
+            let n = paths.len();
+            let what = match (kind, n) {
+                (DriftKind::NewField, 1) => "new field",
+                (DriftKind::NewField, _) => "new fields",
+                (DriftKind::TypeChanged, 1) => "field changed type",
+                (DriftKind::TypeChanged, _) => "fields changed type",
+                (DriftKind::MissingRequired, 1) => "required field missing",
+                (DriftKind::MissingRequired, _) => "required fields missing",
+            };
+            let list: Vec<&str> = paths.iter().map(String::as_str).take(5).collect();
+            let more = if n > 5 { ", …" } else { "" };
+            format!("{n} {what} in stream {stream} ({}{more})", list.join(", "))
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn fill(
     record: &mut RunRecord,
@@ -270,7 +300,11 @@ fn fill(
     record.ended_at = Some(now_rfc3339());
     record.duration_ms = Some(started.elapsed().as_millis() as u64);
     record.records_emitted = c.emitted;
+    record.records_valid = c.valid;
+    record.records_quarantined = c.quarantined;
     record.records_upserted = c.upserted;
+    record.streams = c.streams.clone();
+    record.drift = drift_lines(&c.drift);
     record.commits = c.commits;
     record.http_requests = http.requests;
     record.http_denied = http.denied;
@@ -289,42 +323,62 @@ async fn drive(
     stream_names: &mut Vec<String>,
 ) -> Result<(), Failure> {
     let discovered = sandbox.discover(&req.config).await?;
-    let mut tables = HashMap::new();
+    let invalid = |message: String| Failure {
+        status: RunStatus::Failed,
+        message: format!(
+            "connector {} declared an invalid stream: {message}",
+            spec.name
+        ),
+    };
+    let mut streams = HashMap::new();
     let mut configured = Vec::new();
+    let mut defs = Vec::new();
+    let mut sweep = Vec::new();
     for s in &discovered {
-        let table =
-            StreamTable::from_spec(&s.name, &s.json_schema, &s.primary_key).map_err(|e| {
-                Failure {
-                    status: RunStatus::Failed,
-                    message: format!("connector {} declared an invalid stream: {e}", spec.name),
-                }
-            })?;
-        if tables.insert(s.name.clone(), Arc::new(table)).is_some() {
-            return Err(Failure {
-                status: RunStatus::Failed,
-                message: format!("connector {} declared stream {:?} twice", spec.name, s.name),
-            });
-        }
-        let sync_mode = if s.sync_modes.contains(&SyncMode::Incremental) {
-            SyncMode::Incremental
-        } else {
-            SyncMode::FullRefresh
+        let table = StreamTable::from_spec(&s.name, &s.json_schema, &s.primary_key)
+            .map_err(|e| invalid(e.to_string()))?;
+        let schema =
+            StreamSchema::compile(&s.name, &s.json_schema).map_err(|e| invalid(e.to_string()))?;
+        let full_refresh = req.full_refresh || !s.sync_modes.contains(&SyncMode::Incremental);
+        let run_stream = RunStream {
+            table: Arc::new(table),
+            schema,
+            full_refresh,
         };
+        if streams.insert(s.name.clone(), run_stream).is_some() {
+            return Err(invalid(format!("stream {:?} is declared twice", s.name)));
+        }
         configured.push(ConfiguredStream {
             name: s.name.clone(),
-            sync_mode,
+            sync_mode: if full_refresh {
+                SyncMode::FullRefresh
+            } else {
+                SyncMode::Incremental
+            },
+        });
+        if full_refresh {
+            sweep.push(s.name.clone());
+        }
+        defs.push(StreamDef {
+            connector: spec.name.clone(),
+            stream: s.name.clone(),
+            connector_version: spec.version.clone(),
+            json_schema: s.json_schema.clone(),
+            primary_key: s.primary_key.clone(),
         });
         stream_names.push(s.name.clone());
     }
-    for table in tables.values() {
-        let t = table.clone();
-        writer.call(move |s| s.ensure_table(&t)).await??;
+    for s in streams.values() {
+        let t = s.table.clone();
+        writer.call(move |st| st.ensure_table(&t)).await??;
     }
+    writer.call(move |st| st.record_streams(&defs)).await??;
     let channel = Arc::new(RunChannel {
         run_id: Arc::from(run_id),
         connector: Arc::from(spec.name.as_str()),
+        connector_version: Arc::from(spec.version.as_str()),
         writer: writer.clone(),
-        tables,
+        streams,
         max_uncommitted_bytes: req.limits.max_uncommitted_bytes,
         max_state_bytes: req.limits.max_state_bytes,
         counters: Mutex::default(),
@@ -334,9 +388,102 @@ async fn drive(
     sandbox.read(&req.config, &configured).await?;
     // Records emitted after the connector's last commit become durable now,
     // under the state it last committed (replays are idempotent upserts).
-    channel.commit(None).await.map_err(|e| Failure {
+    // Full-refresh streams drop the rows this run did not write, in the
+    // same transaction.
+    channel.commit(None, sweep).await.map_err(|e| Failure {
         status: RunStatus::StoreError,
         message: e.to_string(),
     })?;
     Ok(())
+}
+
+/// What a quarantine replay did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplaySummary {
+    pub replay_id: String,
+    pub examined: usize,
+    pub replayed: usize,
+    pub still_invalid: usize,
+}
+
+/// Re-validate quarantined records against their stream's current schema
+/// (as last declared by the connector) and upsert those that now pass, all
+/// in one transaction; the rest keep their (refreshed) errors.
+pub fn replay(
+    store: &mut dyn Store,
+    filter: &QuarantineFilter,
+) -> Result<ReplaySummary, PipelineError> {
+    let entries = store.list_quarantine(&QuarantineFilter {
+        all: false,
+        ..filter.clone()
+    })?;
+    let mut targets: HashMap<(String, String), Option<(Arc<StreamTable>, StreamSchema)>> =
+        HashMap::new();
+    let mut plan = ReplayPlan {
+        replay_id: format!("replay-{}", new_run_id()),
+        ..ReplayPlan::default()
+    };
+    for e in &entries {
+        let key = (e.connector.clone(), e.stream.clone());
+        if !targets.contains_key(&key) {
+            let target = match store.stream_def(&e.connector, &e.stream)? {
+                Some(def) => {
+                    let table =
+                        StreamTable::from_spec(&def.stream, &def.json_schema, &def.primary_key)?;
+                    store.ensure_table(&table)?;
+                    let schema = StreamSchema::compile(&def.stream, &def.json_schema)
+                        .map_err(|err| PipelineError::Config(err.to_string()))?;
+                    Some((Arc::new(table), schema))
+                }
+                None => None,
+            };
+            targets.insert(key.clone(), target);
+        }
+        let Some((table, schema)) = &targets[&key] else {
+            plan.rejected.push((
+                e.id,
+                vec![RecordError {
+                    path: String::new(),
+                    message: format!(
+                        "connector {} no longer declares stream {}",
+                        e.connector, e.stream
+                    ),
+                }],
+            ));
+            continue;
+        };
+        let value = match serde_json::from_str::<serde_json::Value>(&e.record) {
+            Ok(v) => v,
+            Err(err) => {
+                plan.rejected.push((
+                    e.id,
+                    vec![RecordError {
+                        path: String::new(),
+                        message: format!("not valid JSON: {err}"),
+                    }],
+                ));
+                continue;
+            }
+        };
+        match schema.check(value) {
+            Verdict::Valid { record, .. } => match table.row_from_value(record, e.record.clone()) {
+                Ok(row) => plan.accepted.push((e.id, table.clone(), row)),
+                Err(message) => plan.rejected.push((
+                    e.id,
+                    vec![RecordError {
+                        path: String::new(),
+                        message,
+                    }],
+                )),
+            },
+            Verdict::Invalid { errors, .. } => plan.rejected.push((e.id, errors)),
+        }
+    }
+    store.apply_replay(&plan)?;
+    Ok(ReplaySummary {
+        replay_id: plan.replay_id,
+        examined: entries.len(),
+        replayed: plan.accepted.len(),
+        still_invalid: plan.rejected.len(),
+    })
 }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use sluice::host::http::HostGrant;
 use sluice::limits::{self, Limits};
 use sluice::pipeline::{self, RunRequest};
-use sluice::store::{SqliteStore, Store};
+use sluice::store::{QuarantineFilter, SqliteStore, Store};
 use sluice::{Runtime, RuntimeOptions};
 
 /// Sluice runs data connectors compiled to WebAssembly components, each in
@@ -71,20 +71,106 @@ enum Command {
         /// The SQLite database (created if missing).
         #[arg(long, value_name = "FILE")]
         db: PathBuf,
+        /// Ignore saved state and replace each table with this run's rows
+        /// (rows that vanished upstream are removed when the run succeeds).
+        #[arg(long)]
+        full_refresh: bool,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// List past runs recorded in a database.
+    /// Run history: list runs, or `show ID`.
     Runs {
-        #[arg(long, value_name = "FILE")]
-        db: PathBuf,
+        #[arg(long, value_name = "FILE", global = true)]
+        db: Option<PathBuf>,
         /// How many runs, newest first.
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<RunsAction>,
+    },
+    /// Records that failed validation: list, show, edit, replay.
+    Quarantine {
+        #[arg(long, value_name = "FILE", global = true)]
+        db: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Schema drift events: new fields, changed types, missing fields.
+    Drift {
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsAction {
+    /// One run in full.
+    Show { id: String },
+}
+
+#[derive(Debug, Args)]
+struct QuarantineSelect {
+    #[arg(long)]
+    connector: Option<String>,
+    #[arg(long)]
+    stream: Option<String>,
+    /// Only these quarantine ids (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+}
+
+impl QuarantineSelect {
+    fn filter(&self, all: bool, limit: Option<usize>) -> QuarantineFilter {
+        QuarantineFilter {
+            connector: self.connector.clone(),
+            stream: self.stream.clone(),
+            ids: self.ids.clone(),
+            all,
+            limit,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineAction {
+    /// Quarantined records (not yet replayed, unless --all).
+    List {
+        #[command(flatten)]
+        select: QuarantineSelect,
+        /// Include records already replayed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One quarantined record: raw JSON, errors, run, connector.
+    Show { id: i64 },
+    /// Replace a quarantined record's JSON (the original is kept for audit).
+    Edit {
+        id: i64,
+        /// File with the corrected record (a JSON object).
+        #[arg(long, value_name = "FILE")]
+        record: PathBuf,
+    },
+    /// Re-validate against each stream's current schema and upsert the
+    /// records that now pass, in one transaction.
+    Replay {
+        #[command(flatten)]
+        select: QuarantineSelect,
     },
 }
 
@@ -131,6 +217,13 @@ impl Access {
     fn config_text(&self) -> Result<String> {
         read_config(&self.config)
     }
+}
+
+/// Open an existing database (never create one for a read-only command).
+fn open_existing(db: Option<&Path>) -> Result<SqliteStore> {
+    let db = db.context("--db FILE is required")?;
+    anyhow::ensure!(db.exists(), "database {} does not exist", db.display());
+    Ok(SqliteStore::open(db)?)
 }
 
 fn read_config(path: &Path) -> Result<String> {
@@ -206,6 +299,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             component,
             access,
             db,
+            full_refresh,
             json,
         } => {
             let rt = runtime(&cli)?;
@@ -215,6 +309,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 db: db.clone(),
                 grants: access.allow_hosts.clone(),
                 limits: access.limits()?,
+                full_refresh: *full_refresh,
             };
             let report = pipeline::run(&rt, &req).await?;
             output::print_report(&report, *json)?;
@@ -228,11 +323,57 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Runs { db, limit, json } => {
-            anyhow::ensure!(db.exists(), "database {} does not exist", db.display());
-            let mut store = SqliteStore::open(db)?;
-            let runs = store.list_runs(*limit)?;
-            output::print_runs(&runs, *json)?;
+        Command::Runs {
+            db,
+            limit,
+            json,
+            action,
+        } => {
+            let mut store = open_existing(db.as_deref())?;
+            match action {
+                None => output::print_runs(&store.list_runs(*limit)?, *json)?,
+                Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,
+            }
+        }
+        Command::Quarantine { db, json, action } => {
+            let mut store = open_existing(db.as_deref())?;
+            match action {
+                QuarantineAction::List { select, all, limit } => {
+                    let entries = store.list_quarantine(&select.filter(*all, Some(*limit)))?;
+                    output::print_quarantine_list(&entries, *json)?;
+                }
+                QuarantineAction::Show { id } => {
+                    let entries = store.list_quarantine(&QuarantineFilter {
+                        ids: vec![*id],
+                        all: true,
+                        ..QuarantineFilter::default()
+                    })?;
+                    let entry = entries
+                        .first()
+                        .ok_or(sluice::store::StoreError::QuarantineNotFound(*id))?;
+                    output::print_quarantine_entry(entry, *json)?;
+                }
+                QuarantineAction::Edit { id, record } => {
+                    let text = std::fs::read_to_string(record)
+                        .with_context(|| format!("cannot read {}", record.display()))?;
+                    store.edit_quarantined(*id, text.trim())?;
+                    println!("quarantined record {id} updated (original kept); replay it with `sluice quarantine replay --id {id}`");
+                }
+                QuarantineAction::Replay { select } => {
+                    let summary = pipeline::replay(&mut store, &select.filter(false, None))?;
+                    output::print_replay(&summary, *json)?;
+                }
+            }
+        }
+        Command::Drift {
+            db,
+            connector,
+            stream,
+            json,
+        } => {
+            let mut store = open_existing(Some(db))?;
+            let events = store.list_drift(connector.as_deref(), stream.as_deref())?;
+            output::print_drift(&events, *json)?;
         }
     }
     Ok(ExitCode::SUCCESS)

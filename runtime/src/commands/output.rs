@@ -3,7 +3,8 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 use sluice::bindings::types::{ConnectorSpec, Stream, SyncMode};
-use sluice::pipeline::RunReport;
+use sluice::pipeline::{ReplaySummary, RunReport};
+use sluice::store::{DriftEvent, QuarantineEntry};
 use sluice::RunRecord;
 
 fn schema_value(text: &str) -> Value {
@@ -103,9 +104,12 @@ pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
     );
     println!("  streams:  {}", report.streams.join(", "));
     println!(
-        "  records:  {} emitted, {} upserted in {} commits",
-        r.records_emitted, r.records_upserted, r.commits
+        "  records:  {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
+        r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
     );
+    for d in &r.drift {
+        println!("  drift:    {d}");
+    }
     println!(
         "  http:     {} calls, {} denied, {} failed, {} received",
         r.http_requests,
@@ -164,6 +168,154 @@ pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
         if let Some(e) = &r.error {
             println!("    error: {e}");
         }
+    }
+    Ok(())
+}
+
+pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!("run        {}", r.id);
+    println!(
+        "connector  {} {} (component sha256 {})",
+        r.connector, r.connector_version, r.component_hash
+    );
+    println!("status     {}", r.status);
+    println!(
+        "time       {} → {} ({} ms)",
+        r.started_at,
+        r.ended_at.as_deref().unwrap_or("-"),
+        r.duration_ms
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "records    {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
+        r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
+    );
+    for (stream, c) in &r.streams {
+        println!(
+            "  {stream}: {} emitted, {} valid, {} quarantined, {} upserted",
+            c.emitted, c.valid, c.quarantined, c.upserted
+        );
+    }
+    for d in &r.drift {
+        println!("drift      {d}");
+    }
+    println!(
+        "http       {} calls, {} denied, {}",
+        r.http_requests,
+        r.http_denied,
+        human_bytes(r.http_bytes)
+    );
+    println!(
+        "sandbox    {} fuel, {} peak memory",
+        r.fuel_used,
+        human_bytes(r.peak_memory_bytes)
+    );
+    if let Some(e) = &r.error {
+        println!("error      {e}");
+    }
+    Ok(())
+}
+
+fn first_error(e: &QuarantineEntry) -> String {
+    e.errors
+        .first()
+        .map(|err| {
+            format!(
+                "{}: {}",
+                if err.path.is_empty() { "/" } else { &err.path },
+                err.message
+            )
+        })
+        .unwrap_or_default()
+}
+
+pub fn print_quarantine_list(entries: &[QuarantineEntry], as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<16}  {:<20}  {:<11}  error",
+        "id", "connector", "stream", "status"
+    );
+    for e in entries {
+        println!(
+            "{:>6}  {:<16}  {:<20}  {:<11}  {}",
+            e.id,
+            e.connector,
+            e.stream,
+            e.status,
+            first_error(e)
+        );
+    }
+    println!("{} record(s)", entries.len());
+    Ok(())
+}
+
+pub fn print_quarantine_entry(e: &QuarantineEntry, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(e)?);
+        return Ok(());
+    }
+    println!("id          {}", e.id);
+    println!("connector   {} {}", e.connector, e.connector_version);
+    println!("stream      {}", e.stream);
+    println!("run         {}", e.run_id);
+    println!("at          {}", e.quarantined_at);
+    println!(
+        "status      {}{}",
+        e.status,
+        e.replay_id
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    println!("record      {}", e.record);
+    if let Some(o) = &e.original_record {
+        println!("original    {o}");
+    }
+    println!("errors:");
+    for err in &e.errors {
+        println!(
+            "  {}: {}",
+            if err.path.is_empty() { "/" } else { &err.path },
+            err.message
+        );
+    }
+    Ok(())
+}
+
+pub fn print_replay(s: &ReplaySummary, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+    } else {
+        println!(
+            "{}: {} examined, {} replayed into their tables, {} still invalid",
+            s.replay_id, s.examined, s.replayed, s.still_invalid
+        );
+    }
+    Ok(())
+}
+
+pub fn print_drift(events: &[DriftEvent], as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(events)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:<20}  {:<24}  {:<16}  {:<8}  {:>7}  sample",
+        "connector", "stream", "path", "kind", "type", "count"
+    );
+    for d in events {
+        println!(
+            "{:<16}  {:<20}  {:<24}  {:<16}  {:<8}  {:>7}  {}",
+            d.connector, d.stream, d.path, d.kind, d.observed_type, d.count, d.sample
+        );
     }
     Ok(())
 }

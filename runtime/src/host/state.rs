@@ -19,8 +19,11 @@ impl state::Host for StateCtx {
         let Some(run) = &self.run else {
             return Ok(None);
         };
-        if !run.tables.contains_key(&stream) {
-            return Ok(None);
+        match run.streams.get(&stream) {
+            // Unknown streams have no state; full refresh hides saved state.
+            None => return Ok(None),
+            Some(s) if s.full_refresh => return Ok(None),
+            Some(_) => {}
         }
         let connector = run.connector.clone();
         let value = run
@@ -42,13 +45,13 @@ impl state::Host for StateCtx {
                 "state can only be committed during read".into(),
             )));
         };
-        if !run.tables.contains_key(&stream) {
+        if !run.streams.contains_key(&stream) {
             return Ok(Err(StateError::UnknownStream(stream)));
         }
         if value.len() as u64 > run.max_state_bytes {
             return Ok(Err(StateError::TooLarge(run.max_state_bytes)));
         }
-        run.commit(Some((stream, value)))
+        run.commit(Some((stream, value)), Vec::new())
             .await
             .map_err(wasmtime::Error::new)?;
         Ok(Ok(()))

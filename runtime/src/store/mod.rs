@@ -10,7 +10,9 @@ use serde::Serialize;
 
 pub use sqlite::SqliteStore;
 pub use table::{Column, ColumnKind, Row, StreamTable, META_COLUMNS};
-pub use writer::{Writer, WriterHandle};
+pub use writer::{Commit, Writer, WriterHandle};
+
+pub use crate::schema::RecordError;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,10 @@ pub enum StoreError {
     WriterGone,
     #[error("run {0} not found")]
     RunNotFound(String),
+    #[error("quarantined record {0} not found")]
+    QuarantineNotFound(i64),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How a run ended (or that it is still running).
@@ -94,6 +100,15 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// Per-stream counters of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StreamCounts {
+    pub emitted: u64,
+    pub valid: u64,
+    pub quarantined: u64,
+    pub upserted: u64,
+}
+
 /// One row of run history.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
@@ -106,7 +121,13 @@ pub struct RunRecord {
     pub duration_ms: Option<u64>,
     pub status: RunStatus,
     pub records_emitted: u64,
+    pub records_valid: u64,
+    pub records_quarantined: u64,
     pub records_upserted: u64,
+    /// Counters per stream.
+    pub streams: std::collections::BTreeMap<String, StreamCounts>,
+    /// Drift seen in this run, one line each (e.g. "3 new fields in stream X").
+    pub drift: Vec<String>,
     pub commits: u64,
     pub http_requests: u64,
     pub http_denied: u64,
@@ -117,13 +138,132 @@ pub struct RunRecord {
 }
 
 /// What one commit wrote.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct CommitStats {
     pub upserted: u64,
+    pub quarantined: u64,
+    /// Rows upserted per stream.
+    pub upserted_by_stream: std::collections::BTreeMap<String, u64>,
+    /// Rows removed by full-refresh sweeps.
+    pub swept: u64,
 }
 
 /// Records of one stream waiting for the next commit.
 pub type Batch = (std::sync::Arc<StreamTable>, Vec<Row>);
+
+/// A record that failed validation, waiting for the next commit.
+#[derive(Debug, Clone)]
+pub struct QuarantinedRecord {
+    pub stream: String,
+    /// The record exactly as the connector emitted it.
+    pub record: String,
+    pub errors: Vec<crate::schema::RecordError>,
+}
+
+/// Everything a run emitted since its last commit.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub batches: Vec<Batch>,
+    pub quarantine: Vec<QuarantinedRecord>,
+    pub drift: Vec<crate::schema::DriftObservation>,
+}
+
+impl Pending {
+    /// Append `more`, merging consecutive batches of one table.
+    pub fn merge(&mut self, more: Pending) {
+        for (table, rows) in more.batches {
+            match self.batches.last_mut() {
+                Some((t, r)) if std::sync::Arc::ptr_eq(t, &table) => r.extend(rows),
+                _ => self.batches.push((table, rows)),
+            }
+        }
+        self.quarantine.extend(more.quarantine);
+        crate::schema::aggregate(&mut self.drift, more.drift);
+    }
+
+    pub fn records(&self) -> usize {
+        self.batches.iter().map(|(_, r)| r.len()).sum::<usize>() + self.quarantine.len()
+    }
+}
+
+/// One commit: the run's pending records, quarantine and drift, the new
+/// state, and (at the end of a successful run) full-refresh sweeps, all in
+/// one transaction.
+#[derive(Debug)]
+pub struct CommitRequest<'a> {
+    pub run_id: &'a str,
+    pub connector: &'a str,
+    pub connector_version: &'a str,
+    pub pending: &'a Pending,
+    /// (stream, value)
+    pub state: Option<(&'a str, &'a str)>,
+    /// Full-refresh tables: delete every row this run did not write.
+    pub sweep: &'a [String],
+}
+
+/// A stream's declaration as last seen (for replay and drift).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamDef {
+    pub connector: String,
+    pub stream: String,
+    pub connector_version: String,
+    pub json_schema: String,
+    pub primary_key: Vec<String>,
+}
+
+/// A row of the quarantine table.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineEntry {
+    pub id: i64,
+    pub run_id: String,
+    pub connector: String,
+    pub connector_version: String,
+    pub stream: String,
+    pub record: String,
+    pub errors: Vec<crate::schema::RecordError>,
+    pub quarantined_at: String,
+    /// `quarantined` or `replayed`.
+    pub status: String,
+    pub replay_id: Option<String>,
+    /// The record before an operator edited it, if edited.
+    pub original_record: Option<String>,
+}
+
+/// Which quarantine rows to list or replay.
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineFilter {
+    pub connector: Option<String>,
+    pub stream: Option<String>,
+    pub ids: Vec<i64>,
+    /// Include rows already replayed.
+    pub all: bool,
+    pub limit: Option<usize>,
+}
+
+/// The outcome of a replay, applied in one transaction.
+#[derive(Debug, Default)]
+pub struct ReplayPlan {
+    pub replay_id: String,
+    /// Quarantine id, destination table and row of records that now pass.
+    pub accepted: Vec<(i64, std::sync::Arc<StreamTable>, Row)>,
+    /// Quarantine id and current errors of records that still fail.
+    pub rejected: Vec<(i64, Vec<crate::schema::RecordError>)>,
+}
+
+/// An aggregated drift event.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftEvent {
+    pub connector: String,
+    pub stream: String,
+    pub path: String,
+    pub kind: String,
+    pub observed_type: String,
+    pub first_seen_run: String,
+    pub last_seen_run: String,
+    pub first_seen_at: String,
+    pub sample: String,
+    pub count: u64,
+}
 
 /// The destination: tables, state and run history.
 pub trait Store: Send + 'static {
@@ -131,14 +271,33 @@ pub trait Store: Send + 'static {
     fn ensure_table(&mut self, table: &StreamTable) -> Result<(), StoreError>;
     /// The committed state of (`connector`, `stream`).
     fn get_state(&mut self, connector: &str, stream: &str) -> Result<Option<String>, StoreError>;
-    /// Upsert `batches` and set `state` (stream, value) in ONE transaction.
-    fn commit(
+    /// Write a commit (records, quarantine, drift, state, sweeps) in ONE
+    /// transaction.
+    fn commit(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, StoreError>;
+    /// Remember the streams a connector declared in this run.
+    fn record_streams(&mut self, defs: &[StreamDef]) -> Result<(), StoreError>;
+    /// The last declaration of (`connector`, `stream`).
+    fn stream_def(
         &mut self,
         connector: &str,
-        run_id: &str,
-        batches: &[Batch],
-        state: Option<(&str, &str)>,
-    ) -> Result<CommitStats, StoreError>;
+        stream: &str,
+    ) -> Result<Option<StreamDef>, StoreError>;
+    /// Quarantine rows matching `filter`, oldest first.
+    fn list_quarantine(
+        &mut self,
+        filter: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineEntry>, StoreError>;
+    /// Replace a quarantined record's JSON (keeping the original for audit).
+    fn edit_quarantined(&mut self, id: i64, record: &str) -> Result<(), StoreError>;
+    /// Upsert accepted records, mark them replayed and record the replay,
+    /// in ONE transaction.
+    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError>;
+    /// Drift events, newest first.
+    fn list_drift(
+        &mut self,
+        connector: Option<&str>,
+        stream: Option<&str>,
+    ) -> Result<Vec<DriftEvent>, StoreError>;
     /// Record the start of a run.
     fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;
     /// Update a run's row (end, status, counters).

@@ -6,8 +6,13 @@ use std::time::Duration;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
+use rusqlite::types::Value as SqlValue;
+
 use super::table::quote_ident;
-use super::{Batch, CommitStats, RunRecord, RunStatus, Store, StoreError, StreamTable};
+use super::{
+    CommitRequest, CommitStats, DriftEvent, QuarantineEntry, QuarantineFilter, ReplayPlan, Row,
+    RunRecord, RunStatus, Store, StoreError, StreamDef, StreamTable,
+};
 
 /// How long a connection waits for another's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +39,11 @@ CREATE TABLE IF NOT EXISTS _sluice_runs (
     duration_ms       INTEGER,
     status            TEXT NOT NULL,
     records_emitted   INTEGER NOT NULL DEFAULT 0,
+    records_valid     INTEGER NOT NULL DEFAULT 0,
+    records_quarantined INTEGER NOT NULL DEFAULT 0,
     records_upserted  INTEGER NOT NULL DEFAULT 0,
+    stream_counts     TEXT NOT NULL DEFAULT '{}',
+    drift             TEXT NOT NULL DEFAULT '[]',
     commits           INTEGER NOT NULL DEFAULT 0,
     http_requests     INTEGER NOT NULL DEFAULT 0,
     http_denied       INTEGER NOT NULL DEFAULT 0,
@@ -44,12 +53,59 @@ CREATE TABLE IF NOT EXISTS _sluice_runs (
     error             TEXT
 );
 CREATE INDEX IF NOT EXISTS _sluice_runs_started ON _sluice_runs (started_at);
+CREATE TABLE IF NOT EXISTS _sluice_streams (
+    connector         TEXT NOT NULL,
+    stream            TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    json_schema       TEXT NOT NULL,
+    primary_key       TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
+    PRIMARY KEY (connector, stream)
+);
+CREATE TABLE IF NOT EXISTS _sluice_quarantine (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id            TEXT NOT NULL,
+    connector         TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    stream            TEXT NOT NULL,
+    record            TEXT NOT NULL,
+    errors            TEXT NOT NULL,
+    quarantined_at    TEXT NOT NULL,
+    status            TEXT NOT NULL DEFAULT 'quarantined',
+    replay_id         TEXT,
+    original_record   TEXT
+);
+CREATE INDEX IF NOT EXISTS _sluice_quarantine_stream ON _sluice_quarantine (connector, stream, status);
+CREATE TABLE IF NOT EXISTS _sluice_replays (
+    id            TEXT PRIMARY KEY,
+    at            TEXT NOT NULL,
+    examined      INTEGER NOT NULL,
+    replayed      INTEGER NOT NULL,
+    still_invalid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sluice_drift (
+    connector      TEXT NOT NULL,
+    stream         TEXT NOT NULL,
+    path           TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    observed_type  TEXT NOT NULL,
+    first_seen_run TEXT NOT NULL,
+    last_seen_run  TEXT NOT NULL,
+    first_seen_at  TEXT NOT NULL,
+    last_seen_at   TEXT NOT NULL,
+    sample         TEXT NOT NULL,
+    count          INTEGER NOT NULL,
+    PRIMARY KEY (connector, stream, path, kind, observed_type)
+);
 ";
 
-const RUN_COLUMNS: &str =
-    "id, connector, connector_version, component_hash, started_at, ended_at, \
+const RUN_COLUMNS: &str = "id, connector, connector_version, component_hash, started_at, ended_at, \
     duration_ms, status, records_emitted, records_upserted, commits, http_requests, http_denied, \
-    http_bytes, fuel_used, peak_memory_bytes, error";
+    http_bytes, fuel_used, peak_memory_bytes, error, records_valid, records_quarantined, stream_counts, drift";
+
+const QUARANTINE_COLUMNS: &str =
+    "id, run_id, connector, connector_version, stream, record, errors, \
+    quarantined_at, status, replay_id, original_record";
 
 /// SQLite behind the [`Store`] trait.
 pub struct SqliteStore {
@@ -133,7 +189,46 @@ fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         fuel_used: u(14)?,
         peak_memory_bytes: u(15)?,
         error: row.get(16)?,
+        records_valid: u(17)?,
+        records_quarantined: u(18)?,
+        streams: serde_json::from_str(&row.get::<_, String>(19)?).unwrap_or_default(),
+        drift: serde_json::from_str(&row.get::<_, String>(20)?).unwrap_or_default(),
     })
+}
+
+fn quarantine_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QuarantineEntry> {
+    Ok(QuarantineEntry {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        connector: row.get(2)?,
+        connector_version: row.get(3)?,
+        stream: row.get(4)?,
+        record: row.get(5)?,
+        errors: serde_json::from_str(&row.get::<_, String>(6)?).unwrap_or_default(),
+        quarantined_at: row.get(7)?,
+        status: row.get(8)?,
+        replay_id: row.get(9)?,
+        original_record: row.get(10)?,
+    })
+}
+
+fn upsert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    table: &StreamTable,
+    rows: &[Row],
+    run_id: &str,
+    now: &str,
+) -> Result<u64, StoreError> {
+    let mut stmt = tx.prepare_cached(&SqliteStore::upsert_sql(table))?;
+    for row in rows {
+        let meta = [
+            SqlValue::Text(row.raw.clone()),
+            SqlValue::Text(run_id.to_string()),
+            SqlValue::Text(now.to_string()),
+        ];
+        stmt.execute(params_from_iter(row.values.iter().chain(meta.iter())))?;
+    }
+    Ok(rows.len() as u64)
 }
 
 fn i(v: u64) -> i64 {
@@ -213,44 +308,239 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn commit(
-        &mut self,
-        connector: &str,
-        run_id: &str,
-        batches: &[Batch],
-        state: Option<(&str, &str)>,
-    ) -> Result<CommitStats, StoreError> {
+    fn commit(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, StoreError> {
         let now = super::now_rfc3339();
         let tx = self.conn.transaction()?;
-        let mut upserted = 0u64;
-        for (table, rows) in batches {
-            let mut stmt = tx.prepare_cached(&Self::upsert_sql(table))?;
-            for row in rows {
-                let meta = [
-                    rusqlite::types::Value::Text(row.raw.clone()),
-                    rusqlite::types::Value::Text(run_id.to_string()),
-                    rusqlite::types::Value::Text(now.clone()),
-                ];
-                stmt.execute(params_from_iter(row.values.iter().chain(meta.iter())))?;
-                upserted += 1;
+        let mut stats = CommitStats::default();
+        for (table, rows) in &req.pending.batches {
+            let n = upsert_rows(&tx, table, rows, req.run_id, &now)?;
+            stats.upserted += n;
+            *stats
+                .upserted_by_stream
+                .entry(table.name.clone())
+                .or_default() += n;
+        }
+        if !req.pending.quarantine.is_empty() {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _sluice_quarantine (run_id, connector, connector_version, stream, record, errors, quarantined_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for q in &req.pending.quarantine {
+                let errors = serde_json::to_string(&q.errors).unwrap_or_else(|_| "[]".into());
+                stmt.execute(params![
+                    req.run_id,
+                    req.connector,
+                    req.connector_version,
+                    q.stream,
+                    q.record,
+                    errors,
+                    now
+                ])?;
+                stats.quarantined += 1;
             }
         }
-        if let Some((stream, value)) = state {
+        if !req.pending.drift.is_empty() {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _sluice_drift (connector, stream, path, kind, observed_type, first_seen_run, last_seen_run, \
+                 first_seen_at, last_seen_at, sample, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?7, ?8, ?9) \
+                 ON CONFLICT (connector, stream, path, kind, observed_type) DO UPDATE SET \
+                 last_seen_run = excluded.last_seen_run, last_seen_at = excluded.last_seen_at, count = count + excluded.count",
+            )?;
+            for d in &req.pending.drift {
+                stmt.execute(params![
+                    req.connector,
+                    d.stream,
+                    d.path,
+                    d.kind.as_str(),
+                    d.observed_type,
+                    req.run_id,
+                    now,
+                    d.sample,
+                    i(d.count)
+                ])?;
+            }
+        }
+        if let Some((stream, value)) = req.state {
             tx.prepare_cached(
                 "INSERT INTO _sluice_state (connector, stream, value, run_id, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (connector, stream) DO UPDATE SET value = excluded.value, \
                  run_id = excluded.run_id, updated_at = excluded.updated_at",
             )?
-            .execute(params![connector, stream, value, run_id, now])?;
+            .execute(params![req.connector, stream, value, req.run_id, now])?;
+        }
+        for table in req.sweep {
+            stats.swept += tx.execute(
+                &format!("DELETE FROM {} WHERE \"_run_id\" <> ?1", quote_ident(table)),
+                [req.run_id],
+            )? as u64;
         }
         tx.commit()?;
-        Ok(CommitStats { upserted })
+        Ok(stats)
+    }
+
+    fn record_streams(&mut self, defs: &[StreamDef]) -> Result<(), StoreError> {
+        let now = super::now_rfc3339();
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _sluice_streams (connector, stream, connector_version, json_schema, primary_key, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (connector, stream) DO UPDATE SET \
+                 connector_version = excluded.connector_version, json_schema = excluded.json_schema, \
+                 primary_key = excluded.primary_key, updated_at = excluded.updated_at",
+            )?;
+            for d in defs {
+                let pk = serde_json::to_string(&d.primary_key).unwrap_or_else(|_| "[]".into());
+                stmt.execute(params![
+                    d.connector,
+                    d.stream,
+                    d.connector_version,
+                    d.json_schema,
+                    pk,
+                    now
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn stream_def(
+        &mut self,
+        connector: &str,
+        stream: &str,
+    ) -> Result<Option<StreamDef>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT connector, stream, connector_version, json_schema, primary_key FROM _sluice_streams \
+                 WHERE connector = ?1 AND stream = ?2",
+            )?
+            .query_row(params![connector, stream], |r| {
+                Ok(StreamDef {
+                    connector: r.get(0)?,
+                    stream: r.get(1)?,
+                    connector_version: r.get(2)?,
+                    json_schema: r.get(3)?,
+                    primary_key: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                })
+            })
+            .optional()?)
+    }
+
+    fn list_quarantine(
+        &mut self,
+        f: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineEntry>, StoreError> {
+        let mut sql = format!("SELECT {QUARANTINE_COLUMNS} FROM _sluice_quarantine WHERE 1 = 1");
+        let mut args: Vec<SqlValue> = Vec::new();
+        if !f.all {
+            sql.push_str(" AND status = 'quarantined'");
+        }
+        if let Some(c) = &f.connector {
+            args.push(SqlValue::Text(c.clone()));
+            sql.push_str(&format!(" AND connector = ?{}", args.len()));
+        }
+        if let Some(s) = &f.stream {
+            args.push(SqlValue::Text(s.clone()));
+            sql.push_str(&format!(" AND stream = ?{}", args.len()));
+        }
+        if !f.ids.is_empty() {
+            let list: Vec<String> = f.ids.iter().map(|id| id.to_string()).collect();
+            sql.push_str(&format!(" AND id IN ({})", list.join(", ")));
+        }
+        sql.push_str(" ORDER BY id");
+        if let Some(limit) = f.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map(params_from_iter(args.iter()), quarantine_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn edit_quarantined(&mut self, id: i64, record: &str) -> Result<(), StoreError> {
+        match serde_json::from_str::<serde_json::Value>(record) {
+            Ok(serde_json::Value::Object(_)) => {}
+            _ => {
+                return Err(StoreError::Invalid(
+                    "the edited record must be a JSON object".into(),
+                ))
+            }
+        }
+        let n = self.conn.execute(
+            "UPDATE _sluice_quarantine SET original_record = coalesce(original_record, record), record = ?2 \
+             WHERE id = ?1 AND status = 'quarantined'",
+            params![id, record],
+        )?;
+        if n == 0 {
+            return Err(StoreError::QuarantineNotFound(id));
+        }
+        Ok(())
+    }
+
+    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError> {
+        let now = super::now_rfc3339();
+        let tx = self.conn.transaction()?;
+        for (id, table, row) in &plan.accepted {
+            upsert_rows(&tx, table, std::slice::from_ref(row), &plan.replay_id, &now)?;
+            tx.prepare_cached(
+                "UPDATE _sluice_quarantine SET status = 'replayed', replay_id = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, plan.replay_id])?;
+        }
+        for (id, errors) in &plan.rejected {
+            let errors = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
+            tx.prepare_cached("UPDATE _sluice_quarantine SET errors = ?2 WHERE id = ?1")?
+                .execute(params![id, errors])?;
+        }
+        tx.execute(
+            "INSERT INTO _sluice_replays (id, at, examined, replayed, still_invalid) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                plan.replay_id,
+                now,
+                i((plan.accepted.len() + plan.rejected.len()) as u64),
+                i(plan.accepted.len() as u64),
+                i(plan.rejected.len() as u64)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_drift(
+        &mut self,
+        connector: Option<&str>,
+        stream: Option<&str>,
+    ) -> Result<Vec<DriftEvent>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT connector, stream, path, kind, observed_type, first_seen_run, last_seen_run, first_seen_at, sample, count \
+             FROM _sluice_drift WHERE (?1 IS NULL OR connector = ?1) AND (?2 IS NULL OR stream = ?2) \
+             ORDER BY last_seen_at DESC, connector, stream, path",
+        )?;
+        let rows = stmt
+            .query_map(params![connector, stream], |r| {
+                Ok(DriftEvent {
+                    connector: r.get(0)?,
+                    stream: r.get(1)?,
+                    path: r.get(2)?,
+                    kind: r.get(3)?,
+                    observed_type: r.get(4)?,
+                    first_seen_run: r.get(5)?,
+                    last_seen_run: r.get(6)?,
+                    first_seen_at: r.get(7)?,
+                    sample: r.get(8)?,
+                    count: r.get::<_, i64>(9)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
         self.conn.execute(
-            &format!("INSERT INTO _sluice_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+            &format!("INSERT INTO _sluice_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
             params![
                 run.id,
                 run.connector,
@@ -269,6 +559,10 @@ impl Store for SqliteStore {
                 i(run.fuel_used),
                 i(run.peak_memory_bytes),
                 run.error,
+                i(run.records_valid),
+                i(run.records_quarantined),
+                serde_json::to_string(&run.streams).unwrap_or_else(|_| "{}".into()),
+                serde_json::to_string(&run.drift).unwrap_or_else(|_| "[]".into()),
             ],
         )?;
         Ok(())
@@ -278,7 +572,8 @@ impl Store for SqliteStore {
         let n = self.conn.execute(
             "UPDATE _sluice_runs SET ended_at = ?2, duration_ms = ?3, status = ?4, records_emitted = ?5, \
              records_upserted = ?6, commits = ?7, http_requests = ?8, http_denied = ?9, http_bytes = ?10, \
-             fuel_used = ?11, peak_memory_bytes = ?12, error = ?13 WHERE id = ?1",
+             fuel_used = ?11, peak_memory_bytes = ?12, error = ?13, records_valid = ?14, \
+             records_quarantined = ?15, stream_counts = ?16, drift = ?17 WHERE id = ?1",
             params![
                 run.id,
                 run.ended_at,
@@ -293,6 +588,10 @@ impl Store for SqliteStore {
                 i(run.fuel_used),
                 i(run.peak_memory_bytes),
                 run.error,
+                i(run.records_valid),
+                i(run.records_quarantined),
+                serde_json::to_string(&run.streams).unwrap_or_else(|_| "{}".into()),
+                serde_json::to_string(&run.drift).unwrap_or_else(|_| "[]".into()),
             ],
         )?;
         if n == 0 {

@@ -148,6 +148,11 @@ impl StreamTable {
     pub fn row(&self, raw: String) -> Result<Row, String> {
         let value: Value =
             serde_json::from_str(&raw).map_err(|e| format!("not valid JSON: {e}"))?;
+        self.row_from_value(value, raw)
+    }
+
+    /// Turn a parsed record (and its raw text) into a row.
+    pub fn row_from_value(&self, value: Value, raw: String) -> Result<Row, String> {
         let Value::Object(mut obj) = value else {
             return Err("not a JSON object".into());
         };

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Batch, CommitStats, Row, Store, StoreError, StreamTable};
+use super::{CommitRequest, CommitStats, Pending, Store, StoreError};
 use crate::limits::WRITER_CHANNEL_CAPACITY;
 
 type Job = Box<dyn FnOnce(&mut dyn Store) + Send>;
@@ -20,13 +20,10 @@ type Job = Box<dyn FnOnce(&mut dyn Store) + Send>;
 enum Msg {
     Append {
         run_id: Arc<str>,
-        table: Arc<StreamTable>,
-        rows: Vec<Row>,
+        pending: Pending,
     },
     Commit {
-        run_id: Arc<str>,
-        connector: Arc<str>,
-        state: Option<(String, String)>,
+        commit: Commit,
         reply: oneshot::Sender<Result<CommitStats, StoreError>>,
     },
     Discard {
@@ -34,6 +31,18 @@ enum Msg {
         reply: oneshot::Sender<usize>,
     },
     Call(Job),
+}
+
+/// What a commit message carries (besides the run's pending records).
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub run_id: Arc<str>,
+    pub connector: Arc<str>,
+    pub connector_version: Arc<str>,
+    /// (stream, value)
+    pub state: Option<(String, String)>,
+    /// Full-refresh tables to sweep (only at the end of a successful run).
+    pub sweep: Vec<String>,
 }
 
 /// A cheap, cloneable handle to a database's writer thread.
@@ -72,35 +81,27 @@ impl WriterHandle {
 }
 
 fn writer_loop(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
-    let mut pending: HashMap<Arc<str>, Vec<Batch>> = HashMap::new();
+    let mut pending: HashMap<Arc<str>, Pending> = HashMap::new();
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Append {
                 run_id,
-                table,
-                rows,
-            } => {
-                let batches = pending.entry(run_id).or_default();
-                match batches.last_mut() {
-                    Some((t, r)) if Arc::ptr_eq(t, &table) => r.extend(rows),
-                    _ => batches.push((table, rows)),
-                }
-            }
-            Msg::Commit {
-                run_id,
-                connector,
-                state,
-                reply,
-            } => {
-                let batches = pending.remove(&run_id).unwrap_or_default();
-                let state = state.as_ref().map(|(s, v)| (s.as_str(), v.as_str()));
-                let result = store.commit(&connector, &run_id, &batches, state);
+                pending: more,
+            } => pending.entry(run_id).or_default().merge(more),
+            Msg::Commit { commit, reply } => {
+                let run = pending.remove(&commit.run_id).unwrap_or_default();
+                let result = store.commit(&CommitRequest {
+                    run_id: &commit.run_id,
+                    connector: &commit.connector,
+                    connector_version: &commit.connector_version,
+                    pending: &run,
+                    state: commit.state.as_ref().map(|(s, v)| (s.as_str(), v.as_str())),
+                    sweep: &commit.sweep,
+                });
                 let _ = reply.send(result);
             }
             Msg::Discard { run_id, reply } => {
-                let n = pending
-                    .remove(&run_id)
-                    .map_or(0, |b| b.iter().map(|(_, r)| r.len()).sum());
+                let n = pending.remove(&run_id).map_or(0, |p| p.records());
                 let _ = reply.send(n);
             }
             Msg::Call(job) => job(store.as_mut()),
@@ -109,38 +110,21 @@ fn writer_loop(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
 }
 
 impl Writer {
-    /// Queue validated rows of `table` for `run_id`'s next commit.
-    pub async fn append(
-        &self,
-        run_id: Arc<str>,
-        table: Arc<StreamTable>,
-        rows: Vec<Row>,
-    ) -> Result<(), StoreError> {
+    /// Queue validated rows, quarantined records and drift for `run_id`'s
+    /// next commit.
+    pub async fn append(&self, run_id: Arc<str>, pending: Pending) -> Result<(), StoreError> {
         self.tx
-            .send(Msg::Append {
-                run_id,
-                table,
-                rows,
-            })
+            .send(Msg::Append { run_id, pending })
             .await
             .map_err(|_| StoreError::WriterGone)
     }
 
-    /// Write `run_id`'s queued rows and `state` in one transaction.
-    pub async fn commit(
-        &self,
-        run_id: Arc<str>,
-        connector: Arc<str>,
-        state: Option<(String, String)>,
-    ) -> Result<CommitStats, StoreError> {
+    /// Write the run's queued records and the commit's state (and sweeps)
+    /// in one transaction.
+    pub async fn commit(&self, commit: Commit) -> Result<CommitStats, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Commit {
-                run_id,
-                connector,
-                state,
-                reply,
-            })
+            .send(Msg::Commit { commit, reply })
             .await
             .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
