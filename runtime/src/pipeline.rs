@@ -114,7 +114,8 @@ pub struct RunRequest {
 pub struct RunReport {
     #[serde(flatten)]
     pub record: RunRecord,
-    pub streams: Vec<String>,
+    /// The streams the run read.
+    pub selected_streams: Vec<String>,
     pub http_failed: u64,
     pub log_lines_suppressed: u64,
     pub component_cache: &'static str,
@@ -251,7 +252,7 @@ async fn run_with_writer(
     writer.call(move |s| s.update_run(&updated)).await??;
     Ok(RunReport {
         record,
-        streams,
+        selected_streams: streams,
         http_failed: http.failed,
         log_lines_suppressed: log_suppressed,
         component_cache: match loaded.cache {

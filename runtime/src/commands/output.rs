@@ -102,7 +102,7 @@ pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
         "run {}  {} {}  {}",
         r.id, r.connector, r.connector_version, r.status
     );
-    println!("  streams:  {}", report.streams.join(", "));
+    println!("  streams:  {}", report.selected_streams.join(", "));
     println!(
         "  records:  {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
         r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
