@@ -178,6 +178,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
     // Crashing runs, in rounds on fresh databases, until enough kills.
     let mut rng = Rng(SEED);
     let mut kills = 0;
+    let mut total_crashed = 0;
     let mut round = 0;
     while kills < MIN_KILLS {
         round += 1;
@@ -186,6 +187,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
             "could not land {MIN_KILLS} kills (clean run {clean_time:?})"
         );
         let crash = s.path(&format!("crash-{round}.db"));
+        let mut round_kills = 0;
         loop {
             let mut child = spawn_run(&config, &crash, port);
             let wait_ms = rng.below(clean_time.as_millis() as u64 + 50);
@@ -194,6 +196,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 kills += 1;
+                round_kills += 1;
                 if crash.exists() {
                     assert_consistent(&crash, &valid_upto);
                 }
@@ -213,6 +216,26 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
             "round {round}: quarantine differs from the clean run"
         );
         assert_eq!(got.2, expected.2, "round {round}: final state");
+        // Every killed run is in the history, marked crashed by a later run.
+        let history = db(&crash);
+        let crashed = count(
+            &history,
+            "SELECT count(*) FROM _sluice_runs WHERE status = 'crashed'",
+        );
+        let running = count(
+            &history,
+            "SELECT count(*) FROM _sluice_runs WHERE status = 'running'",
+        );
+        assert_eq!(running, 0, "round {round}: runs left 'running'");
+        assert!(
+            crashed <= round_kills as i64,
+            "round {round}: more crashed runs than kills"
+        );
+        total_crashed += crashed;
         eprintln!("round {round}: identical to the clean run after {kills} kills so far");
     }
+    assert!(
+        total_crashed > 0,
+        "killed runs must show up as crashed in the history"
+    );
 }

@@ -159,7 +159,9 @@ impl From<StoreError> for Failure {
 pub async fn run(runtime: &Runtime, req: &RunRequest) -> Result<RunReport, PipelineError> {
     check_config_json(&req.config)?;
     let loaded = runtime.load(&req.component)?;
-    let handle = WriterHandle::spawn(Box::new(SqliteStore::open(&req.db)?));
+    let mut store = SqliteStore::open(&req.db)?;
+    store.mark_crashed()?;
+    let handle = WriterHandle::spawn(Box::new(store));
     let result = run_with_writer(runtime, &loaded, req, &handle).await;
     handle.close().await;
     result

@@ -330,6 +330,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             action,
         } => {
             let mut store = open_existing(db.as_deref())?;
+            store.mark_crashed()?;
             match action {
                 None => output::print_runs(&store.list_runs(*limit)?, *json)?,
                 Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,

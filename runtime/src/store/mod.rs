@@ -60,6 +60,9 @@ pub enum RunStatus {
     UncommittedLimit,
     /// The store failed under the run.
     StoreError,
+    /// The process running it ended without recording an end (killed,
+    /// power loss); found and marked by a later `sluice` on the database.
+    Crashed,
 }
 
 impl RunStatus {
@@ -74,6 +77,7 @@ impl RunStatus {
             RunStatus::Trapped => "trapped",
             RunStatus::UncommittedLimit => "uncommitted_limit",
             RunStatus::StoreError => "store_error",
+            RunStatus::Crashed => "crashed",
         }
     }
 
@@ -88,6 +92,7 @@ impl RunStatus {
             RunStatus::Trapped,
             RunStatus::UncommittedLimit,
             RunStatus::StoreError,
+            RunStatus::Crashed,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -300,6 +305,9 @@ pub trait Store: Send + 'static {
     ) -> Result<Vec<DriftEvent>, StoreError>;
     /// Record the start of a run.
     fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;
+    /// Mark `running` runs whose process (recorded pid, on this machine)
+    /// is gone as `crashed`; returns how many.
+    fn mark_crashed(&mut self) -> Result<u64, StoreError>;
     /// Update a run's row (end, status, counters).
     fn update_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;
     /// The newest `limit` runs, newest first.

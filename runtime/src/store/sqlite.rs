@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS _sluice_runs (
     http_bytes        INTEGER NOT NULL DEFAULT 0,
     fuel_used         INTEGER NOT NULL DEFAULT 0,
     peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
-    error             TEXT
+    error             TEXT,
+    pid               INTEGER
 );
 CREATE INDEX IF NOT EXISTS _sluice_runs_started ON _sluice_runs (started_at);
 CREATE TABLE IF NOT EXISTS _sluice_streams (
@@ -237,8 +238,13 @@ fn i(v: u64) -> i64 {
 
 impl Store for SqliteStore {
     fn ensure_table(&mut self, table: &StreamTable) -> Result<(), StoreError> {
-        let existing: Vec<(String, i64)> = self
+        // IMMEDIATE takes the write lock first, so two processes (or two
+        // writers) creating the same table cannot race between the check
+        // and the CREATE.
+        let tx = self
             .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let existing: Vec<(String, i64)> = tx
             .prepare("SELECT name, pk FROM pragma_table_info(?1)")?
             .query_map([&table.name], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
@@ -261,11 +267,12 @@ impl Store for SqliteStore {
                     .collect();
                 defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
             }
-            self.conn.execute_batch(&format!(
+            tx.execute_batch(&format!(
                 "CREATE TABLE {} ({})",
                 quote_ident(&table.name),
                 defs.join(", ")
             ))?;
+            tx.commit()?;
             return Ok(());
         }
         let mut existing_pk: Vec<(i64, &str)> = existing
@@ -289,7 +296,7 @@ impl Store for SqliteStore {
         }
         for col in &table.columns {
             if !existing.iter().any(|(n, _)| n == &col.name) {
-                self.conn.execute_batch(&format!(
+                tx.execute_batch(&format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
                     quote_ident(&table.name),
                     quote_ident(&col.name),
@@ -297,6 +304,7 @@ impl Store for SqliteStore {
                 ))?;
             }
         }
+        tx.commit()?;
         Ok(())
     }
 
@@ -565,7 +573,37 @@ impl Store for SqliteStore {
                 serde_json::to_string(&run.drift).unwrap_or_else(|_| "[]".into()),
             ],
         )?;
+        self.conn.execute(
+            "UPDATE _sluice_runs SET pid = ?2 WHERE id = ?1",
+            params![run.id, std::process::id()],
+        )?;
         Ok(())
+    }
+
+    fn mark_crashed(&mut self) -> Result<u64, StoreError> {
+        let running: Vec<(String, Option<i64>)> = self
+            .conn
+            .prepare("SELECT id, pid FROM _sluice_runs WHERE status = 'running'")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let me = i64::from(std::process::id());
+        let mut n = 0;
+        for (id, pid) in running {
+            let gone = match pid {
+                Some(p) if p == me => false,
+                Some(p) => !Path::new(&format!("/proc/{p}")).exists(),
+                None => false,
+            };
+            if gone {
+                n += self.conn.execute(
+                    "UPDATE _sluice_runs SET status = 'crashed', \
+                     error = 'the process running it (pid ' || pid || ') ended without finishing the run' \
+                     WHERE id = ?1 AND status = 'running'",
+                    [&id],
+                )? as u64;
+            }
+        }
+        Ok(n)
     }
 
     fn update_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
