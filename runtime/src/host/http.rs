@@ -274,6 +274,10 @@ const FORBIDDEN_V6: &[(Ipv6Net, &str)] = &[
         v6(0, 0, 0, 0, 0, 0, 0, 0, 96),
         "IPv4-compatible (deprecated)",
     ),
+    (
+        v6(0, 0, 0, 0, 0xffff, 0, 0, 0, 96),
+        "IPv4-translated (reserved)",
+    ),
     (v6(0x64, 0xff9b, 1, 0, 0, 0, 0, 0, 48), "local-use NAT64"),
     (v6(0x100, 0, 0, 0, 0, 0, 0, 0, 64), "discard-only"),
     (
@@ -883,6 +887,7 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::7f00:1",
             "::127.0.0.1",
+            "::ffff:0:7f00:1",
             "fc00::1",
             "fd12:3456::1",
             "fe80::1",
