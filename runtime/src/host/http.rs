@@ -340,48 +340,81 @@ fn literal_ip(url: &url::Url) -> Option<IpAddr> {
     }
 }
 
+/// Why the egress check refused a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EgressDenied {
+    #[error("URL {0} has no host or port")]
+    NoHost(String),
+    #[error("{host} is a {why} address; only an --allow-host grant of that exact IP reaches it")]
+    ForbiddenAddress { host: String, why: &'static str },
+    #[error("{scheme}://{host}:{port} is not granted to this connector (the operator grants it with --allow-host)")]
+    NotGranted {
+        scheme: String,
+        host: String,
+        port: u16,
+    },
+}
+
 /// The egress check of one URL (the request's or a redirect's): an IP
 /// literal in a forbidden range must be granted as that IP, and some grant
-/// must allow the scheme, host and port. `Err` says why not.
-pub fn egress_check(grants: &[HostGrant], url: &url::Url) -> Result<(), String> {
+/// must allow the scheme, host and port.
+pub fn egress_check(grants: &[HostGrant], url: &url::Url) -> Result<(), EgressDenied> {
     let Some((host, port)) = host_port(url) else {
-        return Err(format!("URL {url} has no host"));
+        return Err(EgressDenied::NoHost(url.to_string()));
     };
     if let Some(ip) = literal_ip(url) {
         if let Some(why) = forbidden_reason(ip) {
             if !grants.iter().any(|g| g.is_ip(ip)) {
-                return Err(format!(
-                    "{host} is a {why} address; only an --allow-host grant of that exact IP reaches it"
-                ));
+                return Err(EgressDenied::ForbiddenAddress { host, why });
             }
         }
     }
     if !is_granted(grants, url) {
-        return Err(format!(
-            "{}://{host}:{port} is not granted to this connector (the operator grants it with --allow-host)",
-            url.scheme()
-        ));
+        return Err(EgressDenied::NotGranted {
+            scheme: url.scheme().to_string(),
+            host,
+            port,
+        });
     }
     Ok(())
+}
+
+/// Why a guest's URL is an invalid request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadUrl {
+    #[error("the URL contains whitespace or control characters")]
+    Whitespace,
+    #[error("the URL must be absolute, http://… or https://…")]
+    NotAbsolute,
+    #[error("scheme {0:?} is not http or https")]
+    Scheme(String),
+    #[error("URLs with user info are refused")]
+    UserInfo,
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("bad URL: {0}")]
+    Parse(#[from] url::ParseError),
+    #[error("host {raw:?} is an unusual spelling of the IPv4 address {addr}; refused")]
+    OddIpv4 { raw: String, addr: Ipv4Addr },
+    #[error("percent-encoded host names are refused")]
+    PercentEncodedHost,
 }
 
 /// Parse a guest's URL, refusing what the `url` crate would silently
 /// normalise: the raw host text is checked before parsing, so `2130706433`,
 /// `0177.0.0.1`, `0x7f.0.0.1`, `127.1` or a percent-encoded host are
 /// invalid requests rather than quiet spellings of `127.0.0.1`.
-pub fn parse_request_url(raw: &str) -> Result<url::Url, String> {
+pub fn parse_request_url(raw: &str) -> Result<url::Url, BadUrl> {
     if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("the URL contains whitespace or control characters".into());
+        return Err(BadUrl::Whitespace);
     }
-    let (scheme, after) = raw
-        .split_once("://")
-        .ok_or_else(|| "the URL must be absolute, http://… or https://…".to_string())?;
+    let (scheme, after) = raw.split_once("://").ok_or(BadUrl::NotAbsolute)?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return Err(format!("scheme {scheme:?} is not http or https"));
+        return Err(BadUrl::Scheme(scheme.to_string()));
     }
     let authority = &after[..after.find(['/', '?', '#', '\\']).unwrap_or(after.len())];
     if authority.contains('@') {
-        return Err("URLs with user info are refused".into());
+        return Err(BadUrl::UserInfo);
     }
     let raw_host = if authority.starts_with('[') {
         &authority[..authority.find(']').map_or(authority.len(), |i| i + 1)]
@@ -389,18 +422,19 @@ pub fn parse_request_url(raw: &str) -> Result<url::Url, String> {
         &authority[..authority.find(':').unwrap_or(authority.len())]
     };
     if raw_host.is_empty() {
-        return Err("the URL has no host".into());
+        return Err(BadUrl::NoHost);
     }
-    let url = url::Url::parse(raw).map_err(|e| format!("bad URL: {e}"))?;
+    let url = url::Url::parse(raw)?;
     match url.host() {
-        None => return Err("the URL has no host".into()),
-        Some(url::Host::Ipv4(a)) if raw_host != a.to_string() => {
-            return Err(format!(
-                "host {raw_host:?} is an unusual spelling of the IPv4 address {a}; refused"
-            ))
+        None => return Err(BadUrl::NoHost),
+        Some(url::Host::Ipv4(addr)) if raw_host != addr.to_string() => {
+            return Err(BadUrl::OddIpv4 {
+                raw: raw_host.to_string(),
+                addr,
+            })
         }
         Some(url::Host::Domain(_)) if raw_host.contains('%') => {
-            return Err("percent-encoded host names are refused".into())
+            return Err(BadUrl::PercentEncodedHost)
         }
         _ => {}
     }
@@ -502,8 +536,8 @@ impl HttpCtx {
             if attempt.previous().len() > MAX_REDIRECTS {
                 return attempt.error(refuse(format!("more than {MAX_REDIRECTS} redirects")));
             }
-            if let Err(reason) = egress_check(&policy_grants, &url) {
-                return attempt.error(refuse(reason));
+            if let Err(denied) = egress_check(&policy_grants, &url) {
+                return attempt.error(refuse(denied.to_string()));
             }
             let carried = policy_header_secrets
                 .lock()
@@ -544,7 +578,8 @@ impl HttpCtx {
     }
 
     async fn send_checked(&mut self, req: Request) -> Result<Response, HttpError> {
-        let mut url = parse_request_url(&req.url).map_err(HttpError::InvalidRequest)?;
+        let mut url =
+            parse_request_url(&req.url).map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
         // Placeholders only in the query and in header values: anywhere
         // else in the URL the value could change where the request goes.
         let before_fragment = req.url.split('#').next().unwrap_or("");
@@ -577,8 +612,8 @@ impl HttpCtx {
         for name in &used {
             self.secrets.check_known(name).map_err(use_err)?;
         }
-        if let Err(reason) = egress_check(&self.grants, &url) {
-            return Err(self.deny(reason));
+        if let Err(denied) = egress_check(&self.grants, &url) {
+            return Err(self.deny(denied.to_string()));
         }
         for name in &used {
             if let Err(e) = self.secrets.check_allowed(name, &url) {
@@ -960,10 +995,20 @@ mod tests {
         ] {
             assert!(parse_request_url(raw).is_ok(), "{raw:?}");
         }
-        let e = parse_request_url("http://2130706433/").unwrap_err();
-        assert!(
-            e.contains("127.0.0.1") && e.contains("unusual spelling"),
-            "{e}"
+        assert_eq!(
+            parse_request_url("http://2130706433/").unwrap_err(),
+            BadUrl::OddIpv4 {
+                raw: "2130706433".into(),
+                addr: Ipv4Addr::LOCALHOST
+            }
+        );
+        assert_eq!(
+            parse_request_url("http://u:p@api.example.com/").unwrap_err(),
+            BadUrl::UserInfo
+        );
+        assert_eq!(
+            parse_request_url("http://%61pi.example.com/").unwrap_err(),
+            BadUrl::PercentEncodedHost
         );
     }
 
@@ -983,8 +1028,21 @@ mod tests {
         ] {
             assert!(egress_check(&g, &url(denied)).is_err(), "{denied}");
         }
-        let e = egress_check(&g, &url("http://169.254.169.254/")).unwrap_err();
-        assert!(e.contains("metadata"), "{e}");
+        assert_eq!(
+            egress_check(&g, &url("http://169.254.169.254/")).unwrap_err(),
+            EgressDenied::ForbiddenAddress {
+                host: "169.254.169.254".into(),
+                why: "cloud metadata (link-local)"
+            }
+        );
+        assert!(matches!(
+            egress_check(&g, &url("http://127.0.0.1:8081/")).unwrap_err(),
+            EgressDenied::NotGranted { port: 8081, .. }
+        ));
+        assert!(matches!(
+            egress_check(&g, &url("https://example.com/")).unwrap_err(),
+            EgressDenied::NotGranted { .. }
+        ));
     }
 
     #[tokio::test]
