@@ -57,6 +57,11 @@ pub struct GrantError {
     reason: &'static str,
 }
 
+/// Longest DNS name in text form (RFC 1035), in bytes.
+const MAX_DNS_NAME_BYTES: usize = 253;
+/// Longest DNS label (RFC 1035), in bytes.
+const MAX_DNS_LABEL_BYTES: usize = 63;
+
 /// Check a DNS name (already lower case): labels of letters, digits and
 /// hyphens, not numeric at the end (that would be an IPv4 spelling).
 fn check_domain(name: &str) -> Result<(), &'static str> {
@@ -66,12 +71,12 @@ fn check_domain(name: &str) -> Result<(), &'static str> {
     if !name.is_ascii() {
         return Err("write internationalised names in punycode (xn--…)");
     }
-    if name.len() > 253 {
+    if name.len() > MAX_DNS_NAME_BYTES {
         return Err("host name longer than 253 characters");
     }
     let labels: Vec<&str> = name.split('.').collect();
     for label in &labels {
-        if label.is_empty() || label.len() > 63 {
+        if label.is_empty() || label.len() > MAX_DNS_LABEL_BYTES {
             return Err("each dot-separated label must have 1 to 63 characters");
         }
         if !label
