@@ -17,6 +17,7 @@ fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
         config: config.to_string(),
         db: s.path("sluice.db"),
         grants: Vec::new(),
+        secrets: Default::default(),
         limits,
         full_refresh: false,
     }

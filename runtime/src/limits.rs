@@ -34,6 +34,16 @@ pub const DEFAULT_MAX_HTTP_REQUESTS: u64 = 100_000;
 /// Redirect hops followed for one request (each re-checked against grants).
 pub const MAX_REDIRECTS: usize = 5;
 
+/// Labels a wildcard grant's domain must have at least: `*.example.com` is
+/// accepted, `*.com` (every name under a top-level domain) is refused.
+pub const MIN_WILDCARD_DOMAIN_LABELS: usize = 2;
+
+/// Longest secret name (`--secret NAME=…`), in bytes.
+pub const MAX_SECRET_NAME_BYTES: usize = 64;
+
+/// Longest secret value read from the environment or a file, in bytes.
+pub const MAX_SECRET_BYTES: usize = 16 * 1024;
+
 /// Bytes of records emitted but not yet committed a run may hold. A
 /// connector must `state.commit` (or finish) before reaching it.
 pub const DEFAULT_MAX_UNCOMMITTED_BYTES: u64 = 256 * 1024 * 1024;

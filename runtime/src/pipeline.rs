@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::bindings::types::{self, ConfiguredStream, SyncMode};
 use crate::engine::{CacheOutcome, Loaded, Runtime, RuntimeError};
 use crate::host::http::{HostGrant, HttpStats};
+use crate::host::secrets::Secrets;
 use crate::host::{RunChannel, RunCounters, RunStream};
 use crate::limits::Limits;
 use crate::sandbox::{GuestError, Sandbox};
@@ -58,7 +59,16 @@ pub async fn spec(
     limits: &Limits,
 ) -> Result<(Arc<Loaded>, types::ConnectorSpec), PipelineError> {
     let loaded = runtime.load(path)?;
-    let mut sandbox = Sandbox::new(runtime, &loaded, &new_run_id(), "?", &[], limits).await?;
+    let mut sandbox = Sandbox::new(
+        runtime,
+        &loaded,
+        &new_run_id(),
+        "?",
+        &[],
+        &Secrets::default(),
+        limits,
+    )
+    .await?;
     let spec = sandbox.spec().await?;
     Ok((loaded, spec))
 }
@@ -69,11 +79,21 @@ pub async fn check(
     path: &Path,
     config: &str,
     grants: &[HostGrant],
+    secrets: &Secrets,
     limits: &Limits,
 ) -> Result<(), PipelineError> {
     check_config_json(config)?;
     let loaded = runtime.load(path)?;
-    let mut sandbox = Sandbox::new(runtime, &loaded, &new_run_id(), "?", grants, limits).await?;
+    let mut sandbox = Sandbox::new(
+        runtime,
+        &loaded,
+        &new_run_id(),
+        "?",
+        grants,
+        secrets,
+        limits,
+    )
+    .await?;
     let spec = sandbox.spec().await?;
     sandbox.set_connector(&spec.name);
     Ok(sandbox.check(config).await?)
@@ -85,11 +105,21 @@ pub async fn discover(
     path: &Path,
     config: &str,
     grants: &[HostGrant],
+    secrets: &Secrets,
     limits: &Limits,
 ) -> Result<Vec<types::Stream>, PipelineError> {
     check_config_json(config)?;
     let loaded = runtime.load(path)?;
-    let mut sandbox = Sandbox::new(runtime, &loaded, &new_run_id(), "?", grants, limits).await?;
+    let mut sandbox = Sandbox::new(
+        runtime,
+        &loaded,
+        &new_run_id(),
+        "?",
+        grants,
+        secrets,
+        limits,
+    )
+    .await?;
     let spec = sandbox.spec().await?;
     sandbox.set_connector(&spec.name);
     Ok(sandbox.discover(config).await?)
@@ -103,6 +133,9 @@ pub struct RunRequest {
     pub config: String,
     pub db: PathBuf,
     pub grants: Vec<HostGrant>,
+    /// Secrets the host substitutes into the connector's requests (to the
+    /// hosts each is bound to) and redacts from everything it records.
+    pub secrets: Secrets,
     pub limits: Limits,
     /// Read every stream in full-refresh mode: saved state is ignored and,
     /// when the run succeeds, rows it did not write are removed.
@@ -176,7 +209,16 @@ async fn run_with_writer(
     let writer = &handle.writer;
     let run_id = new_run_id();
     let started = Instant::now();
-    let mut sandbox = Sandbox::new(runtime, loaded, &run_id, "?", &req.grants, &req.limits).await?;
+    let mut sandbox = Sandbox::new(
+        runtime,
+        loaded,
+        &run_id,
+        "?",
+        &req.grants,
+        &req.secrets,
+        &req.limits,
+    )
+    .await?;
     let spec = sandbox.spec().await?;
     sandbox.set_connector(&spec.name);
 
@@ -238,7 +280,8 @@ async fn run_with_writer(
 
     let (status, error) = match outcome {
         Ok(()) => (RunStatus::Succeeded, None),
-        Err(f) => (f.status, Some(f.message)),
+        // The error goes to the run record, the report and the terminal.
+        Err(f) => (f.status, Some(req.secrets.redact(&f.message).into_owned())),
     };
     fill(
         &mut record,

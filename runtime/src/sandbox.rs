@@ -12,6 +12,7 @@ use crate::bindings::{types, Source};
 use crate::engine::{Loaded, Runtime};
 use crate::host::http::{HostGrant, HttpCtx};
 use crate::host::log::LogCtx;
+use crate::host::secrets::Secrets;
 use crate::host::sink::SinkCtx;
 use crate::host::state::StateCtx;
 use crate::host::{HostAbort, RunChannel};
@@ -120,6 +121,23 @@ pub enum GuestError {
 }
 
 impl GuestError {
+    /// This error with every secret value redacted from its text.
+    pub fn redacted(self, secrets: &Secrets) -> GuestError {
+        let r = |m: String| secrets.redact(&m).into_owned();
+        match self {
+            GuestError::Connector(e) => GuestError::Connector(match e {
+                types::ConnectorError::Config(m) => types::ConnectorError::Config(r(m)),
+                types::ConnectorError::Upstream(m) => types::ConnectorError::Upstream(r(m)),
+                types::ConnectorError::Host(m) => types::ConnectorError::Host(r(m)),
+                types::ConnectorError::Internal(m) => types::ConnectorError::Internal(r(m)),
+            }),
+            GuestError::Stopped { status, message } => GuestError::Stopped {
+                status,
+                message: r(message),
+            },
+        }
+    }
+
     pub fn status(&self) -> RunStatus {
         match self {
             GuestError::Connector(_) => RunStatus::Failed,
@@ -174,17 +192,19 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Instantiate `loaded` in a fresh store with `limits` and `grants`.
+    /// Instantiate `loaded` in a fresh store with `limits`, `grants` and
+    /// `secrets`.
     pub async fn new(
         runtime: &Runtime,
         loaded: &Loaded,
         run_id: &str,
         connector: &str,
         grants: &[HostGrant],
+        secrets: &Secrets,
         limits: &Limits,
     ) -> Result<Sandbox, GuestError> {
         let started = Instant::now();
-        let http = HttpCtx::new(grants, limits).map_err(|e| GuestError::Stopped {
+        let http = HttpCtx::new(grants, secrets, limits).map_err(|e| GuestError::Stopped {
             status: RunStatus::Trapped,
             message: format!("cannot set up HTTP client: {e}"),
         })?;
@@ -193,7 +213,7 @@ impl Sandbox {
             http,
             sink: SinkCtx::default(),
             state: StateCtx::default(),
-            log: LogCtx::new(run_id, connector, limits.max_log_lines),
+            log: LogCtx::new(run_id, connector, limits.max_log_lines, secrets),
         };
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|s| &mut s.limiter);
@@ -266,6 +286,7 @@ impl Sandbox {
                 .await
                 .map(|r| r.map(Ok)),
         )
+        .map_err(|e| self.explain(e))
     }
 
     pub async fn check(&mut self, config: &str) -> Result<(), GuestError> {
@@ -300,9 +321,12 @@ fn deadline_error() -> GuestError {
 
 impl Sandbox {
     /// Add the guest's last error log line (e.g. the panic message the SDK
-    /// logs) to a trap's message.
+    /// logs) to a trap's message, and redact every secret value: the text
+    /// goes to the run record and the operator's terminal.
     fn explain(&self, e: GuestError) -> GuestError {
-        match (e, &self.store.data().log.last_error) {
+        let data = self.store.data();
+        let e = e.redacted(&data.log.secrets);
+        match (e, &data.log.last_error) {
             (
                 GuestError::Stopped {
                     status: RunStatus::Trapped,

@@ -70,10 +70,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    sluice_env(args, &[])
+}
+
+/// Run the `sluice` binary with `args` and extra environment variables.
+pub fn sluice_env<I, S>(args: I, env: &[(&str, &str)]) -> Out
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env("SLUICE_CACHE_DIR", cache_dir())
         .env("SLUICE_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .expect("spawn sluice");
     Out {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sluice::host::http::HostGrant;
+use sluice::host::secrets::{SecretHost, SecretSpec, Secrets};
 use sluice::limits::{self, Limits};
 use sluice::pipeline::{self, RunRequest};
 use sluice::store::{QuarantineFilter, SqliteStore, Store};
@@ -180,10 +181,22 @@ struct Access {
     /// The connector's config (a JSON file).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Let the connector reach HOST or HOST:PORT (repeatable). Nothing else
-    /// is reachable.
-    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    /// Let the connector reach [http(s)://]HOST[:PORT] (repeatable): a DNS
+    /// name, *.DOMAIN (its subdomains, not the apex), an IPv4 address or
+    /// [IPv6]. Nothing else is reachable; loopback, private and metadata
+    /// addresses only as an IP granted exactly.
+    #[arg(long = "allow-host", value_name = "[SCHEME://]HOST[:PORT]")]
     allow_hosts: Vec<HostGrant>,
+    /// Bind secret NAME to the value of environment variable VAR or the
+    /// contents of file PATH (repeatable). Connectors write
+    /// {{secret:NAME}} in a header value or the URL query; the host
+    /// substitutes it.
+    #[arg(long = "secret", value_name = "NAME=env:VAR|NAME=file:PATH")]
+    secrets: Vec<SecretSpec>,
+    /// Let secret NAME be sent to HOST (same forms as --allow-host;
+    /// repeatable). A secret with no --secret-host is sent nowhere.
+    #[arg(long = "secret-host", value_name = "NAME=HOST")]
+    secret_hosts: Vec<SecretHost>,
     /// Fuel (≈ instructions) for the run [default: 20000000000].
     #[arg(long)]
     fuel: Option<u64>,
@@ -212,6 +225,14 @@ impl Access {
             l.timeout = Duration::from_secs_f64(t);
         }
         Ok(l)
+    }
+
+    fn secrets(&self) -> Result<Secrets> {
+        let secrets = Secrets::load(&self.secrets, &self.secret_hosts)?;
+        for name in secrets.unsendable() {
+            tracing::warn!("secret {name} has no --secret-host: it will not be sent anywhere");
+        }
+        Ok(secrets)
     }
 
     fn config_text(&self) -> Result<String> {
@@ -273,6 +294,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 component,
                 &config,
                 &access.allow_hosts,
+                &access.secrets()?,
                 &access.limits()?,
             )
             .await?;
@@ -290,6 +312,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 component,
                 &config,
                 &access.allow_hosts,
+                &access.secrets()?,
                 &access.limits()?,
             )
             .await?;
@@ -308,6 +331,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 config: access.config_text()?,
                 db: db.clone(),
                 grants: access.allow_hosts.clone(),
+                secrets: access.secrets()?,
                 limits: access.limits()?,
                 full_refresh: *full_refresh,
             };

@@ -4,6 +4,7 @@
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{log, types::Level};
+use crate::host::secrets::Secrets;
 use crate::limits::MAX_LOG_MESSAGE_BYTES;
 
 /// Per-run state of the `log` capability.
@@ -19,10 +20,12 @@ pub struct LogCtx {
     /// The last error-level line (e.g. a panic message the SDK logged just
     /// before trapping), quoted in the run's error.
     pub last_error: Option<String>,
+    /// Values redacted from every line before it is kept or written.
+    pub secrets: Secrets,
 }
 
 impl LogCtx {
-    pub fn new(run_id: &str, connector: &str, max_lines: u64) -> Self {
+    pub fn new(run_id: &str, connector: &str, max_lines: u64, secrets: &Secrets) -> Self {
         LogCtx {
             run_id: run_id.to_string(),
             connector: connector.to_string(),
@@ -30,6 +33,7 @@ impl LogCtx {
             lines: 0,
             suppressed: 0,
             last_error: None,
+            secrets: secrets.clone(),
         }
     }
 }
@@ -48,6 +52,8 @@ pub(crate) fn truncate(message: &str, max: usize) -> &str {
 
 impl log::Host for LogCtx {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        // Redact before truncating, so a cut cannot leave half a secret.
+        let message = self.secrets.redact(&message).into_owned();
         if level == Level::Error {
             self.last_error = Some(truncate(&message, MAX_LOG_MESSAGE_BYTES).to_string());
         }

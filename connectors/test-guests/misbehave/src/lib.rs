@@ -7,7 +7,15 @@
 //! - `loop`: spins forever (fuel or deadline must stop it).
 //! - `grow`: allocates memory without bound (the memory limit must stop it).
 //! - `panic`: panics (a trap).
-//! - `http`: GETs `url` and fails the run with the host's error, if any.
+//! - `http`: GETs `url` (with `headers`) and fails the run with the host's
+//!   error, if any, or with the upstream's status if it is not 2xx.
+//! - `echo`: GETs `url` (with `headers`), logs the response body at error
+//!   level and fails the run with it (an upstream that echoes what it got).
+//!
+//! With `must_not_see`, `http` and `echo` fail with a fixed message (which
+//! does not quote it) if the host hands the guest that text in an error, a
+//! response header or a response body: the check that the host never gives a
+//! guest a secret's value.
 //! - `error`: returns a connector error.
 
 use serde::Deserialize;
@@ -23,6 +31,42 @@ pub struct Config {
     uncommitted: u64,
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    must_not_see: Option<String>,
+}
+
+const SAW_FORBIDDEN: &str = "misbehave: the host handed the guest the forbidden text";
+
+/// GET `url` with the configured headers, failing if the host hands the
+/// guest `must_not_see` anywhere.
+fn get(config: &Config) -> Result<sluice_sdk::http::Response, Error> {
+    let url = config
+        .url
+        .as_deref()
+        .ok_or_else(|| Error::Config("url required".into()))?;
+    let mut req = sluice_sdk::http::Request::get(url);
+    for (name, value) in &config.headers {
+        req = req.header(name.clone(), value.clone());
+    }
+    let seen = |text: &str| {
+        config
+            .must_not_see
+            .as_deref()
+            .is_some_and(|f| text.contains(f))
+    };
+    match req.send() {
+        Err(e) if seen(&format!("{e:?} {e}")) => Err(Error::Internal(SAW_FORBIDDEN.into())),
+        Err(e) => Err(e),
+        Ok(resp) => {
+            let in_headers = resp.headers.iter().any(|(k, v)| seen(k) || seen(v));
+            if in_headers || seen(&String::from_utf8_lossy(&resp.body)) {
+                return Err(Error::Internal(SAW_FORBIDDEN.into()));
+            }
+            Ok(resp)
+        }
+    }
 }
 
 struct Misbehave;
@@ -80,14 +124,13 @@ impl Connector for Misbehave {
             }
             "panic" => panic!("misbehave: deliberate panic"),
             "http" => {
-                let url = config
-                    .url
-                    .as_deref()
-                    .ok_or_else(|| Error::Config("url required".into()))?;
-                sluice_sdk::http::Request::get(url)
-                    .send()?
-                    .error_for_status()?;
+                get(config)?.error_for_status()?;
                 Ok(())
+            }
+            "echo" => {
+                let body = String::from_utf8_lossy(&get(config)?.body).into_owned();
+                sluice_sdk::log::error(&format!("upstream said: {body}"));
+                Err(Error::Upstream(format!("upstream said: {body}")))
             }
             "error" => Err(Error::Upstream(
                 "misbehave: deliberate connector error".into(),
