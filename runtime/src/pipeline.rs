@@ -452,6 +452,9 @@ pub struct ReplaySummary {
     pub still_invalid: usize,
 }
 
+/// A stream's table and compiled schema, for replay.
+type ReplayTarget = (Arc<StreamTable>, StreamSchema);
+
 /// Re-validate quarantined records against their stream's current schema
 /// (as last declared by the connector) and upsert those that now pass, all
 /// in one transaction; the rest keep their (refreshed) errors.
@@ -463,8 +466,7 @@ pub fn replay(
         all: false,
         ..filter.clone()
     })?;
-    let mut targets: HashMap<(String, String), Option<(Arc<StreamTable>, StreamSchema)>> =
-        HashMap::new();
+    let mut targets: HashMap<(String, String), Option<ReplayTarget>> = HashMap::new();
     let mut plan = ReplayPlan {
         replay_id: format!("replay-{}", new_run_id()),
         ..ReplayPlan::default()
