@@ -334,6 +334,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 secrets: access.secrets()?,
                 limits: access.limits()?,
                 full_refresh: *full_refresh,
+                instance: None,
+                progress: None,
             };
             let report = pipeline::run(&rt, &req).await?;
             output::print_report(&report, *json)?;
