@@ -133,6 +133,14 @@ fn sync_runs_twenty_instances_four_at_a_time_and_a_failure_stays_alone() {
          config = {{ base_url = \"{}\" }}\n",
         fixtures[0].base_url()
     ));
+    // And one that cannot even start: its secret's variable is unset.
+    toml.push_str(&format!(
+        "\n[instances.broken-secret]\ncomponent = \"items\"\ndb = \"db/broken-secret.db\"\n\
+         allow_hosts = [\"127.0.0.1:{}\"]\nconfig = {{ base_url = \"{}\" }}\n\
+         secrets = {{ TOKEN = \"env:SLUICE_TEST_SURELY_UNSET\" }}\n",
+        fixtures[0].addr.port(),
+        fixtures[0].base_url()
+    ));
     let config_file = s.write("sluice.toml", &toml);
 
     let out = sluice([
@@ -146,7 +154,7 @@ fn sync_runs_twenty_instances_four_at_a_time_and_a_failure_stays_alone() {
     assert_eq!(out.code, Some(1), "{out:?}");
     let outcomes = json(&out);
     let outcomes = outcomes.as_array().unwrap();
-    assert_eq!(outcomes.len(), 22, "{out:?}");
+    assert_eq!(outcomes.len(), 23, "{out:?}");
     let by_name = |n: &str| {
         outcomes
             .iter()
@@ -162,6 +170,16 @@ fn sync_runs_twenty_instances_four_at_a_time_and_a_failure_stays_alone() {
             .contains("denied"),
         "{out:?}"
     );
+    let o = by_name("broken-secret");
+    assert_eq!(o["status"], "error", "{o}");
+    assert!(
+        o["error"]
+            .as_str()
+            .unwrap()
+            .contains("SLUICE_TEST_SURELY_UNSET"),
+        "{o}"
+    );
+    assert!(o["run_id"].is_null(), "{o}");
     for (name, total) in &expected {
         let o = by_name(name);
         assert_eq!(o["status"], "succeeded", "{name}: {o}");
@@ -186,6 +204,42 @@ fn sync_runs_twenty_instances_four_at_a_time_and_a_failure_stays_alone() {
             1
         );
     }
+    // At most four ran at once, and they did overlap: each run's recorded
+    // span lies inside the time it held a slot.
+    let mut spans: Vec<(String, String)> = Vec::new();
+    let mut dbs: Vec<PathBuf> = expected[..18]
+        .iter()
+        .map(|(n, _)| s.path(&format!("db/{n}.db")))
+        .collect();
+    dbs.push(s.path("shared.db"));
+    dbs.push(s.path("db/broken-panic.db"));
+    dbs.push(s.path("db/broken-nogrant.db"));
+    for path in &dbs {
+        let conn = db(path);
+        let mut stmt = conn
+            .prepare("SELECT started_at, ended_at FROM _sluice_runs")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<Vec<(String, String)>, _>>()
+            .unwrap();
+        spans.extend(rows);
+    }
+    assert_eq!(spans.len(), 22);
+    let most_at_once = spans
+        .iter()
+        .map(|(start, _)| {
+            // RFC 3339 UTC with milliseconds compares as text.
+            spans
+                .iter()
+                .filter(|(s2, e2)| s2.as_str() <= start.as_str() && start.as_str() < e2.as_str())
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!((2..=4).contains(&most_at_once), "{most_at_once} at once");
+
     // The failing guest's committed records are there, and only those.
     let panic_db = db(&s.path("db/broken-panic.db"));
     assert_eq!(count(&panic_db, "SELECT count(*) FROM items"), 30);
