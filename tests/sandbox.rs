@@ -20,6 +20,8 @@ fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
         secrets: Default::default(),
         limits,
         full_refresh: false,
+        instance: None,
+        progress: None,
     }
 }
 

@@ -7,17 +7,20 @@
 //! pipeline that ties them into runs. The `sluice` binary is a thin CLI over
 //! [`pipeline`].
 //!
-//! Layering: `pipeline` → `sandbox`/`engine` → `host` → `store`. Nothing
-//! below imports anything above.
+//! Layering: `sync` → `registry`/`config` → `pipeline` → `sandbox`/`engine`
+//! → `host` → `store`. Nothing below imports anything above.
 
 pub mod bindings;
+pub mod config;
 pub mod engine;
 pub mod host;
 pub mod limits;
 pub mod pipeline;
+pub mod registry;
 pub mod sandbox;
 pub mod schema;
 pub mod store;
+pub mod sync;
 
 pub use engine::{Runtime, RuntimeError, RuntimeOptions};
 pub use limits::Limits;

@@ -74,6 +74,23 @@ pub const MAX_WASM_STACK_BYTES: usize = 1024 * 1024;
 /// (back-pressure on `sink.emit`).
 pub const WRITER_CHANNEL_CAPACITY: usize = 64;
 
+/// Longest connector instance name in `sluice.toml`, in bytes.
+pub const MAX_INSTANCE_NAME_BYTES: usize = 64;
+
+/// Connector instances `sluice sync` runs at once unless `--concurrency`
+/// says otherwise. Each holds a sandbox (up to its memory limit) and a
+/// database connection; runs mostly wait on HTTP, so a few per core is fine.
+pub const DEFAULT_SYNC_CONCURRENCY: usize = 4;
+
+/// Largest `--concurrency` accepted.
+pub const MAX_SYNC_CONCURRENCY: usize = 256;
+
+/// Fuel a component's `spec` may spend when the registry discovers it.
+pub const REGISTRY_SPEC_FUEL: u64 = 1_000_000_000;
+
+/// Wall-clock deadline of a component's `spec` during registry discovery.
+pub const REGISTRY_SPEC_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Operator-tunable limits of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {

@@ -12,6 +12,7 @@ use crate::bindings::types::{self, ConfiguredStream, SyncMode};
 use crate::engine::{CacheOutcome, Loaded, Runtime, RuntimeError};
 use crate::host::http::{HostGrant, HttpStats};
 use crate::host::secrets::Secrets;
+pub use crate::host::RunProgress;
 use crate::host::{RunChannel, RunCounters, RunStream};
 use crate::limits::Limits;
 use crate::sandbox::{GuestError, Sandbox};
@@ -140,6 +141,19 @@ pub struct RunRequest {
     /// Read every stream in full-refresh mode: saved state is ignored and,
     /// when the run succeeds, rows it did not write are removed.
     pub full_refresh: bool,
+    /// The instance name (from `sluice.toml`) that keys the run's state,
+    /// run record, quarantine and drift rows (`connector` columns). `None`
+    /// keys them by the connector's spec name.
+    pub instance: Option<String>,
+    /// Live record counters the pipeline updates as the run goes.
+    pub progress: Option<Arc<RunProgress>>,
+}
+
+impl RunRequest {
+    /// The key of the run's rows: the instance name, else `spec_name`.
+    pub fn key<'a>(&'a self, spec_name: &'a str) -> &'a str {
+        self.instance.as_deref().unwrap_or(spec_name)
+    }
 }
 
 /// How a run went: its history row plus details for the summary.
@@ -220,11 +234,12 @@ async fn run_with_writer(
     )
     .await?;
     let spec = sandbox.spec().await?;
-    sandbox.set_connector(&spec.name);
+    let key = req.key(&spec.name).to_string();
+    sandbox.set_connector(&key);
 
     let mut record = RunRecord {
         id: run_id.clone(),
-        connector: spec.name.clone(),
+        connector: key.clone(),
         connector_version: spec.version.clone(),
         component_hash: loaded.hash.clone(),
         started_at: now_rfc3339(),
@@ -368,6 +383,7 @@ async fn drive(
     channel_slot: &Mutex<Option<Arc<RunChannel>>>,
     stream_names: &mut Vec<String>,
 ) -> Result<(), Failure> {
+    let key = req.key(&spec.name);
     let discovered = sandbox.discover(&req.config).await?;
     let invalid = |message: String| Failure {
         status: RunStatus::Failed,
@@ -406,7 +422,7 @@ async fn drive(
             sweep.push(s.name.clone());
         }
         defs.push(StreamDef {
-            connector: spec.name.clone(),
+            connector: key.to_string(),
             stream: s.name.clone(),
             connector_version: spec.version.clone(),
             json_schema: s.json_schema.clone(),
@@ -421,13 +437,14 @@ async fn drive(
     writer.call(move |st| st.record_streams(&defs)).await??;
     let channel = Arc::new(RunChannel {
         run_id: Arc::from(run_id),
-        connector: Arc::from(spec.name.as_str()),
+        connector: Arc::from(key),
         connector_version: Arc::from(spec.version.as_str()),
         writer: writer.clone(),
         streams,
         max_uncommitted_bytes: req.limits.max_uncommitted_bytes,
         max_state_bytes: req.limits.max_state_bytes,
         counters: Mutex::default(),
+        progress: req.progress.clone(),
     });
     *channel_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
     sandbox.attach_run(channel.clone());

@@ -1,18 +1,23 @@
 //! The subcommands.
 
 mod output;
+mod progress;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use sluice::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_FILE};
 use sluice::host::http::HostGrant;
 use sluice::host::secrets::{SecretHost, SecretSpec, Secrets};
 use sluice::limits::{self, Limits};
 use sluice::pipeline::{self, RunRequest};
+use sluice::registry::{Registry, CONNECTORS_DIR_ENV, DEFAULT_CONNECTORS_DIR};
 use sluice::store::{QuarantineFilter, SqliteStore, Store};
+use sluice::sync::{self as many, SyncJob};
 use sluice::{Runtime, RuntimeOptions};
 
 /// Sluice runs data connectors compiled to WebAssembly components, each in
@@ -27,6 +32,11 @@ pub struct Cli {
     /// Compile components every time instead of using the disk cache.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// The connector registry: components (*.wasm) known by their spec
+    /// name [default: `connectors_dir` of sluice.toml, else
+    /// ./connectors-dist].
+    #[arg(long, global = true, value_name = "DIR", env = CONNECTORS_DIR_ENV)]
+    connectors_dir: Option<PathBuf>,
     /// Log filter (tracing syntax), e.g. `info` or `warn,guest=debug`.
     #[arg(
         long,
@@ -43,7 +53,7 @@ pub struct Cli {
 enum Command {
     /// Print a connector's spec: name, version, config schema, streams.
     Spec {
-        /// The connector component (.wasm, or .wat text).
+        /// The connector: a component (.wasm, or .wat text) or a registry name.
         component: PathBuf,
         /// Print JSON.
         #[arg(long)]
@@ -77,6 +87,29 @@ enum Command {
         #[arg(long)]
         full_refresh: bool,
         /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the connectors in the registry directory: name, version,
+    /// streams, the hosts each asks for, and the component path.
+    Connectors {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the instances of sluice.toml (all, or those named) concurrently
+    /// in one process; exits 1 unless every run succeeded.
+    Sync {
+        /// Instances to run (default: all).
+        names: Vec<String>,
+        /// The operator config file.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+        config_file: PathBuf,
+        /// Runs at once.
+        #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_SYNC_CONCURRENCY as u64,
+              value_parser = clap::value_parser!(u64).range(1..=limits::MAX_SYNC_CONCURRENCY as u64))]
+        concurrency: u64,
+        /// Print the outcome as JSON (no progress display).
         #[arg(long)]
         json: bool,
     },
@@ -272,12 +305,36 @@ fn runtime(cli: &Cli) -> Result<Runtime> {
     Ok(Runtime::new(RuntimeOptions { cache_dir })?)
 }
 
+/// The registry directory: `--connectors-dir` (or its environment
+/// variable), else the one `sluice.toml` names, else the default.
+fn connectors_dir(cli: &Cli, from_file: Option<PathBuf>) -> PathBuf {
+    cli.connectors_dir
+        .clone()
+        .or(from_file)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONNECTORS_DIR))
+}
+
+/// A component argument: an existing file or anything path-like is a path;
+/// a bare name that is not a file is looked up in the registry.
+async fn resolve_component(cli: &Cli, rt: &Runtime, arg: &Path) -> Result<PathBuf> {
+    let bare = arg.to_str().is_some_and(is_bare_name);
+    if !bare || arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy();
+    let registry = Registry::scan(rt, &connectors_dir(cli, None))
+        .await
+        .with_context(|| format!("{name} is not a file, so it is looked up as a connector name"))?;
+    Ok(registry.get(&name)?.path.clone())
+}
+
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Spec { component, json } => {
             let start = Instant::now();
             let rt = runtime(&cli)?;
-            let (loaded, spec) = pipeline::spec(&rt, component, &Limits::default()).await?;
+            let component = resolve_component(&cli, &rt, component).await?;
+            let (loaded, spec) = pipeline::spec(&rt, &component, &Limits::default()).await?;
             output::print_spec(&spec, *json)?;
             tracing::info!(
                 cache = ?loaded.cache,
@@ -288,10 +345,11 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check { component, access } => {
             let rt = runtime(&cli)?;
+            let component = resolve_component(&cli, &rt, component).await?;
             let config = access.config_text()?;
             pipeline::check(
                 &rt,
-                component,
+                &component,
                 &config,
                 &access.allow_hosts,
                 &access.secrets()?,
@@ -306,10 +364,11 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let rt = runtime(&cli)?;
+            let component = resolve_component(&cli, &rt, component).await?;
             let config = access.config_text()?;
             let streams = pipeline::discover(
                 &rt,
-                component,
+                &component,
                 &config,
                 &access.allow_hosts,
                 &access.secrets()?,
@@ -327,13 +386,15 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let rt = runtime(&cli)?;
             let req = RunRequest {
-                component: component.clone(),
+                component: resolve_component(&cli, &rt, component).await?,
                 config: access.config_text()?,
                 db: db.clone(),
                 grants: access.allow_hosts.clone(),
                 secrets: access.secrets()?,
                 limits: access.limits()?,
                 full_refresh: *full_refresh,
+                instance: None,
+                progress: None,
             };
             let report = pipeline::run(&rt, &req).await?;
             output::print_report(&report, *json)?;
@@ -344,6 +405,54 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     report.record.status,
                     report.record.error.as_deref().unwrap_or("(no message)")
                 );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Connectors { json } => {
+            let rt = runtime(&cli)?;
+            let dir = connectors_dir(&cli, None);
+            let registry = Registry::scan(&rt, &dir).await?;
+            output::print_connectors(&registry, *json)?;
+        }
+        Command::Sync {
+            names,
+            config_file,
+            concurrency,
+            json,
+        } => {
+            let config = OperatorConfig::load(config_file)?;
+            let selected = config.select(names)?;
+            let rt = Arc::new(runtime(&cli)?);
+            let by_name = selected.iter().any(|n| {
+                matches!(
+                    ComponentRef::parse(&config.file.instances[n.as_str()].component),
+                    ComponentRef::Name(_)
+                )
+            });
+            let registry = if by_name {
+                let dir = connectors_dir(&cli, config.connectors_dir());
+                Some(Registry::scan(&rt, &dir).await?)
+            } else {
+                None
+            };
+            let jobs: Vec<SyncJob> = selected
+                .iter()
+                .map(|name| SyncJob {
+                    instance: name.clone(),
+                    request: many::prepare(&config, name, registry.as_ref()),
+                })
+                .collect();
+            let display = progress::Display::new(*json);
+            let outcomes = many::run_all(
+                rt,
+                jobs,
+                usize::try_from(*concurrency).unwrap_or(limits::DEFAULT_SYNC_CONCURRENCY),
+                display.observer(),
+            )
+            .await;
+            display.finish().await;
+            output::print_sync(&outcomes, *json)?;
+            if !outcomes.iter().all(|o| o.succeeded()) {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -4,7 +4,9 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use sluice::bindings::types::{ConnectorSpec, Stream, SyncMode};
 use sluice::pipeline::{ReplaySummary, RunReport};
+use sluice::registry::Registry;
 use sluice::store::{DriftEvent, QuarantineEntry};
+use sluice::sync::SyncOutcome;
 use sluice::RunRecord;
 
 fn schema_value(text: &str) -> Value {
@@ -317,5 +319,101 @@ pub fn print_drift(events: &[DriftEvent], as_json: bool) -> Result<()> {
             d.connector, d.stream, d.path, d.kind, d.observed_type, d.count, d.sample
         );
     }
+    Ok(())
+}
+
+pub fn print_connectors(registry: &Registry, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(registry)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:<10}  {:<24}  {:<28}  path",
+        "name", "version", "streams", "hosts"
+    );
+    let or_dash = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    for e in registry.entries.values() {
+        println!(
+            "{:<20}  {:<10}  {:<24}  {:<28}  {}",
+            e.name,
+            e.version,
+            or_dash(&e.streams),
+            or_dash(&e.hosts),
+            e.path.display()
+        );
+    }
+    for b in &registry.broken {
+        println!("(unusable) {}: {}", b.path.display(), b.error);
+    }
+    if registry.entries.is_empty() && registry.broken.is_empty() {
+        println!("no components (*.wasm) in {}", registry.dir.display());
+    }
+    Ok(())
+}
+
+fn sync_status(o: &SyncOutcome) -> &'static str {
+    match &o.result {
+        Ok(r) => r.record.status.as_str(),
+        Err(_) => "error",
+    }
+}
+
+pub fn print_sync(outcomes: &[SyncOutcome], as_json: bool) -> Result<()> {
+    if as_json {
+        let v: Vec<Value> = outcomes
+            .iter()
+            .map(|o| {
+                let (run, error) = match &o.result {
+                    Ok(r) => (Some(r), r.record.error.clone()),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                json!({
+                    "instance": o.instance,
+                    "status": sync_status(o),
+                    "run_id": run.map(|r| r.record.id.clone()),
+                    "records_upserted": run.map_or(0, |r| r.record.records_upserted),
+                    "records_quarantined": run.map_or(0, |r| r.record.records_quarantined),
+                    "duration_ms": o.duration.as_millis() as u64,
+                    "error": error,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:<17}  {:>10}  {:>10}",
+        "instance", "status", "records", "duration"
+    );
+    for o in outcomes {
+        let records = match &o.result {
+            Ok(r) => r.record.records_upserted.to_string(),
+            Err(_) => "-".into(),
+        };
+        println!(
+            "{:<24}  {:<17}  {:>10}  {:>8.2} s",
+            o.instance,
+            sync_status(o),
+            records,
+            o.duration.as_secs_f64()
+        );
+    }
+    for o in outcomes {
+        let error = match &o.result {
+            Ok(r) => r.record.error.clone(),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = error {
+            println!("{}: {e}", o.instance);
+        }
+    }
+    let ok = outcomes.iter().filter(|o| o.succeeded()).count();
+    println!("{ok} of {} instances succeeded", outcomes.len());
     Ok(())
 }

@@ -51,6 +51,27 @@ pub struct RunChannel {
     pub max_uncommitted_bytes: u64,
     pub max_state_bytes: u64,
     pub counters: std::sync::Mutex<RunCounters>,
+    /// Live counters for a progress display, if the caller asked for them.
+    pub progress: Option<std::sync::Arc<RunProgress>>,
+}
+
+/// Records so far of one run, readable while it runs (e.g. by a progress
+/// display polling it). Updated by the `sink` and `state` capabilities;
+/// UI-agnostic.
+#[derive(Debug, Default)]
+pub struct RunProgress {
+    /// Records received by `sink.emit` so far.
+    pub emitted: std::sync::atomic::AtomicU64,
+    /// Records written by commits so far.
+    pub upserted: std::sync::atomic::AtomicU64,
+}
+
+impl RunProgress {
+    /// (emitted, upserted) now.
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.emitted.load(Relaxed), self.upserted.load(Relaxed))
+    }
 }
 
 /// Counters of the sink and state capabilities.
@@ -85,7 +106,14 @@ impl RunChannel {
     }
 
     pub(crate) fn update<R>(&self, f: impl FnOnce(&mut RunCounters) -> R) -> R {
-        f(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut counters);
+        if let Some(p) = &self.progress {
+            use std::sync::atomic::Ordering::Relaxed;
+            p.emitted.store(counters.emitted, Relaxed);
+            p.upserted.store(counters.upserted, Relaxed);
+        }
+        r
     }
 
     /// Commit everything emitted so far, with `state` if given; `sweep`
