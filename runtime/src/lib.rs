@@ -19,7 +19,7 @@ pub mod sandbox;
 pub mod schema;
 pub mod store;
 
-pub use engine::{Runtime, RuntimeError, RuntimeOptions};
+pub use engine::{EngineSettings, Runtime, RuntimeError, RuntimeOptions};
 pub use limits::Limits;
 pub use pipeline::{PipelineError, RunReport, RunRequest};
 pub use store::{RunRecord, RunStatus};

@@ -427,6 +427,8 @@ async fn drive(
         streams,
         max_uncommitted_bytes: req.limits.max_uncommitted_bytes,
         max_state_bytes: req.limits.max_state_bytes,
+        max_emit_bytes: req.limits.max_emit_bytes,
+        max_record_bytes: req.limits.max_record_bytes,
         counters: Mutex::default(),
     });
     *channel_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
