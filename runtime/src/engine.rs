@@ -91,12 +91,17 @@ pub struct EngineSettings {
     /// Meter fuel (instructions). Off only to measure what metering costs:
     /// runs then have no instruction budget, only the wall-clock deadline.
     pub fuel_metering: bool,
+    /// Interrupt guests at the wall-clock deadline via epochs. Off only to
+    /// measure what it costs: a guest spinning without host calls then runs
+    /// until its fuel is spent (host waits stay bounded by the deadline).
+    pub epoch_interruption: bool,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             fuel_metering: true,
+            epoch_interruption: true,
         }
     }
 }
@@ -111,6 +116,7 @@ pub struct Runtime {
     engine_key: u64,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     fuel_metering: bool,
+    epoch_interruption: bool,
 }
 
 impl Runtime {
@@ -127,7 +133,7 @@ impl Runtime {
         config
             .wasm_component_model(true)
             .consume_fuel(settings.fuel_metering)
-            .epoch_interruption(true)
+            .epoch_interruption(settings.epoch_interruption)
             .max_wasm_stack(MAX_WASM_STACK_BYTES);
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -145,7 +151,14 @@ impl Runtime {
             engine_key,
             loaded: Mutex::new(HashMap::new()),
             fuel_metering: settings.fuel_metering,
+            epoch_interruption: settings.epoch_interruption,
         })
+    }
+
+    /// Whether guests are interrupted by epochs (always, except when
+    /// measuring).
+    pub fn epoch_interruption(&self) -> bool {
+        self.epoch_interruption
     }
 
     /// Whether runs meter fuel (always, except when measuring).

@@ -317,9 +317,11 @@ impl Sandbox {
                     message: format!("cannot set fuel: {e}"),
                 })?;
         }
-        let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis().max(1)) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        if runtime.epoch_interruption() {
+            let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis().max(1)) as u64 + 1;
+            store.set_epoch_deadline(ticks);
+            store.epoch_deadline_trap();
+        }
         let mut sandbox_deadline = started + limits.timeout;
         if sandbox_deadline < started {
             sandbox_deadline = started;

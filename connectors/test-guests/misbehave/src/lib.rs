@@ -21,6 +21,8 @@
 //! Adversarial behaviours (tests/adversarial.rs):
 //!
 //! - `recurse`: unbounded non-tail recursion (the wasm stack limit).
+//! - `recurse_shadow`: unbounded recursion with frames on the guest's own
+//!   shadow stack in linear memory (the guest's stack overflows: a trap).
 //! - `memgrow`: `memory.grow` in a loop, ignoring `-1` (the memory limit).
 //! - `log_spam`: logs forever (the log cap, then fuel).
 //! - `state_spam`: reads state forever (a tight host-call loop; the deadline).
@@ -33,6 +35,8 @@
 //! - `undeclared_stream`: emits to a stream the connector never declared.
 //! - `not_object`: emits a JSON array as a record.
 //! - `http_forever`: GETs `url` forever, ignoring errors.
+//! - `spin`: `size` rounds of integer hashing, then returns normally (a
+//!   CPU-bound guest for measuring what fuel metering costs).
 
 use serde::Deserialize;
 use sluice_sdk::{json, Connector, Error, Reader, Spec, Stream};
@@ -57,16 +61,26 @@ pub struct Config {
     commit_every: u64,
 }
 
-/// Recurse `depth` frames deep without a tail call (each frame keeps a
-/// live local), so only the wasm stack limit stops it.
+/// Recurse `depth` frames deep without a tail call, in wasm locals only,
+/// so only the wasm stack limit stops it.
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
     if depth == u64::MAX {
         return 0;
     }
+    (recurse(depth + 1).wrapping_mul(3)) ^ depth
+}
+
+/// Recurse with a 128-byte frame on the guest's own shadow stack (in linear
+/// memory), which overflows before the wasm stack does.
+#[inline(never)]
+fn recurse_shadow(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
     let mut frame = [depth; 16];
     frame = std::hint::black_box(frame);
-    recurse(depth + 1).wrapping_add(frame[(depth % 16) as usize])
+    recurse_shadow(depth + 1).wrapping_add(frame[(depth % 16) as usize])
 }
 
 /// Emit records forever through `emit`, committing every `commit_every`.
@@ -184,6 +198,10 @@ impl Connector for Misbehave {
                 let r = recurse(0);
                 Err(Error::Internal(format!("recursion returned {r}")))
             }
+            "recurse_shadow" => {
+                let r = recurse_shadow(0);
+                Err(Error::Internal(format!("recursion returned {r}")))
+            }
             "memgrow" => {
                 #[cfg(target_arch = "wasm32")]
                 loop {
@@ -225,6 +243,15 @@ impl Connector for Misbehave {
             "not_object" => {
                 reader.emit("items", &json!([1, 2, 3]))?;
                 reader.flush()
+            }
+            "spin" => {
+                let mut x: u64 = 1;
+                for i in 0..config.size {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                    x ^= x >> 29;
+                }
+                sluice_sdk::log::debug(&format!("spin result {x}"));
+                Ok(())
             }
             "http_forever" => loop {
                 let _ = std::hint::black_box(get(config));
