@@ -219,7 +219,12 @@ async fn memory_grow_loop_ignoring_failure_hits_the_memory_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_recursion_overflows_the_stack() {
     let s = Scratch::new();
-    let r = hostile(&s, config("recurse", serde_json::json!({})), Limits::default()).await;
+    let r = hostile(
+        &s,
+        config("recurse", serde_json::json!({})),
+        Limits::default(),
+    )
+    .await;
     assert_tripped(&s, &r, RunStatus::StackOverflow, "stack").await;
 }
 
@@ -242,7 +247,12 @@ async fn deep_recursion_on_the_shadow_stack_traps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_after_emit_before_commit_keeps_only_committed_records() {
     let s = Scratch::new();
-    let r = hostile(&s, config("panic", serde_json::json!({})), Limits::default()).await;
+    let r = hostile(
+        &s,
+        config("panic", serde_json::json!({})),
+        Limits::default(),
+    )
+    .await;
     assert_tripped(&s, &r, RunStatus::Trapped, "deliberate panic").await;
     assert_eq!(r.record.records_upserted, COMMITTED);
     assert_eq!(r.record.records_emitted, COMMITTED + UNCOMMITTED);
@@ -269,7 +279,11 @@ async fn endless_committed_emits_hit_the_emit_bytes_limit() {
     let extra = serde_json::json!({"size": 1000, "commit_every": 100});
     let r = hostile(&s, config("emit_forever", extra), limits).await;
     assert_tripped(&s, &r, RunStatus::EmitBytesLimit, "1048576 bytes in all").await;
-    assert!(r.record.records_upserted >= 500, "{}", r.record.records_upserted);
+    assert!(
+        r.record.records_upserted >= 500,
+        "{}",
+        r.record.records_upserted
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +295,13 @@ async fn endless_emits_without_commit_hit_the_uncommitted_limit() {
     };
     let extra = serde_json::json!({"size": 1000, "commit_every": 0});
     let r = hostile(&s, config("emit_forever", extra), limits).await;
-    assert_tripped(&s, &r, RunStatus::UncommittedLimit, "commit state more often").await;
+    assert_tripped(
+        &s,
+        &r,
+        RunStatus::UncommittedLimit,
+        "commit state more often",
+    )
+    .await;
     assert_eq!(r.record.records_upserted, COMMITTED);
 }
 
@@ -296,7 +316,11 @@ async fn millions_of_tiny_emits_hit_the_emit_bytes_limit() {
     let extra = serde_json::json!({"commit_every": 1000});
     let r = hostile(&s, config("tiny_emits", extra), limits).await;
     assert_tripped(&s, &r, RunStatus::EmitBytesLimit, "in all").await;
-    assert!(r.record.records_emitted > 10_000, "{}", r.record.records_emitted);
+    assert!(
+        r.record.records_emitted > 10_000,
+        "{}",
+        r.record.records_emitted
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +366,12 @@ async fn emitting_to_an_undeclared_stream_fails_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emitting_a_json_array_fails_the_run() {
     let s = Scratch::new();
-    let r = hostile(&s, config("not_object", serde_json::json!({})), Limits::default()).await;
+    let r = hostile(
+        &s,
+        config("not_object", serde_json::json!({})),
+        Limits::default(),
+    )
+    .await;
     assert_tripped(&s, &r, RunStatus::Failed, "not a JSON object").await;
 }
 
@@ -415,7 +444,11 @@ async fn endless_downloads_hit_the_http_bytes_limit() {
     let r = hostile_with(&s, config("http_forever", extra), limits, grant(addr)).await;
     assert_tripped(&s, &r, RunStatus::HttpBytesLimit, "1048576 bytes in all").await;
     assert!(r.record.http_bytes <= 1 << 20, "{}", r.record.http_bytes);
-    assert!(r.record.http_bytes >= 15 * (64 << 10), "{}", r.record.http_bytes);
+    assert!(
+        r.record.http_bytes >= 15 * (64 << 10),
+        "{}",
+        r.record.http_bytes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,13 +657,17 @@ async fn wat_table_grow_bomb_hits_the_table_limit() {
     let s = Scratch::new();
     let wat = WatSource {
         main: "(table $t 1 funcref)",
-        spec: "(loop $l (drop (table.grow $t (ref.null func) (i32.const 1000))) (br $l)) unreachable",
+        spec:
+            "(loop $l (drop (table.grow $t (ref.null func) (i32.const 1000))) (br $l)) unreachable",
         ..WatSource::default()
     }
     .text();
     let (status, message) = stopped(wat_spec(&s, "table", &wat, Limits::default()).await);
     assert_eq!(status, RunStatus::TableLimit, "{message}");
-    assert!(message.contains("table limit of 100000 elements"), "{message}");
+    assert!(
+        message.contains("table limit of 100000 elements"),
+        "{message}"
+    );
     assert_host_serves().await;
 }
 
@@ -750,9 +787,15 @@ async fn wat_wasi_guest_sees_no_environment_arguments_cwd_or_directories() {
         ..WatSource::default()
     }
     .text();
-    assert!(std::env::var_os("PATH").is_some(), "the host has an environment");
+    assert!(
+        std::env::var_os("PATH").is_some(),
+        "the host has an environment"
+    );
     let name = wat_spec(&s, "wasi", &wat, Limits::default()).await.unwrap();
-    assert_eq!(name, "wat-clean", "the guest found host environment or files");
+    assert_eq!(
+        name, "wat-clean",
+        "the guest found host environment or files"
+    );
 }
 
 // -------------------------------------------------------------- neighbours
@@ -773,10 +816,15 @@ fn items(db: &std::path::Path) -> Vec<(i64, i64, String)> {
 async fn sixteen_concurrent_runs_four_hostile_good_ones_match_a_clean_run() {
     let rt = runtime();
     let s = Scratch::new();
-    let good = serde_json::json!({"behaviour": "ok", "committed": 300, "uncommitted": 200})
-        .to_string();
+    let good =
+        serde_json::json!({"behaviour": "ok", "committed": 300, "uncommitted": 200}).to_string();
     // The reference: a clean run alone.
-    let clean = request(guest("misbehave"), s.path("clean.db"), good.clone(), Limits::default());
+    let clean = request(
+        guest("misbehave"),
+        s.path("clean.db"),
+        good.clone(),
+        Limits::default(),
+    );
     let report = pipeline::run(&rt, &clean).await.unwrap();
     assert_eq!(report.record.status, RunStatus::Succeeded);
     let expected = items(&s.path("clean.db"));
@@ -820,12 +868,20 @@ async fn sixteen_concurrent_runs_four_hostile_good_ones_match_a_clean_run() {
     let mut seen = 0;
     while let Some(done) = set.join_next().await {
         let (i, db, expect, report) = done.unwrap();
-        assert_eq!(report.record.status, expect, "run {i}: {:?}", report.record.error);
+        assert_eq!(
+            report.record.status, expect,
+            "run {i}: {:?}",
+            report.record.error
+        );
         if expect == RunStatus::Succeeded {
             assert_eq!(items(&db), expected, "run {i} differs from the clean run");
         } else {
             let rows = items(&db);
-            assert_eq!(rows.len() as u64, COMMITTED, "run {i} kept uncommitted rows");
+            assert_eq!(
+                rows.len() as u64,
+                COMMITTED,
+                "run {i} kept uncommitted rows"
+            );
             assert_eq!(rows[..], expected[..COMMITTED as usize], "run {i}");
         }
         seen += 1;
@@ -846,36 +902,43 @@ async fn measure_fuel_and_epoch_cost() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000_000);
     let s = Scratch::new();
-    let spin = serde_json::json!({"behaviour": "spin", "size": rounds}).to_string();
-    for (fuel, epoch) in [(true, true), (false, true), (true, false), (false, false)] {
-        let rt = Runtime::with_settings(
-            RuntimeOptions { cache_dir: None },
-            EngineSettings {
-                fuel_metering: fuel,
-                epoch_interruption: epoch,
-            },
-        )
-        .unwrap();
-        let mut best = Duration::MAX;
-        let mut fuel_used = 0;
-        for i in 0..3 {
-            let req = request(
-                guest("misbehave"),
-                s.path(&format!("m-{fuel}-{epoch}-{i}.db")),
-                spin.clone(),
-                Limits::default(),
-            );
-            let started = Instant::now();
-            let report = pipeline::run(&rt, &req).await.unwrap();
-            let took = started.elapsed();
-            assert_eq!(report.record.status, RunStatus::Succeeded, "{:?}", report.record.error);
-            best = best.min(took);
-            fuel_used = report.record.fuel_used;
-        }
-        println!(
-            "fuel_metering={fuel:<5} epoch_interruption={epoch:<5} {rounds} rounds: best of 3 {:.3} s ({:.2} ns/round), fuel used {fuel_used}",
+    for behaviour in ["spin", "spin_alu"] {
+        let spin = serde_json::json!({"behaviour": behaviour, "size": rounds}).to_string();
+        for (fuel, epoch) in [(true, true), (false, true), (true, false), (false, false)] {
+            let rt = Runtime::with_settings(
+                RuntimeOptions { cache_dir: None },
+                EngineSettings {
+                    fuel_metering: fuel,
+                    epoch_interruption: epoch,
+                },
+            )
+            .unwrap();
+            let mut best = Duration::MAX;
+            let mut fuel_used = 0;
+            for i in 0..5 {
+                let req = request(
+                    guest("misbehave"),
+                    s.path(&format!("m-{behaviour}-{fuel}-{epoch}-{i}.db")),
+                    spin.clone(),
+                    Limits::default(),
+                );
+                let started = Instant::now();
+                let report = pipeline::run(&rt, &req).await.unwrap();
+                let took = started.elapsed();
+                assert_eq!(
+                    report.record.status,
+                    RunStatus::Succeeded,
+                    "{:?}",
+                    report.record.error
+                );
+                best = best.min(took);
+                fuel_used = report.record.fuel_used;
+            }
+            println!(
+            "{behaviour:<8} fuel_metering={fuel:<5} epoch_interruption={epoch:<5} {rounds} rounds: best of 5 {:.3} s ({:.2} ns/round), fuel used {fuel_used}",
             best.as_secs_f64(),
             best.as_nanos() as f64 / rounds as f64
         );
+        }
     }
 }

@@ -698,8 +698,7 @@ impl HttpCtx {
             if (body.len() + chunk.len()) as u64 > cap {
                 return Err(HttpError::TooLarge(cap).into());
             }
-            if self.stats.bytes_received + (body.len() + chunk.len()) as u64 > self.max_http_bytes
-            {
+            if self.stats.bytes_received + (body.len() + chunk.len()) as u64 > self.max_http_bytes {
                 return Err(SendFail::Abort(HostAbort::HttpBytes {
                     limit: self.max_http_bytes,
                 }));

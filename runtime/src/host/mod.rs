@@ -27,7 +27,9 @@ pub enum HostAbort {
         size: u64,
         limit: u64,
     },
-    #[error("the state value of stream {stream} is {size} bytes, over the {limit}-byte state limit")]
+    #[error(
+        "the state value of stream {stream} is {size} bytes, over the {limit}-byte state limit"
+    )]
     StateTooLarge {
         stream: String,
         size: u64,

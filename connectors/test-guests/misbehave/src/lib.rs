@@ -35,6 +35,8 @@
 //! - `undeclared_stream`: emits to a stream the connector never declared.
 //! - `not_object`: emits a JSON array as a record.
 //! - `http_forever`: GETs `url` forever, ignoring errors.
+//! - `spin_alu`: like `spin` with nothing but register arithmetic in the
+//!   loop (the worst case for fuel metering).
 //! - `spin`: `size` rounds of integer hashing, then returns normally (a
 //!   CPU-bound guest for measuring what fuel metering costs).
 
@@ -251,6 +253,15 @@ impl Connector for Misbehave {
                     x ^= x >> 29;
                 }
                 sluice_sdk::log::debug(&format!("spin result {x}"));
+                Ok(())
+            }
+            "spin_alu" => {
+                let mut x: u64 = std::hint::black_box(1);
+                for i in 0..std::hint::black_box(config.size) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                    x ^= x >> 29;
+                }
+                sluice_sdk::log::debug(&format!("spin result {}", std::hint::black_box(x)));
                 Ok(())
             }
             "http_forever" => loop {
