@@ -942,3 +942,156 @@ async fn measure_fuel_and_epoch_cost() {
         }
     }
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn wat_wasi_stdout_is_captured_into_the_run_log() {
+    let wat = WatSource {
+        imports: r#"
+  (import "wasi:io/error@0.2.0" (instance $io-error
+    (export "error" (type (sub resource)))))
+  (alias export $io-error "error" (type $io-err))
+  (import "wasi:io/streams@0.2.0" (instance $streams
+    (alias outer $C $io-err (type $e))
+    (export "output-stream" (type $os (sub resource)))
+    (type $se (variant (case "last-operation-failed" (own $e)) (case "closed")))
+    (export "stream-error" (type $se2 (eq $se)))
+    (export "[method]output-stream.blocking-write-and-flush"
+      (func (param "self" (borrow $os)) (param "contents" (list u8)) (result (result (error $se2)))))))
+  (alias export $streams "output-stream" (type $output-stream))
+  (import "wasi:cli/stdout@0.2.0" (instance $stdout
+    (alias outer $C $output-stream (type $os))
+    (export "get-stdout" (func (result (own $os))))))"#,
+        lowered: r#"
+  (core func $get-stdout (canon lower (func $stdout "get-stdout")))
+  (core func $write (canon lower (func $streams "[method]output-stream.blocking-write-and-flush") (memory $memory)))"#,
+        host_exports: r#"(export "get-stdout" (func $get-stdout)) (export "write" (func $write))"#,
+        main_imports: r#"
+    (import "host" "get-stdout" (func $get-stdout (result i32)))
+    (import "host" "write" (func $write (param i32 i32 i32 i32)))"#,
+        main: r#"(data (i32.const 700) "hello from wasi stdout\n")"#,
+        spec: r#"
+      (call $write (call $get-stdout) (i32.const 700) (i32.const 23) (i32.const 1072))
+      (if (result i32) (i32.load8_u (i32.const 1072))
+        (then (i32.const 128))
+        (else (i32.const 64)))"#,
+        ..WatSource::default()
+    }
+    .text();
+    let s = Scratch::new();
+    let path = s.write("stdout.wat", &wat);
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("guest=info")
+        .finish();
+    let name = tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pipeline::spec(&runtime(), &path, &Limits::default()))
+            .map(|(_, spec)| spec.name)
+    })
+    .unwrap();
+    assert_eq!(name, "wat-clean", "the write to stdout failed");
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("hello from wasi stdout"))
+        .unwrap_or_else(|| panic!("guest stdout not in the log: {log:?}"));
+    assert!(line.contains("run_id="), "{line}");
+    assert!(line.contains("stream=\"stdout\""), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wat_wasi_guest_cannot_resolve_names_or_open_sockets() {
+    // Name lookup must fail with `permanent-resolver-failure` (error-code
+    // case 20: wasmtime's answer when lookup is disabled) and creating a
+    // TCP socket with `access-denied` (case 1).
+    let errors = r#""unknown" "access-denied" "not-supported" "invalid-argument" "out-of-memory"
+        "timeout" "concurrency-conflict" "not-in-progress" "would-block" "invalid-state"
+        "new-socket-limit" "address-not-bindable" "address-in-use" "remote-unreachable"
+        "connection-refused" "connection-reset" "connection-aborted" "datagram-too-large"
+        "name-unresolvable" "temporary-resolver-failure" "permanent-resolver-failure""#;
+    let imports = format!(
+        r#"
+  (import "wasi:sockets/network@0.2.0" (instance $net
+    (export "network" (type (sub resource)))
+    (type $ec (enum {errors}))
+    (export "error-code" (type (eq $ec)))
+    (type $fam (enum "ipv4" "ipv6"))
+    (export "ip-address-family" (type (eq $fam)))))
+  (alias export $net "network" (type $network))
+  (alias export $net "error-code" (type $error-code))
+  (alias export $net "ip-address-family" (type $family))
+  (import "wasi:sockets/instance-network@0.2.0" (instance $inet
+    (alias outer $C $network (type $n))
+    (export "instance-network" (func (result (own $n))))))
+  (import "wasi:sockets/ip-name-lookup@0.2.0" (instance $lookup
+    (alias outer $C $network (type $n))
+    (alias outer $C $error-code (type $ec))
+    (export "resolve-address-stream" (type $ras (sub resource)))
+    (export "resolve-addresses" (func (param "network" (borrow $n)) (param "name" string)
+      (result (result (own $ras) (error $ec)))))))
+  (import "wasi:sockets/tcp@0.2.0" (instance $tcp
+    (export "tcp-socket" (type (sub resource)))))
+  (alias export $tcp "tcp-socket" (type $tcp-socket))
+  (import "wasi:sockets/tcp-create-socket@0.2.0" (instance $tcp-create
+    (alias outer $C $tcp-socket (type $t))
+    (alias outer $C $error-code (type $ec))
+    (alias outer $C $family (type $f))
+    (export "create-tcp-socket" (func (param "address-family" $f)
+      (result (result (own $t) (error $ec)))))))"#
+    );
+    let wat = WatSource {
+        imports: &imports,
+        lowered: r#"
+  (core func $instance-network (canon lower (func $inet "instance-network")))
+  (core func $resolve (canon lower (func $lookup "resolve-addresses") (memory $memory) (realloc $realloc)))
+  (core func $create-tcp (canon lower (func $tcp-create "create-tcp-socket") (memory $memory)))"#,
+        host_exports: r#"(export "instance-network" (func $instance-network))
+            (export "resolve" (func $resolve)) (export "create-tcp" (func $create-tcp))"#,
+        main_imports: r#"
+    (import "host" "instance-network" (func $instance-network (result i32)))
+    (import "host" "resolve" (func $resolve (param i32 i32 i32 i32)))
+    (import "host" "create-tcp" (func $create-tcp (param i32 i32)))"#,
+        main: r#"(data (i32.const 740) "localhost")"#,
+        spec: r#"
+      (call $resolve (call $instance-network) (i32.const 740) (i32.const 9) (i32.const 1088))
+      (call $create-tcp (i32.const 0) (i32.const 1096))
+      (if (result i32)
+        (i32.and
+          (i32.and (i32.eq (i32.load8_u (i32.const 1088)) (i32.const 1))
+                   (i32.eq (i32.load8_u (i32.const 1092)) (i32.const 20)))
+          (i32.and (i32.eq (i32.load8_u (i32.const 1096)) (i32.const 1))
+                   (i32.eq (i32.load8_u (i32.const 1100)) (i32.const 1))))
+        (then (i32.const 64))
+        (else (i32.const 128)))"#,
+        ..WatSource::default()
+    }
+    .text();
+    let s = Scratch::new();
+    let name = wat_spec(&s, "sockets", &wat, Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        name, "wat-clean",
+        "the guest resolved a name or opened a socket"
+    );
+}
