@@ -37,6 +37,10 @@
 //! - `http_forever`: GETs `url` forever, ignoring errors.
 //! - `spin_alu`: like `spin` with nothing but register arithmetic in the
 //!   loop (the worst case for fuel metering).
+//! - `spin_wide`: like `spin_alu` with four independent chains (bound by
+//!   throughput, not latency).
+//! - `json_churn`: `size` rounds of serialising and parsing a 50-record
+//!   page with serde_json (branchy code, as real connectors run).
 //! - `spin`: `size` rounds of integer hashing, then returns normally (a
 //!   CPU-bound guest for measuring what fuel metering costs).
 
@@ -262,6 +266,29 @@ impl Connector for Misbehave {
                     x ^= x >> 29;
                 }
                 sluice_sdk::log::debug(&format!("spin result {}", std::hint::black_box(x)));
+                Ok(())
+            }
+            "spin_wide" => {
+                let mut x = std::hint::black_box([1u64, 2, 3, 4]);
+                for i in 0..std::hint::black_box(config.size) {
+                    for (k, v) in x.iter_mut().enumerate() {
+                        *v = v.wrapping_mul(6364136223846793005).wrapping_add(i ^ k as u64);
+                        *v ^= *v >> 29;
+                    }
+                }
+                sluice_sdk::log::debug(&format!("spin result {:?}", std::hint::black_box(x)));
+                Ok(())
+            }
+            "json_churn" => {
+                let page: Vec<sluice_sdk::Value> = (0..50).map(item).collect();
+                let mut total = 0usize;
+                for _ in 0..config.size {
+                    let text = serde_json::to_string(&page).map_err(|e| Error::Internal(e.to_string()))?;
+                    let back: Vec<sluice_sdk::Value> = serde_json::from_str(std::hint::black_box(&text))
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    total += back.len();
+                }
+                sluice_sdk::log::debug(&format!("churned {total}"));
                 Ok(())
             }
             "http_forever" => loop {
