@@ -1117,3 +1117,45 @@ async fn wat_wasi_guest_cannot_resolve_names_or_open_sockets() {
         "the guest resolved a name or opened a socket"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wat_wasi_sleep_loop_hits_the_deadline() {
+    // A guest blocking on WASI clocks burns no fuel; the wall-clock
+    // deadline must still end it, and promptly.
+    let wat = WatSource {
+        imports: r#"
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type $p (sub resource)))
+    (export "[method]pollable.block" (func (param "self" (borrow $p))))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer $C $pollable (type $p))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))"#,
+        lowered: r#"
+  (core func $subscribe (canon lower (func $clock "subscribe-duration")))
+  (core func $block (canon lower (func $poll "[method]pollable.block")))"#,
+        host_exports: r#"(export "subscribe" (func $subscribe)) (export "block" (func $block))"#,
+        main_imports: r#"
+    (import "host" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "host" "block" (func $block (param i32)))"#,
+        spec: r#"
+      (loop $l (call $block (call $subscribe (i64.const 10000000000))) (br $l))
+      unreachable"#,
+        ..WatSource::default()
+    }
+    .text();
+    let s = Scratch::new();
+    let limits = Limits {
+        timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let (status, message) = stopped(wat_spec(&s, "sleep", &wat, limits).await);
+    assert_eq!(status, RunStatus::Deadline, "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_host_serves().await;
+}
