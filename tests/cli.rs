@@ -574,3 +574,90 @@ fn spec_discover_and_runs_print_json() {
     let out = sluice(["runs".as_ref(), "--db".as_ref(), db_path.as_os_str()]);
     assert!(out.ok && out.stdout.contains("misbehave"), "{out:?}");
 }
+
+#[test]
+fn limit_flags_trip_their_own_statuses() {
+    // --max-record-bytes: one 100 kB record after 6 committed.
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "giant_record", "committed": 6, "size": 100000}"#,
+        &["--max-record-bytes", "64KiB"],
+    );
+    let r = assert_failed_with(&s, &out, "record_too_large", 6);
+    assert!(r["error"]
+        .as_str()
+        .unwrap()
+        .contains("65536-byte record limit"));
+
+    // --max-state-bytes: a 10 kB state value.
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "giant_state", "committed": 3, "uncommitted": 2, "size": 10000}"#,
+        &["--max-state-bytes", "4KiB"],
+    );
+    assert_failed_with(&s, &out, "state_too_large", 3);
+
+    // --max-emit-bytes: endless committed batches.
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        r#"{"behaviour": "emit_forever", "size": 500, "commit_every": 100}"#,
+        &["--max-emit-bytes", "256KiB"],
+    );
+    assert!(!out.ok);
+    let r = report(&out);
+    assert_eq!(r["status"], "emit_bytes_limit", "{out:?}");
+    let committed = r["records_upserted"].as_i64().unwrap();
+    assert!(committed >= 300 && committed % 100 == 0, "{committed}");
+    let conn = db(&s.path("sluice.db"));
+    assert_eq!(count(&conn, "SELECT count(*) FROM items"), committed);
+}
+
+#[test]
+fn max_http_requests_flag_ends_the_run_with_http_budget() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let (mut buf, mut seen) = ([0u8; 4096], Vec::new());
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    // One answer per complete request head.
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if conn.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let s = Scratch::new();
+    let out = misbehave(
+        &s,
+        &format!(
+            r#"{{"behaviour": "http_forever", "committed": 4, "uncommitted": 4, "url": "http://127.0.0.1:{port}/x"}}"#
+        ),
+        &[
+            "--max-http-requests",
+            "7",
+            "--allow-host",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let r = assert_failed_with(&s, &out, "http_budget", 4);
+    assert_eq!(r["http_requests"], 7);
+    assert!(r["error"]
+        .as_str()
+        .unwrap()
+        .contains("budget of 7 requests"));
+}

@@ -84,6 +84,28 @@ impl RuntimeOptions {
     }
 }
 
+/// Engine settings that change compiled code; for measurement only (the
+/// defaults are what Sluice runs with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Meter fuel (instructions). Off only to measure what metering costs:
+    /// runs then have no instruction budget, only the wall-clock deadline.
+    pub fuel_metering: bool,
+    /// Interrupt guests at the wall-clock deadline via epochs. Off only to
+    /// measure what it costs: a guest spinning without host calls then runs
+    /// until its fuel is spent (host waits stay bounded by the deadline).
+    pub epoch_interruption: bool,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            fuel_metering: true,
+            epoch_interruption: true,
+        }
+    }
+}
+
 /// The process-wide runtime: engine, linker, caches, epoch ticker.
 pub struct Runtime {
     engine: Engine,
@@ -93,15 +115,25 @@ pub struct Runtime {
     /// wasmtime version and every engine setting that affects compiled code.
     engine_key: u64,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    fuel_metering: bool,
+    epoch_interruption: bool,
 }
 
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Self, RuntimeError> {
+        Self::with_settings(options, EngineSettings::default())
+    }
+
+    /// A runtime with non-default engine settings (measurement only).
+    pub fn with_settings(
+        options: RuntimeOptions,
+        settings: EngineSettings,
+    ) -> Result<Self, RuntimeError> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true)
+            .consume_fuel(settings.fuel_metering)
+            .epoch_interruption(settings.epoch_interruption)
             .max_wasm_stack(MAX_WASM_STACK_BYTES);
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -118,7 +150,20 @@ impl Runtime {
             cache_dir: options.cache_dir,
             engine_key,
             loaded: Mutex::new(HashMap::new()),
+            fuel_metering: settings.fuel_metering,
+            epoch_interruption: settings.epoch_interruption,
         })
+    }
+
+    /// Whether guests are interrupted by epochs (always, except when
+    /// measuring).
+    pub fn epoch_interruption(&self) -> bool {
+        self.epoch_interruption
+    }
+
+    /// Whether runs meter fuel (always, except when measuring).
+    pub fn fuel_metering(&self) -> bool {
+        self.fuel_metering
     }
 
     pub fn engine(&self) -> &Engine {
@@ -274,6 +319,8 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     host::state::add_to_linker(linker, |s| &mut s.state)?;
     host::sink::add_to_linker(linker, |s| &mut s.sink)?;
     host::log::add_to_linker(linker, |s| &mut s.log)?;
+    // WASI 0.2, locked down by each store's `WasiCtx` (see sandbox::WasiState).
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
     Ok(())
 }
 

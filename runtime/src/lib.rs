@@ -22,7 +22,7 @@ pub mod schema;
 pub mod store;
 pub mod sync;
 
-pub use engine::{Runtime, RuntimeError, RuntimeOptions};
+pub use engine::{EngineSettings, Runtime, RuntimeError, RuntimeOptions};
 pub use limits::Limits;
 pub use pipeline::{PipelineError, RunReport, RunRequest};
 pub use store::{RunRecord, RunStatus};

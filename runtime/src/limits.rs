@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 /// Outbound HTTP requests one run may make.
 pub const DEFAULT_MAX_HTTP_REQUESTS: u64 = 100_000;
 
+/// Response body bytes one run may receive in all its requests together.
+pub const DEFAULT_MAX_HTTP_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Redirect hops followed for one request (each re-checked against grants).
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -48,6 +51,12 @@ pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 /// connector must `state.commit` (or finish) before reaching it.
 pub const DEFAULT_MAX_UNCOMMITTED_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Bytes of record JSON one run may emit in all (committed or not).
+pub const DEFAULT_MAX_EMIT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Largest single record, in bytes of JSON text.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Largest single state value, in bytes.
 pub const DEFAULT_MAX_STATE_BYTES: u64 = 1024 * 1024;
 
@@ -57,17 +66,26 @@ pub const DEFAULT_MAX_LOG_LINES: u64 = 10_000;
 /// Longest log message kept; longer ones are truncated.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 4096;
 
-/// Table elements a run may grow its tables to.
+/// Elements any one of a run's tables may grow to.
 pub const DEFAULT_MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Core instances one component may create.
+/// Core instances one run's component may create.
 pub const DEFAULT_MAX_INSTANCES: usize = 100;
 
-/// Tables and memories one component may create.
+/// Tables one run's component may create.
 pub const DEFAULT_MAX_TABLES: usize = 100;
+
+/// Linear memories one run's component may create.
 pub const DEFAULT_MAX_MEMORIES: usize = 16;
 
+/// Bytes of a WASI guest's stdout, and separately of its stderr, kept per
+/// run (written to the log, tagged with the run id, when the sandbox ends).
+/// Past it the stream reports itself closed to the guest.
+pub const MAX_WASI_STDIO_BYTES: usize = 64 * 1024;
+
 /// Native stack the guest may use, in bytes (wasmtime's `max_wasm_stack`).
+/// An engine setting, the same for every run of a process; exceeding it ends
+/// the run with `stack_overflow`.
 pub const MAX_WASM_STACK_BYTES: usize = 1024 * 1024;
 
 /// Batches in flight between the sandboxes and a database's writer thread
@@ -103,6 +121,18 @@ pub struct Limits {
     pub max_uncommitted_bytes: u64,
     pub max_state_bytes: u64,
     pub max_log_lines: u64,
+    /// Response body bytes of all the run's requests together.
+    pub max_http_bytes: u64,
+    /// Record bytes the run may emit in all.
+    pub max_emit_bytes: u64,
+    /// Largest single record.
+    pub max_record_bytes: u64,
+    /// Elements any one table may grow to.
+    pub max_table_elements: usize,
+    /// Core instances, tables and memories the component may create.
+    pub max_instances: usize,
+    pub max_tables: usize,
+    pub max_memories: usize,
 }
 
 impl Default for Limits {
@@ -117,6 +147,13 @@ impl Default for Limits {
             max_uncommitted_bytes: DEFAULT_MAX_UNCOMMITTED_BYTES,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             max_log_lines: DEFAULT_MAX_LOG_LINES,
+            max_http_bytes: DEFAULT_MAX_HTTP_BYTES,
+            max_emit_bytes: DEFAULT_MAX_EMIT_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_tables: DEFAULT_MAX_TABLES,
+            max_memories: DEFAULT_MAX_MEMORIES,
         }
     }
 }

@@ -443,6 +443,8 @@ async fn drive(
         streams,
         max_uncommitted_bytes: req.limits.max_uncommitted_bytes,
         max_state_bytes: req.limits.max_state_bytes,
+        max_emit_bytes: req.limits.max_emit_bytes,
+        max_record_bytes: req.limits.max_record_bytes,
         counters: Mutex::default(),
         progress: req.progress.clone(),
     });

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{types, Source};
 use crate::engine::{Loaded, Runtime};
@@ -16,10 +19,7 @@ use crate::host::secrets::Secrets;
 use crate::host::sink::SinkCtx;
 use crate::host::state::StateCtx;
 use crate::host::{HostAbort, RunChannel};
-use crate::limits::{
-    Limits, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORIES, DEFAULT_MAX_TABLES,
-    DEFAULT_MAX_TABLE_ELEMENTS, EPOCH_TICK,
-};
+use crate::limits::{Limits, EPOCH_TICK, MAX_WASI_STDIO_BYTES};
 use crate::store::RunStatus;
 
 /// A resource limit the guest tried to exceed (raised as a trap).
@@ -36,6 +36,9 @@ pub enum LimitExceeded {
 pub struct RunLimiter {
     max_memory: u64,
     max_table_elements: usize,
+    max_instances: usize,
+    max_tables: usize,
+    max_memories: usize,
     /// Bytes of all the run's linear memories now.
     pub memory: u64,
     /// Largest `memory` seen.
@@ -46,7 +49,10 @@ impl RunLimiter {
     pub fn new(limits: &Limits) -> Self {
         RunLimiter {
             max_memory: limits.memory_bytes,
-            max_table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
+            max_table_elements: limits.max_table_elements,
+            max_instances: limits.max_instances,
+            max_tables: limits.max_tables,
+            max_memories: limits.max_memories,
             memory: 0,
             peak_memory: 0,
         }
@@ -90,13 +96,74 @@ impl ResourceLimiter for RunLimiter {
     }
 
     fn instances(&self) -> usize {
-        DEFAULT_MAX_INSTANCES
+        self.max_instances
     }
     fn tables(&self) -> usize {
-        DEFAULT_MAX_TABLES
+        self.max_tables
     }
     fn memories(&self) -> usize {
-        DEFAULT_MAX_MEMORIES
+        self.max_memories
+    }
+}
+
+/// WASI 0.2 for guests built by componentize-py/-js, locked down: clocks and
+/// random only; stdout/stderr captured (capped) into the run log; no
+/// preopened directories, environment, arguments, stdin, sockets or name
+/// lookup. Guests that import nothing from WASI never touch it.
+pub struct WasiState {
+    pub ctx: WasiCtx,
+    pub table: ResourceTable,
+    pub stdout: MemoryOutputPipe,
+    pub stderr: MemoryOutputPipe,
+}
+
+impl WasiState {
+    pub fn locked_down() -> Self {
+        let stdout = MemoryOutputPipe::new(MAX_WASI_STDIO_BYTES);
+        let stderr = MemoryOutputPipe::new(MAX_WASI_STDIO_BYTES);
+        let ctx = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        WasiState {
+            ctx,
+            table: ResourceTable::new(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Write what the guest printed to the log, tagged with the run id and
+    /// connector, one event per line.
+    fn log_output(&self, run_id: &str, connector: &str, secrets: &Secrets) {
+        for (name, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            if bytes.is_empty() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let text = secrets.redact(&text);
+            for line in text.lines() {
+                tracing::info!(target: "guest", run_id, connector, stream = name, "{line}");
+            }
+            if bytes.len() >= MAX_WASI_STDIO_BYTES {
+                tracing::warn!(target: "guest", run_id, connector, stream = name,
+                    "guest output cut at {MAX_WASI_STDIO_BYTES} bytes");
+            }
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi.ctx,
+            table: &mut self.wasi.table,
+        }
     }
 }
 
@@ -107,6 +174,7 @@ pub struct HostState {
     pub sink: SinkCtx,
     pub state: StateCtx,
     pub log: LogCtx,
+    pub wasi: WasiState,
 }
 
 /// How a guest call can fail.
@@ -159,14 +227,14 @@ pub fn connector_error_text(e: &types::ConnectorError) -> String {
 /// Map a trap or host error from a guest call onto a run status.
 pub fn classify(err: &wasmtime::Error) -> (RunStatus, String) {
     if let Some(l) = err.downcast_ref::<LimitExceeded>() {
-        return (RunStatus::MemoryLimit, l.to_string());
+        let status = match l {
+            LimitExceeded::Memory { .. } => RunStatus::MemoryLimit,
+            LimitExceeded::Table { .. } => RunStatus::TableLimit,
+        };
+        return (status, l.to_string());
     }
     if let Some(a) = err.downcast_ref::<HostAbort>() {
-        let status = match a {
-            HostAbort::UncommittedLimit { .. } => RunStatus::UncommittedLimit,
-            HostAbort::Store(_) => RunStatus::StoreError,
-        };
-        return (status, a.to_string());
+        return (a.status(), a.to_string());
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => (
@@ -177,9 +245,32 @@ pub fn classify(err: &wasmtime::Error) -> (RunStatus, String) {
             RunStatus::Deadline,
             "the run's wall-clock deadline passed".into(),
         ),
+        Some(Trap::StackOverflow) => (
+            RunStatus::StackOverflow,
+            "the guest overflowed its wasm stack (runaway recursion?)".into(),
+        ),
         Some(t) => (RunStatus::Trapped, format!("guest trapped: {t}")),
         None => (RunStatus::Trapped, format!("guest failed: {err:#}")),
     }
+}
+
+/// wasmtime reports a component creating more instances, tables or
+/// memories than the limiter allows with an untyped error
+/// ("resource limit exceeded: instance count too high at N"); this is the
+/// one place its text is matched.
+const COUNT_LIMIT_MARKER: &str = "count too high";
+
+/// Map an instantiation failure onto a run status: the count limits, else
+/// as [`classify`].
+pub fn classify_instantiation(err: &wasmtime::Error) -> (RunStatus, String) {
+    let text = format!("{err:#}");
+    if text.contains("resource limit exceeded") && text.contains(COUNT_LIMIT_MARKER) {
+        return (
+            RunStatus::InstanceLimit,
+            format!("the component creates too many instances, tables or memories: {text}"),
+        );
+    }
+    classify(err)
 }
 
 /// A live sandbox: a store with its limits, and the instantiated world.
@@ -214,18 +305,23 @@ impl Sandbox {
             sink: SinkCtx::default(),
             state: StateCtx::default(),
             log: LogCtx::new(run_id, connector, limits.max_log_lines, secrets),
+            wasi: WasiState::locked_down(),
         };
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| GuestError::Stopped {
-                status: RunStatus::Trapped,
-                message: format!("cannot set fuel: {e}"),
-            })?;
-        let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis().max(1)) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        if runtime.fuel_metering() {
+            store
+                .set_fuel(limits.fuel)
+                .map_err(|e| GuestError::Stopped {
+                    status: RunStatus::Trapped,
+                    message: format!("cannot set fuel: {e}"),
+                })?;
+        }
+        if runtime.epoch_interruption() {
+            let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis().max(1)) as u64 + 1;
+            store.set_epoch_deadline(ticks);
+            store.epoch_deadline_trap();
+        }
         let mut sandbox_deadline = started + limits.timeout;
         if sandbox_deadline < started {
             sandbox_deadline = started;
@@ -238,7 +334,7 @@ impl Sandbox {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                let (status, message) = classify(&e);
+                let (status, message) = classify_instantiation(&e);
                 return Err(GuestError::Stopped { status, message });
             }
             Err(_) => return Err(deadline_error()),
@@ -271,7 +367,11 @@ impl Sandbox {
 
     /// Fuel spent so far.
     pub fn fuel_used(&self) -> u64 {
-        self.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0))
+        // Without fuel metering (measurement only) nothing is counted.
+        self.store
+            .get_fuel()
+            .map(|left| self.fuel.saturating_sub(left))
+            .unwrap_or(0)
     }
 
     /// Time since the sandbox was created.
@@ -309,6 +409,14 @@ impl Sandbox {
         let fut = self.source.call_read(&mut self.store, config, streams);
         finish(tokio::time::timeout_at(self.deadline.into(), fut).await)
             .map_err(|e| self.explain(e))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let data = self.store.data();
+        data.wasi
+            .log_output(&data.log.run_id, &data.log.connector, &data.log.secrets);
     }
 }
 

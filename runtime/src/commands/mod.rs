@@ -239,6 +239,21 @@ struct Access {
     /// Wall-clock deadline in seconds [default: 900].
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// HTTP requests the run may make [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_http_requests: Option<u64>,
+    /// Response bytes the run may receive in all [default: 1GiB].
+    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
+    max_http_bytes: Option<u64>,
+    /// Record bytes the run may emit in all [default: 4GiB].
+    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
+    max_emit_bytes: Option<u64>,
+    /// Largest single record [default: 4MiB].
+    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
+    max_record_bytes: Option<u64>,
+    /// Largest state value [default: 1MiB].
+    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
+    max_state_bytes: Option<u64>,
 }
 
 impl Access {
@@ -257,6 +272,16 @@ impl Access {
             );
             l.timeout = Duration::from_secs_f64(t);
         }
+        let set = |slot: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut l.max_http_requests, self.max_http_requests);
+        set(&mut l.max_http_bytes, self.max_http_bytes);
+        set(&mut l.max_emit_bytes, self.max_emit_bytes);
+        set(&mut l.max_record_bytes, self.max_record_bytes);
+        set(&mut l.max_state_bytes, self.max_state_bytes);
         Ok(l)
     }
 

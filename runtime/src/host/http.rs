@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use ipnet::{Ipv4Net, Ipv6Net};
 use wasmtime::component::{HasSelf, Linker};
 
+use super::HostAbort;
 use crate::bindings::http::{self, HttpError, Method, Request, Response};
 use crate::host::secrets::{self, SecretUseError, Secrets};
 use crate::limits::{
@@ -511,6 +512,7 @@ pub struct HttpCtx {
     header_secrets: Arc<Mutex<Vec<String>>>,
     max_requests: u64,
     max_response_bytes: u64,
+    max_http_bytes: u64,
     pub stats: HttpStats,
 }
 
@@ -573,6 +575,7 @@ impl HttpCtx {
             header_secrets,
             max_requests: limits.max_http_requests,
             max_response_bytes: limits.max_response_bytes,
+            max_http_bytes: limits.max_http_bytes,
             stats: HttpStats::default(),
         })
     }
@@ -582,7 +585,7 @@ impl HttpCtx {
         HttpError::Denied(reason)
     }
 
-    async fn send_checked(&mut self, req: Request) -> Result<Response, HttpError> {
+    async fn send_checked(&mut self, req: Request) -> Result<Response, SendFail> {
         let mut url =
             parse_request_url(&req.url).map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
         // Placeholders only in the query and in header values: anywhere
@@ -593,9 +596,9 @@ impl HttpCtx {
             || before_fragment.len() < req.url.len()
                 && req.url[before_fragment.len()..].contains(secrets::PLACEHOLDER_OPEN)
         {
-            return Err(HttpError::InvalidRequest(
+            return Err(SendFail::Guest(HttpError::InvalidRequest(
                 "secret placeholders may appear only in the URL query and in header values".into(),
-            ));
+            )));
         }
         let use_err = |e: SecretUseError| HttpError::InvalidRequest(e.to_string());
         let query = url.query().unwrap_or("").to_string();
@@ -618,15 +621,19 @@ impl HttpCtx {
             self.secrets.check_known(name).map_err(use_err)?;
         }
         if let Err(denied) = egress_check(&self.grants, &url) {
-            return Err(self.deny(denied.to_string()));
+            return Err(self.deny(denied.to_string()).into());
         }
         for name in &used {
             if let Err(e) = self.secrets.check_allowed(name, &url) {
-                return Err(self.deny(e.to_string()));
+                return Err(self.deny(e.to_string()).into());
             }
         }
         if self.stats.requests >= self.max_requests {
-            return Err(HttpError::BudgetExhausted);
+            // Ends the run (`http_budget`) rather than telling the guest,
+            // which could otherwise spin on the refusal.
+            return Err(SendFail::Abort(HostAbort::HttpBudget {
+                limit: self.max_requests,
+            }));
         }
         self.stats.requests += 1;
 
@@ -668,12 +675,12 @@ impl HttpCtx {
                 if matches!(err, HttpError::Denied(_)) {
                     self.stats.denied += 1;
                 }
-                return Err(err);
+                return Err(err.into());
             }
         };
         let cap = self.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > cap) {
-            return Err(HttpError::TooLarge(cap));
+            return Err(HttpError::TooLarge(cap).into());
         }
         let status = resp.status().as_u16();
         let headers = resp
@@ -689,7 +696,12 @@ impl HttpCtx {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
             if (body.len() + chunk.len()) as u64 > cap {
-                return Err(HttpError::TooLarge(cap));
+                return Err(HttpError::TooLarge(cap).into());
+            }
+            if self.stats.bytes_received + (body.len() + chunk.len()) as u64 > self.max_http_bytes {
+                return Err(SendFail::Abort(HostAbort::HttpBytes {
+                    limit: self.max_http_bytes,
+                }));
             }
             body.extend_from_slice(&chunk);
         }
@@ -699,6 +711,19 @@ impl HttpCtx {
             headers,
             body,
         })
+    }
+}
+
+/// Why a request was not answered: an error the guest sees, or a limit that
+/// ends the run.
+enum SendFail {
+    Guest(HttpError),
+    Abort(HostAbort),
+}
+
+impl From<HttpError> for SendFail {
+    fn from(e: HttpError) -> Self {
+        SendFail::Guest(e)
     }
 }
 
@@ -750,10 +775,11 @@ impl http::Host for HttpCtx {
         let url = req.url.clone();
         // The guest never gets a secret's value from the host: transport
         // errors quote the substituted URL, so they are redacted.
-        let result = self
-            .send_checked(req)
-            .await
-            .map_err(|e| redact_error(&self.secrets, e));
+        let result = match self.send_checked(req).await {
+            Ok(r) => Ok(r),
+            Err(SendFail::Abort(a)) => return Err(a.into()),
+            Err(SendFail::Guest(e)) => Err(redact_error(&self.secrets, e)),
+        };
         if let Err(e) = &result {
             if !matches!(
                 e,

@@ -15,6 +15,42 @@ pub enum HostAbort {
     UncommittedLimit { limit: u64 },
     #[error("the store failed: {0}")]
     Store(String),
+    #[error("the run's HTTP request budget of {limit} requests is spent")]
+    HttpBudget { limit: u64 },
+    #[error("the run's responses exceed {limit} bytes in all")]
+    HttpBytes { limit: u64 },
+    #[error("the run's records exceed {limit} bytes in all")]
+    EmitBytes { limit: u64 },
+    #[error("a record of stream {stream} is {size} bytes, over the {limit}-byte record limit")]
+    RecordTooLarge {
+        stream: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "the state value of stream {stream} is {size} bytes, over the {limit}-byte state limit"
+    )]
+    StateTooLarge {
+        stream: String,
+        size: u64,
+        limit: u64,
+    },
+}
+
+impl HostAbort {
+    /// The run status this abort ends a run with.
+    pub fn status(&self) -> crate::store::RunStatus {
+        use crate::store::RunStatus;
+        match self {
+            HostAbort::UncommittedLimit { .. } => RunStatus::UncommittedLimit,
+            HostAbort::Store(_) => RunStatus::StoreError,
+            HostAbort::HttpBudget { .. } => RunStatus::HttpBudget,
+            HostAbort::HttpBytes { .. } => RunStatus::HttpBytesLimit,
+            HostAbort::EmitBytes { .. } => RunStatus::EmitBytesLimit,
+            HostAbort::RecordTooLarge { .. } => RunStatus::RecordTooLarge,
+            HostAbort::StateTooLarge { .. } => RunStatus::StateTooLarge,
+        }
+    }
 }
 
 /// The `types` interface has no functions; the linker only needs an
@@ -50,6 +86,10 @@ pub struct RunChannel {
     pub streams: std::collections::HashMap<String, RunStream>,
     pub max_uncommitted_bytes: u64,
     pub max_state_bytes: u64,
+    /// Record bytes the run may emit in all.
+    pub max_emit_bytes: u64,
+    /// Largest single record.
+    pub max_record_bytes: u64,
     pub counters: std::sync::Mutex<RunCounters>,
     /// Live counters for a progress display, if the caller asked for them.
     pub progress: Option<std::sync::Arc<RunProgress>>,

@@ -34,6 +34,25 @@ impl sink::Host for SinkCtx {
             return Ok(Err(SinkError::UnknownStream(stream)));
         };
         let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+        if let Some(big) = records
+            .iter()
+            .map(|r| r.len() as u64)
+            .find(|&len| len > run.max_record_bytes)
+        {
+            return Err(HostAbort::RecordTooLarge {
+                stream,
+                size: big,
+                limit: run.max_record_bytes,
+            }
+            .into());
+        }
+        let over_total = run.update(|c| c.emitted_bytes + bytes > run.max_emit_bytes);
+        if over_total {
+            return Err(HostAbort::EmitBytes {
+                limit: run.max_emit_bytes,
+            }
+            .into());
+        }
         let n = records.len() as u64;
         let mut rows = Vec::with_capacity(records.len());
         let mut pending = Pending::default();

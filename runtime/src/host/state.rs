@@ -49,7 +49,14 @@ impl state::Host for StateCtx {
             return Ok(Err(StateError::UnknownStream(stream)));
         }
         if value.len() as u64 > run.max_state_bytes {
-            return Ok(Err(StateError::TooLarge(run.max_state_bytes)));
+            // Ends the run: a connector whose checkpoint outgrew the limit
+            // cannot make progress, and must not commit a truncated one.
+            return Err(HostAbort::StateTooLarge {
+                stream,
+                size: value.len() as u64,
+                limit: run.max_state_bytes,
+            }
+            .into());
         }
         run.commit(Some((stream, value)), Vec::new())
             .await

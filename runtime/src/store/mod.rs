@@ -60,6 +60,22 @@ pub enum RunStatus {
     UncommittedLimit,
     /// The store failed under the run.
     StoreError,
+    /// A table grew past its element limit.
+    TableLimit,
+    /// The component creates more instances, tables or memories than allowed.
+    InstanceLimit,
+    /// The guest overflowed the wasm stack.
+    StackOverflow,
+    /// The run made more HTTP requests than allowed.
+    HttpBudget,
+    /// The run received more response bytes in all than allowed.
+    HttpBytesLimit,
+    /// The run emitted more record bytes in all than allowed.
+    EmitBytesLimit,
+    /// One record was larger than allowed.
+    RecordTooLarge,
+    /// One state value was larger than allowed.
+    StateTooLarge,
     /// The process running it ended without recording an end (killed,
     /// power loss); found and marked by a later `sluice` on the database.
     Crashed,
@@ -77,6 +93,14 @@ impl RunStatus {
             RunStatus::Trapped => "trapped",
             RunStatus::UncommittedLimit => "uncommitted_limit",
             RunStatus::StoreError => "store_error",
+            RunStatus::TableLimit => "table_limit",
+            RunStatus::InstanceLimit => "instance_limit",
+            RunStatus::StackOverflow => "stack_overflow",
+            RunStatus::HttpBudget => "http_budget",
+            RunStatus::HttpBytesLimit => "http_bytes_limit",
+            RunStatus::EmitBytesLimit => "emit_bytes_limit",
+            RunStatus::RecordTooLarge => "record_too_large",
+            RunStatus::StateTooLarge => "state_too_large",
             RunStatus::Crashed => "crashed",
         }
     }
@@ -93,6 +117,14 @@ impl RunStatus {
             RunStatus::UncommittedLimit,
             RunStatus::StoreError,
             RunStatus::Crashed,
+            RunStatus::TableLimit,
+            RunStatus::InstanceLimit,
+            RunStatus::StackOverflow,
+            RunStatus::HttpBudget,
+            RunStatus::HttpBytesLimit,
+            RunStatus::EmitBytesLimit,
+            RunStatus::RecordTooLarge,
+            RunStatus::StateTooLarge,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)

@@ -17,6 +17,32 @@
 //! response header or a response body: the check that the host never gives a
 //! guest a secret's value.
 //! - `error`: returns a connector error.
+//!
+//! Adversarial behaviours (tests/adversarial.rs):
+//!
+//! - `recurse`: unbounded non-tail recursion (the wasm stack limit).
+//! - `recurse_shadow`: unbounded recursion with frames on the guest's own
+//!   shadow stack in linear memory (the guest's stack overflows: a trap).
+//! - `memgrow`: `memory.grow` in a loop, ignoring `-1` (the memory limit).
+//! - `log_spam`: logs forever (the log cap, then fuel).
+//! - `state_spam`: reads state forever (a tight host-call loop; the deadline).
+//! - `emit_forever`: emits records with a `size`-byte label forever,
+//!   committing every `commit_every` records (0: never).
+//! - `tiny_emits`: one tiny record per `sink.emit` call forever, committing
+//!   every `commit_every` records (0: never).
+//! - `giant_record`: emits one record whose label is `size` bytes.
+//! - `giant_state`: commits a state value of `size` bytes.
+//! - `undeclared_stream`: emits to a stream the connector never declared.
+//! - `not_object`: emits a JSON array as a record.
+//! - `http_forever`: GETs `url` forever, ignoring errors.
+//! - `spin_alu`: like `spin` with nothing but register arithmetic in the
+//!   loop (the worst case for fuel metering).
+//! - `spin_wide`: like `spin_alu` with four independent chains (bound by
+//!   throughput, not latency).
+//! - `json_churn`: `size` rounds of serialising and parsing a 50-record
+//!   page with serde_json (branchy code, as real connectors run).
+//! - `spin`: `size` rounds of integer hashing, then returns normally (a
+//!   CPU-bound guest for measuring what fuel metering costs).
 
 use serde::Deserialize;
 use sluice_sdk::{json, Connector, Error, Reader, Spec, Stream};
@@ -35,6 +61,48 @@ pub struct Config {
     headers: Vec<(String, String)>,
     #[serde(default)]
     must_not_see: Option<String>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    commit_every: u64,
+}
+
+/// Recurse `depth` frames deep without a tail call, in wasm locals only,
+/// so only the wasm stack limit stops it.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    (recurse(depth + 1).wrapping_mul(3)) ^ depth
+}
+
+/// Recurse with a 128-byte frame on the guest's own shadow stack (in linear
+/// memory), which overflows before the wasm stack does.
+#[inline(never)]
+fn recurse_shadow(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    let mut frame = [depth; 16];
+    frame = std::hint::black_box(frame);
+    recurse_shadow(depth + 1).wrapping_add(frame[(depth % 16) as usize])
+}
+
+/// Emit records forever through `emit`, committing every `commit_every`.
+fn emit_forever(
+    config: &Config,
+    reader: &mut Reader,
+    mut emit: impl FnMut(&mut Reader, u64) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut id = config.committed + config.uncommitted;
+    loop {
+        emit(reader, id)?;
+        id += 1;
+        if config.commit_every > 0 && id % config.commit_every == 0 {
+            reader.commit("items", &json!({"last": id}))?;
+        }
+    }
 }
 
 const SAW_FORBIDDEN: &str = "misbehave: the host handed the guest the forbidden text";
@@ -132,6 +200,100 @@ impl Connector for Misbehave {
                 sluice_sdk::log::error(&format!("upstream said: {body}"));
                 Err(Error::Upstream(format!("upstream said: {body}")))
             }
+            "recurse" => {
+                let r = recurse(0);
+                Err(Error::Internal(format!("recursion returned {r}")))
+            }
+            "recurse_shadow" => {
+                let r = recurse_shadow(0);
+                Err(Error::Internal(format!("recursion returned {r}")))
+            }
+            "memgrow" => {
+                #[cfg(target_arch = "wasm32")]
+                loop {
+                    // Ignore -1 and keep asking: the host must stop this.
+                    std::hint::black_box(core::arch::wasm32::memory_grow(0, 16));
+                }
+                #[cfg(not(target_arch = "wasm32"))]
+                Err(Error::Internal("memgrow needs wasm32".into()))
+            }
+            "log_spam" => loop {
+                sluice_sdk::log::info("misbehave: spam spam spam spam");
+            },
+            "state_spam" => loop {
+                std::hint::black_box(reader.state::<sluice_sdk::Value>("items")?);
+            },
+            "emit_forever" => {
+                let label = "x".repeat(config.size as usize);
+                emit_forever(config, reader, |r, id| {
+                    r.emit("items", &json!({"id": id, "n": 0, "label": label}))
+                })
+            }
+            "tiny_emits" => emit_forever(config, reader, |r, id| {
+                r.emit("items", &json!({"id": id}))?;
+                r.flush()
+            }),
+            "giant_record" => {
+                let label = "x".repeat(config.size as usize);
+                reader.emit("items", &json!({"id": 0, "n": 0, "label": label}))?;
+                reader.commit("items", &json!({"last": 0}))
+            }
+            "giant_state" => {
+                let value = "s".repeat(config.size as usize);
+                reader.commit("items", &json!({"last": value}))
+            }
+            "undeclared_stream" => {
+                reader.emit("nope", &json!({"id": 1}))?;
+                reader.flush()
+            }
+            "not_object" => {
+                reader.emit("items", &json!([1, 2, 3]))?;
+                reader.flush()
+            }
+            "spin" => {
+                let mut x: u64 = 1;
+                for i in 0..config.size {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                    x ^= x >> 29;
+                }
+                sluice_sdk::log::debug(&format!("spin result {x}"));
+                Ok(())
+            }
+            "spin_alu" => {
+                let mut x: u64 = std::hint::black_box(1);
+                for i in 0..std::hint::black_box(config.size) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                    x ^= x >> 29;
+                }
+                sluice_sdk::log::debug(&format!("spin result {}", std::hint::black_box(x)));
+                Ok(())
+            }
+            "spin_wide" => {
+                let mut x = std::hint::black_box([1u64, 2, 3, 4]);
+                for i in 0..std::hint::black_box(config.size) {
+                    for (k, v) in x.iter_mut().enumerate() {
+                        *v = v.wrapping_mul(6364136223846793005).wrapping_add(i ^ k as u64);
+                        *v ^= *v >> 29;
+                    }
+                }
+                sluice_sdk::log::debug(&format!("spin result {:?}", std::hint::black_box(x)));
+                Ok(())
+            }
+            "json_churn" => {
+                let page: Vec<sluice_sdk::Value> = (0..50).map(item).collect();
+                let mut total = 0usize;
+                for _ in 0..config.size {
+                    let text = serde_json::to_string(&page).map_err(|e| Error::Internal(e.to_string()))?;
+                    let back: Vec<sluice_sdk::Value> = serde_json::from_str(std::hint::black_box(&text))
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    total += back.len();
+                }
+                sluice_sdk::log::debug(&format!("churned {total}"));
+                Ok(())
+            }
+            "http_forever" => loop {
+                let _ = std::hint::black_box(get(config));
+            },
             "error" => Err(Error::Upstream(
                 "misbehave: deliberate connector error".into(),
             )),
