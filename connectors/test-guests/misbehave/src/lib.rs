@@ -272,7 +272,9 @@ impl Connector for Misbehave {
                 let mut x = std::hint::black_box([1u64, 2, 3, 4]);
                 for i in 0..std::hint::black_box(config.size) {
                     for (k, v) in x.iter_mut().enumerate() {
-                        *v = v.wrapping_mul(6364136223846793005).wrapping_add(i ^ k as u64);
+                        *v = v
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(i ^ k as u64);
                         *v ^= *v >> 29;
                     }
                 }
@@ -283,9 +285,11 @@ impl Connector for Misbehave {
                 let page: Vec<sluice_sdk::Value> = (0..50).map(item).collect();
                 let mut total = 0usize;
                 for _ in 0..config.size {
-                    let text = serde_json::to_string(&page).map_err(|e| Error::Internal(e.to_string()))?;
-                    let back: Vec<sluice_sdk::Value> = serde_json::from_str(std::hint::black_box(&text))
-                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    let text =
+                        serde_json::to_string(&page).map_err(|e| Error::Internal(e.to_string()))?;
+                    let back: Vec<sluice_sdk::Value> =
+                        serde_json::from_str(std::hint::black_box(&text))
+                            .map_err(|e| Error::Internal(e.to_string()))?;
                     total += back.len();
                 }
                 sluice_sdk::log::debug(&format!("churned {total}"));
