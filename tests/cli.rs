@@ -499,7 +499,7 @@ fn bad_config_gets_a_clear_error_and_stores_nothing() {
     ]);
     assert!(!out.ok);
     assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
-    // The connector's own check rejects a config without locations.
+    // A config without locations breaks the schema's minItems.
     let cfg = s.write("nolocations.json", r#"{"locations": []}"#);
     let out = sluice([
         "check".as_ref(),
@@ -509,10 +509,28 @@ fn bad_config_gets_a_clear_error_and_stores_nothing() {
     ]);
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("at least one location"),
+        out.stderr.contains("/locations: [] has less than 1 item"),
         "{}",
         out.stderr
     );
+    // Past the schema, the connector's own check still has its say.
+    let cfg = s.write(
+        "badvar.json",
+        r#"{"locations": [{"name": "x", "latitude": 1, "longitude": 2}], "hourly": ["no such var!"]}"#,
+    );
+    let out = sluice([
+        "check".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ]);
+    assert!(
+        !out.ok && out.stderr.contains("is not a valid name"),
+        "{}",
+        out.stderr
+    );
+    // The host validates the config against the connector's config schema
+    // before the connector sees it.
     let cfg = s.write("typo.json", r#"{"locatoins": []}"#);
     let out = sluice([
         "check".as_ref(),
@@ -521,9 +539,40 @@ fn bad_config_gets_a_clear_error_and_stores_nothing() {
         cfg.as_os_str(),
     ]);
     assert!(
-        !out.ok && out.stderr.contains("unknown field"),
+        !out.ok
+            && out
+                .stderr
+                .contains("does not match connector open-meteo's config schema"),
         "{}",
         out.stderr
+    );
+    assert!(
+        out.stderr.contains("'locatoins' was unexpected"),
+        "{}",
+        out.stderr
+    );
+    let cfg = s.write(
+        "wrongtype.json",
+        r#"{"locations": [{"name": "x", "latitude": "north", "longitude": 1}]}"#,
+    );
+    let out = sluice([
+        "run".as_ref(),
+        guest("open_meteo").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--db".as_ref(),
+        db_path.as_os_str(),
+    ]);
+    assert!(
+        !out.ok && out.stderr.contains("/locations/0/latitude"),
+        "{}",
+        out.stderr
+    );
+    let history = runs(&db(&db_path));
+    assert_eq!(
+        history.last().unwrap().0,
+        "failed",
+        "the refused run is recorded"
     );
 }
 

@@ -48,6 +48,54 @@ pub fn check_config_json(config: &str) -> Result<(), PipelineError> {
     }
 }
 
+/// Most config-schema violations quoted in one error.
+pub const MAX_CONFIG_ERRORS_SHOWN: usize = 5;
+
+/// Validate the operator's config against the connector's own config
+/// schema (from `spec`), on the host, before the connector sees it.
+pub fn check_config_schema(spec: &types::ConnectorSpec, config: &str) -> Result<(), PipelineError> {
+    let schema: serde_json::Value = serde_json::from_str(&spec.config_schema).map_err(|e| {
+        PipelineError::Config(format!(
+            "connector {}'s config schema is not JSON: {e}",
+            spec.name
+        ))
+    })?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        PipelineError::Config(format!(
+            "connector {}'s config schema is not a valid JSON Schema: {e}",
+            spec.name
+        ))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(config)
+        .map_err(|e| PipelineError::Config(format!("the config is not valid JSON: {e}")))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            format!("{}: {e}", if path.is_empty() { "/" } else { &path })
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = errors
+        .iter()
+        .take(MAX_CONFIG_ERRORS_SHOWN)
+        .map(String::as_str)
+        .collect();
+    let more = errors.len().saturating_sub(MAX_CONFIG_ERRORS_SHOWN);
+    Err(PipelineError::Config(format!(
+        "the config does not match connector {}'s config schema: {}{}",
+        spec.name,
+        shown.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    )))
+}
+
 /// A new run id: UUID v7 (time-ordered).
 pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -97,6 +145,7 @@ pub async fn check(
     .await?;
     let spec = sandbox.spec().await?;
     sandbox.set_connector(&spec.name);
+    check_config_schema(&spec, config)?;
     Ok(sandbox.check(config).await?)
 }
 
@@ -123,6 +172,7 @@ pub async fn discover(
     .await?;
     let spec = sandbox.spec().await?;
     sandbox.set_connector(&spec.name);
+    check_config_schema(&spec, config)?;
     Ok(sandbox.discover(config).await?)
 }
 
@@ -384,6 +434,10 @@ async fn drive(
     stream_names: &mut Vec<String>,
 ) -> Result<(), Failure> {
     let key = req.key(&spec.name);
+    check_config_schema(spec, &req.config).map_err(|e| Failure {
+        status: RunStatus::Failed,
+        message: e.to_string(),
+    })?;
     let discovered = sandbox.discover(&req.config).await?;
     let invalid = |message: String| Failure {
         status: RunStatus::Failed,
