@@ -1,6 +1,6 @@
 //! One wasmtime [`Engine`] per process, the linker with every host
-//! capability, a compiled-component cache on disk, and `InstancePre`s reused
-//! across runs.
+//! capability, a compiled-component cache on disk, `InstancePre`s reused
+//! across runs, and the upstreams' rate limiters and circuit breakers.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -14,6 +14,7 @@ use wasmtime::{Config, Engine};
 
 use crate::bindings::SourcePre;
 use crate::host;
+use crate::host::resilience::Upstreams;
 use crate::limits::{EPOCH_TICK, MAX_WASM_STACK_BYTES};
 use crate::sandbox::HostState;
 
@@ -93,6 +94,9 @@ pub struct Runtime {
     /// wasmtime version and every engine setting that affects compiled code.
     engine_key: u64,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Rate limiters and circuit breakers of upstream hosts, shared by
+    /// every run of this runtime.
+    upstreams: Arc<Upstreams>,
 }
 
 impl Runtime {
@@ -118,11 +122,17 @@ impl Runtime {
             cache_dir: options.cache_dir,
             engine_key,
             loaded: Mutex::new(HashMap::new()),
+            upstreams: Arc::new(Upstreams::new()),
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The process-wide rate limiters and circuit breakers.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
     }
 
     /// Load the component at `path`: from this process's memory, the disk

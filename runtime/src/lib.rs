@@ -20,6 +20,6 @@ pub mod schema;
 pub mod store;
 
 pub use engine::{Runtime, RuntimeError, RuntimeOptions};
-pub use limits::Limits;
+pub use limits::{HttpPolicy, Limits, RateLimit};
 pub use pipeline::{PipelineError, RunReport, RunRequest};
 pub use store::{RunRecord, RunStatus};

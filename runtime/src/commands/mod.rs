@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sluice::host::http::HostGrant;
 use sluice::host::secrets::{SecretHost, SecretSpec, Secrets};
-use sluice::limits::{self, Limits};
+use sluice::limits::{self, Limits, RateLimit};
 use sluice::pipeline::{self, RunRequest};
 use sluice::store::{QuarantineFilter, SqliteStore, Store};
 use sluice::{Runtime, RuntimeOptions};
@@ -206,6 +206,35 @@ struct Access {
     /// Wall-clock deadline in seconds [default: 900].
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// Timeout of one HTTP request attempt in seconds [default: 30].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    http_timeout: Option<f64>,
+    /// Retries of a failed idempotent HTTP request (connect errors,
+    /// resets, timeouts, 429, 5xx), with backoff; 0 = none [default: 3].
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// Limit requests to HOST to RPS per second, BURST at once
+    /// (repeatable; shared by all runs in the process) [default: none].
+    #[arg(long = "rate-limit", value_name = "HOST=RPS[/BURST]")]
+    rate_limits: Vec<RateLimit>,
+    /// Consecutive failed requests to an upstream that open its circuit
+    /// breaker; 0 = no breaker [default: 5].
+    #[arg(long, value_name = "N")]
+    breaker_threshold: Option<u32>,
+    /// Seconds an open breaker fails requests fast before one probe
+    /// [default: 30].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    breaker_cooldown: Option<f64>,
+}
+
+/// `SECS` of flag `flag` as a duration: a positive, finite number.
+fn seconds(flag: &str, secs: f64) -> Result<Duration> {
+    anyhow::ensure!(
+        secs.is_finite() && secs > 0.0 && secs <= limits::MAX_FLAG_SECONDS,
+        "{flag} must be a positive number of seconds (at most {})",
+        limits::MAX_FLAG_SECONDS
+    );
+    Ok(Duration::from_secs_f64(secs))
 }
 
 impl Access {
@@ -218,11 +247,25 @@ impl Access {
             l.memory_bytes = m;
         }
         if let Some(t) = self.timeout {
+            l.timeout = seconds("--timeout", t)?;
+        }
+        if let Some(t) = self.http_timeout {
+            l.http.timeout = seconds("--http-timeout", t)?;
+        }
+        if let Some(n) = self.retries {
             anyhow::ensure!(
-                t.is_finite() && t > 0.0,
-                "--timeout must be a positive number of seconds"
+                n <= limits::MAX_HTTP_RETRIES,
+                "--retries must be at most {}",
+                limits::MAX_HTTP_RETRIES
             );
-            l.timeout = Duration::from_secs_f64(t);
+            l.http.retries = n;
+        }
+        l.http.rate_limits = self.rate_limits.clone();
+        if let Some(n) = self.breaker_threshold {
+            l.http.breaker_threshold = n;
+        }
+        if let Some(t) = self.breaker_cooldown {
+            l.http.breaker_cooldown = seconds("--breaker-cooldown", t)?;
         }
         Ok(l)
     }
