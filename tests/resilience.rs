@@ -359,6 +359,25 @@ fn resilience_flags_tune_the_cli_and_bad_ones_are_refused() {
         0
     );
 
+    // A down upstream: the retry and the breaker trip are logged with their
+    // reasons and counted in the summary.
+    faults.lock().unwrap().down = Some(503);
+    let out = common::sluice_env(
+        base(&["--retries", "1", "--breaker-threshold", "1"]),
+        &[("SLUICE_LOG", "warn,sluice::http=info")],
+    );
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("upstream: 1 retries, 0 ms throttled, 1 breaker trips"),
+        "{}",
+        out.stdout
+    );
+    for line in ["retrying request", "HTTP 503", "circuit breaker opened"] {
+        assert!(out.stderr.contains(line), "no {line:?} in {}", out.stderr);
+    }
+    faults.lock().unwrap().down = None;
+
     for (flags, says) in [
         (&["--rate-limit", "127.0.0.1"][..], "HOST=RPS"),
         (&["--rate-limit", "127.0.0.1=0"][..], "RPS must be above 0"),
