@@ -1,6 +1,6 @@
 //! One wasmtime [`Engine`] per process, the linker with every host
-//! capability, a compiled-component cache on disk, and `InstancePre`s reused
-//! across runs.
+//! capability, a compiled-component cache on disk, `InstancePre`s reused
+//! across runs, and the upstreams' rate limiters and circuit breakers.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -14,6 +14,7 @@ use wasmtime::{Config, Engine};
 
 use crate::bindings::SourcePre;
 use crate::host;
+use crate::host::resilience::Upstreams;
 use crate::limits::{EPOCH_TICK, MAX_WASM_STACK_BYTES};
 use crate::sandbox::HostState;
 
@@ -117,6 +118,9 @@ pub struct Runtime {
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     fuel_metering: bool,
     epoch_interruption: bool,
+    /// Rate limiters and circuit breakers of upstream hosts, shared by
+    /// every run of this runtime.
+    upstreams: Arc<Upstreams>,
 }
 
 impl Runtime {
@@ -152,6 +156,7 @@ impl Runtime {
             loaded: Mutex::new(HashMap::new()),
             fuel_metering: settings.fuel_metering,
             epoch_interruption: settings.epoch_interruption,
+            upstreams: Arc::new(Upstreams::new()),
         })
     }
 
@@ -168,6 +173,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The process-wide rate limiters and circuit breakers.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
     }
 
     /// Load the component at `path`: from this process's memory, the disk

@@ -23,6 +23,6 @@ pub mod store;
 pub mod sync;
 
 pub use engine::{EngineSettings, Runtime, RuntimeError, RuntimeOptions};
-pub use limits::Limits;
+pub use limits::{HttpPolicy, Limits, RateLimit};
 pub use pipeline::{PipelineError, RunReport, RunRequest};
 pub use store::{RunRecord, RunStatus};

@@ -19,8 +19,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// of wall-clock interruption of a running guest.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Timeout of one outbound HTTP request (connect + response).
+/// Timeout of one outbound HTTP request attempt (connect + response);
+/// `--http-timeout`. Retries each get their own.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest number of seconds a duration flag (`--timeout`,
+/// `--http-timeout`, `--breaker-cooldown`) accepts: one year.
+pub const MAX_FLAG_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// Timeout for establishing one outbound connection.
 pub const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +38,31 @@ pub const DEFAULT_MAX_HTTP_REQUESTS: u64 = 100_000;
 
 /// Response body bytes one run may receive in all its requests together.
 pub const DEFAULT_MAX_HTTP_BYTES: u64 = 1024 * 1024 * 1024;
+/// Retries of one `http.send` after its first attempt (`--retries`; 0
+/// turns retrying off). Only idempotent requests (GET, HEAD, PUT, DELETE)
+/// and requests the connector marks `retryable` are retried, on connect
+/// errors, resets, timeouts, 429 and 500/502/503/504.
+pub const DEFAULT_HTTP_RETRIES: u32 = 3;
+
+/// Most retries an operator may ask for (`--retries`).
+pub const MAX_HTTP_RETRIES: u32 = 20;
+
+/// Backoff before retry `n` (0-based) is a uniformly random delay in
+/// `[0, min(DEFAULT_RETRY_MAX_DELAY, DEFAULT_RETRY_BASE_DELAY * 2^n)]`
+/// ("full jitter").
+pub const DEFAULT_RETRY_BASE_DELAY: Duration = Duration::from_millis(250);
+
+/// Cap of one backoff delay, and of a `Retry-After` the upstream asks for.
+pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Consecutive failed requests to one upstream (after their retries:
+/// transport errors, 429 and 5xx) that open its circuit breaker
+/// (`--breaker-threshold`; 0 turns the breaker off).
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+
+/// How long an open breaker fails requests fast before letting one probe
+/// through (`--breaker-cooldown`).
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// Redirect hops followed for one request (each re-checked against grants).
 pub const MAX_REDIRECTS: usize = 5;
@@ -108,14 +138,126 @@ pub const REGISTRY_SPEC_FUEL: u64 = 1_000_000_000;
 
 /// Wall-clock deadline of a component's `spec` during registry discovery.
 pub const REGISTRY_SPEC_TIMEOUT: Duration = Duration::from_secs(10);
+/// A token bucket for one upstream host (`--rate-limit HOST=RPS[/BURST]`):
+/// `rps` requests per second on average, at most `burst` at once. Shared by
+/// every run in the process that reaches the host with the same rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Lower-case host name or IP address (IPv6 without brackets), as in the
+    /// request URL; the limit applies to every port of it.
+    pub host: String,
+    /// Requests per second (may be fractional: `0.5` is one every 2 s).
+    pub rps: f64,
+    /// Requests allowed back to back after a quiet spell.
+    pub burst: u32,
+}
+
+/// Most requests per second a `--rate-limit` may name.
+pub const MAX_RATE_LIMIT_RPS: f64 = 1_000_000.0;
+
+/// Burst of a `--rate-limit` without `/BURST`: one request at a time.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 1;
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            format!("invalid rate limit {s:?}: {why} (give HOST=RPS[/BURST], e.g. api.example.com=10/20)")
+        };
+        let (host, rate) = s.split_once('=').ok_or_else(|| bad("no ="))?;
+        let host = host.trim().to_ascii_lowercase();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&host)
+            .to_string();
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        {
+            return Err(bad(
+                "HOST must be a host name or IP address, without scheme, port or path",
+            ));
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("HOST takes no port (the limit covers every port)"));
+        }
+        let (rps, burst) = match rate.split_once('/') {
+            Some((r, b)) => (r, Some(b)),
+            None => (rate, None),
+        };
+        let rps: f64 = rps.trim().parse().map_err(|_| bad("RPS is not a number"))?;
+        if !(rps.is_finite() && rps > 0.0 && rps <= MAX_RATE_LIMIT_RPS) {
+            return Err(bad("RPS must be above 0 and at most 1000000"));
+        }
+        let burst = match burst {
+            None => DEFAULT_RATE_LIMIT_BURST,
+            Some(b) => match b.trim().parse::<u32>() {
+                Ok(b) if b >= 1 => b,
+                _ => return Err(bad("BURST must be a whole number of at least 1")),
+            },
+        };
+        Ok(RateLimit { host, rps, burst })
+    }
+}
+
+/// How the host's HTTP client treats upstreams: timeouts, retries, rate
+/// limits and circuit breaking. Defaults are the constants above; the
+/// operator overrides them per run (`--http-timeout`, `--retries`,
+/// `--rate-limit`, `--breaker-threshold`, `--breaker-cooldown`), and a
+/// config file can set them per connector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpPolicy {
+    /// Timeout of one request attempt (connect + whole response).
+    pub timeout: Duration,
+    /// Timeout of establishing one connection (never above `timeout`).
+    pub connect_timeout: Duration,
+    /// Retries after the first attempt (0 = never retry).
+    pub retries: u32,
+    /// Backoff base: retry `n` waits up to `base_delay * 2^n` (full jitter).
+    pub base_delay: Duration,
+    /// Cap of one backoff or `Retry-After` wait.
+    pub max_delay: Duration,
+    /// Token buckets per upstream host; hosts without one are unlimited.
+    pub rate_limits: Vec<RateLimit>,
+    /// Consecutive failures that open a host's breaker (0 = no breaker).
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails fast before one probe.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        HttpPolicy {
+            timeout: DEFAULT_HTTP_TIMEOUT,
+            connect_timeout: DEFAULT_HTTP_CONNECT_TIMEOUT,
+            retries: DEFAULT_HTTP_RETRIES,
+            base_delay: DEFAULT_RETRY_BASE_DELAY,
+            max_delay: DEFAULT_RETRY_MAX_DELAY,
+            rate_limits: Vec::new(),
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+        }
+    }
+}
+
+impl HttpPolicy {
+    /// The rate limit of `host` (lower case, IPv6 without brackets), if any.
+    pub fn rate_limit(&self, host: &str) -> Option<&RateLimit> {
+        self.rate_limits.iter().rev().find(|r| r.host == host)
+    }
+}
 
 /// Operator-tunable limits of one run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub fuel: u64,
     pub memory_bytes: u64,
     pub timeout: Duration,
-    pub http_timeout: Duration,
+    /// Timeouts, retries, rate limits and breakers of the run's HTTP.
+    pub http: HttpPolicy,
     pub max_response_bytes: u64,
     pub max_http_requests: u64,
     pub max_uncommitted_bytes: u64,
@@ -141,7 +283,7 @@ impl Default for Limits {
             fuel: DEFAULT_FUEL,
             memory_bytes: DEFAULT_MEMORY_BYTES,
             timeout: DEFAULT_TIMEOUT,
-            http_timeout: DEFAULT_HTTP_TIMEOUT,
+            http: HttpPolicy::default(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_http_requests: DEFAULT_MAX_HTTP_REQUESTS,
             max_uncommitted_bytes: DEFAULT_MAX_UNCOMMITTED_BYTES,
@@ -189,5 +331,34 @@ mod tests {
         assert_eq!(parse_bytes("2g").unwrap(), 2 << 30);
         assert!(parse_bytes("12 parsecs").is_err());
         assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn parses_rate_limits() {
+        let r: RateLimit = "API.example.com=10/20".parse().unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.rps, r.burst),
+            ("api.example.com", 10.0, 20)
+        );
+        let r: RateLimit = "127.0.0.1=0.5".parse().unwrap();
+        assert_eq!((r.rps, r.burst), (0.5, DEFAULT_RATE_LIMIT_BURST));
+        assert_eq!("[::1]=3".parse::<RateLimit>().unwrap().host, "::1");
+        for bad in [
+            "",
+            "x",
+            "=5",
+            "x=0",
+            "x=-1",
+            "x=nan",
+            "x=inf",
+            "x=5/0",
+            "x=5/y",
+            "x:80=5",
+            "http://x=5",
+            "x/y=5",
+        ] {
+            let e = bad.parse::<RateLimit>().unwrap_err();
+            assert!(e.contains("HOST=RPS"), "{bad:?}: {e}");
+        }
     }
 }

@@ -214,6 +214,8 @@ pub struct RunReport {
     /// The streams the run read.
     pub selected_streams: Vec<String>,
     pub http_failed: u64,
+    /// Requests failed fast because an upstream's circuit breaker was open.
+    pub http_circuit_open: u64,
     pub log_lines_suppressed: u64,
     pub component_cache: &'static str,
     pub component_load_ms: u64,
@@ -306,6 +308,9 @@ async fn run_with_writer(
         http_requests: 0,
         http_denied: 0,
         http_bytes: 0,
+        http_retries: 0,
+        http_throttled_ms: 0,
+        http_breaker_trips: 0,
         fuel_used: 0,
         peak_memory_bytes: 0,
         error: None,
@@ -364,6 +369,7 @@ async fn run_with_writer(
         record,
         selected_streams: streams,
         http_failed: http.failed,
+        http_circuit_open: http.circuit_open,
         log_lines_suppressed: log_suppressed,
         component_cache: match loaded.cache {
             CacheOutcome::Memory => "memory",
@@ -420,6 +426,9 @@ fn fill(
     record.http_requests = http.requests;
     record.http_denied = http.denied;
     record.http_bytes = http.bytes_received;
+    record.http_retries = http.retries;
+    record.http_throttled_ms = http.throttled_ms;
+    record.http_breaker_trips = http.breaker_trips;
     record.fuel_used = fuel_used;
     record.peak_memory_bytes = peak_memory;
 }

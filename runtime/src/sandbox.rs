@@ -295,7 +295,18 @@ impl Sandbox {
         limits: &Limits,
     ) -> Result<Sandbox, GuestError> {
         let started = Instant::now();
-        let http = HttpCtx::new(grants, secrets, limits).map_err(|e| GuestError::Stopped {
+        let mut sandbox_deadline = started + limits.timeout;
+        if sandbox_deadline < started {
+            sandbox_deadline = started;
+        }
+        let http = HttpCtx::new(
+            grants,
+            secrets,
+            limits,
+            runtime.upstreams().clone(),
+            sandbox_deadline,
+        )
+        .map_err(|e| GuestError::Stopped {
             status: RunStatus::Trapped,
             message: format!("cannot set up HTTP client: {e}"),
         })?;
@@ -321,10 +332,6 @@ impl Sandbox {
             let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis().max(1)) as u64 + 1;
             store.set_epoch_deadline(ticks);
             store.epoch_deadline_trap();
-        }
-        let mut sandbox_deadline = started + limits.timeout;
-        if sandbox_deadline < started {
-            sandbox_deadline = started;
         }
         let source = match tokio::time::timeout_at(
             sandbox_deadline.into(),

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use sluice::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_FILE};
 use sluice::host::http::HostGrant;
 use sluice::host::secrets::{SecretHost, SecretSpec, Secrets};
-use sluice::limits::{self, Limits};
+use sluice::limits::{self, Limits, RateLimit};
 use sluice::pipeline::{self, RunRequest};
 use sluice::registry::{Registry, CONNECTORS_DIR_ENV, DEFAULT_CONNECTORS_DIR};
 use sluice::store::{QuarantineFilter, SqliteStore, Store};
@@ -254,6 +254,35 @@ struct Access {
     /// Largest state value [default: 1MiB].
     #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
     max_state_bytes: Option<u64>,
+    /// Timeout of one HTTP request attempt in seconds [default: 30].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    http_timeout: Option<f64>,
+    /// Retries of a failed idempotent HTTP request (connect errors,
+    /// resets, timeouts, 429, 5xx), with backoff; 0 = none [default: 3].
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// Limit requests to HOST to RPS per second, BURST at once
+    /// (repeatable; shared by all runs in the process) [default: none].
+    #[arg(long = "rate-limit", value_name = "HOST=RPS[/BURST]")]
+    rate_limits: Vec<RateLimit>,
+    /// Consecutive failed requests to an upstream that open its circuit
+    /// breaker; 0 = no breaker [default: 5].
+    #[arg(long, value_name = "N")]
+    breaker_threshold: Option<u32>,
+    /// Seconds an open breaker fails requests fast before one probe
+    /// [default: 30].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    breaker_cooldown: Option<f64>,
+}
+
+/// `SECS` of flag `flag` as a duration: a positive, finite number.
+fn seconds(flag: &str, secs: f64) -> Result<Duration> {
+    anyhow::ensure!(
+        secs.is_finite() && secs > 0.0 && secs <= limits::MAX_FLAG_SECONDS,
+        "{flag} must be a positive number of seconds (at most {})",
+        limits::MAX_FLAG_SECONDS
+    );
+    Ok(Duration::from_secs_f64(secs))
 }
 
 impl Access {
@@ -266,11 +295,25 @@ impl Access {
             l.memory_bytes = m;
         }
         if let Some(t) = self.timeout {
+            l.timeout = seconds("--timeout", t)?;
+        }
+        if let Some(t) = self.http_timeout {
+            l.http.timeout = seconds("--http-timeout", t)?;
+        }
+        if let Some(n) = self.retries {
             anyhow::ensure!(
-                t.is_finite() && t > 0.0,
-                "--timeout must be a positive number of seconds"
+                n <= limits::MAX_HTTP_RETRIES,
+                "--retries must be at most {}",
+                limits::MAX_HTTP_RETRIES
             );
-            l.timeout = Duration::from_secs_f64(t);
+            l.http.retries = n;
+        }
+        l.http.rate_limits = self.rate_limits.clone();
+        if let Some(n) = self.breaker_threshold {
+            l.http.breaker_threshold = n;
+        }
+        if let Some(t) = self.breaker_cooldown {
+            l.http.breaker_cooldown = seconds("--breaker-cooldown", t)?;
         }
         let set = |slot: &mut u64, v: Option<u64>| {
             if let Some(v) = v {

@@ -120,6 +120,10 @@ pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
         human_bytes(r.http_bytes)
     );
     println!(
+        "  upstream: {} retries, {} ms throttled, {} breaker trips, {} failed fast (circuit open)",
+        r.http_retries, r.http_throttled_ms, r.http_breaker_trips, report.http_circuit_open
+    );
+    println!(
         "  sandbox:  {} fuel, {} peak memory, component {} ({} ms)",
         r.fuel_used,
         human_bytes(r.peak_memory_bytes),
@@ -211,6 +215,10 @@ pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
         r.http_requests,
         r.http_denied,
         human_bytes(r.http_bytes)
+    );
+    println!(
+        "upstream   {} retries, {} ms throttled, {} breaker trips",
+        r.http_retries, r.http_throttled_ms, r.http_breaker_trips
     );
     println!(
         "sandbox    {} fuel, {} peak memory",

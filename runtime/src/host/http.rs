@@ -8,21 +8,31 @@
 //! loopback, private or metadata address past a name grant. Redirects are
 //! followed only to granted hosts, and each hop connects through the same
 //! resolver. Secrets ([`super::secrets`]) are substituted after the checks.
+//!
+//! Resilience ([`super::resilience`], tuned by the run's
+//! [`crate::limits::HttpPolicy`]): idempotent requests (and those the
+//! connector marks `retryable`) are retried on connect errors, resets,
+//! timeouts, 429 and 500/502/503/504 with capped full-jitter backoff,
+//! honouring `Retry-After`, never waiting past the run's deadline; every
+//! attempt goes through all the checks again. A process-wide token bucket
+//! per rate-limited host spaces requests, and a process-wide circuit breaker
+//! per upstream fails requests fast (`http-error.circuit-open`) after
+//! repeated failures.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::HostAbort;
 use crate::bindings::http::{self, HttpError, Method, Request, Response};
+use crate::host::resilience::{self, Admission, ProbeGuard, Upstreams};
 use crate::host::secrets::{self, SecretUseError, Secrets};
-use crate::limits::{
-    Limits, DEFAULT_HTTP_CONNECT_TIMEOUT, MAX_REDIRECTS, MIN_WILDCARD_DOMAIN_LABELS,
-};
+use crate::limits::{HttpPolicy, Limits, MAX_REDIRECTS, MIN_WILDCARD_DOMAIN_LABELS};
 
 /// The host part of a [`HostGrant`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -499,6 +509,14 @@ pub struct HttpStats {
     pub failed: u64,
     /// Response body bytes handed to the guest.
     pub bytes_received: u64,
+    /// Attempts made again after a retryable failure.
+    pub retries: u64,
+    /// Time spent waiting for rate-limit tokens, in milliseconds.
+    pub throttled_ms: u64,
+    /// Times this run's failures opened an upstream's circuit breaker.
+    pub breaker_trips: u64,
+    /// Requests failed fast because an upstream's breaker was open.
+    pub circuit_open: u64,
 }
 
 /// Per-run state of the `http` capability.
@@ -513,6 +531,12 @@ pub struct HttpCtx {
     max_requests: u64,
     max_response_bytes: u64,
     max_http_bytes: u64,
+    policy: HttpPolicy,
+    /// Rate limiters and breakers shared by every run in the process.
+    upstreams: Arc<Upstreams>,
+    /// The run's deadline: no wait (backoff, rate limit) is started that
+    /// would end after it.
+    deadline: Instant,
     pub stats: HttpStats,
 }
 
@@ -525,10 +549,14 @@ struct RedirectDenied {
 }
 
 impl HttpCtx {
+    /// The `http` state of one run whose deadline is `deadline`, sharing the
+    /// process's `upstreams` (rate limiters, breakers).
     pub fn new(
         grants: &[HostGrant],
         secrets: &Secrets,
         limits: &Limits,
+        upstreams: Arc<Upstreams>,
+        deadline: Instant,
     ) -> Result<Self, reqwest::Error> {
         let grants: Arc<[HostGrant]> = grants.to_vec().into();
         let header_secrets: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -564,8 +592,8 @@ impl HttpCtx {
             // resolved-address check: never use one (nor $HTTP_PROXY & co).
             .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver))
-            .timeout(limits.http_timeout)
-            .connect_timeout(DEFAULT_HTTP_CONNECT_TIMEOUT.min(limits.http_timeout))
+            .timeout(limits.http.timeout)
+            .connect_timeout(limits.http.connect_timeout.min(limits.http.timeout))
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(HttpCtx {
@@ -576,8 +604,133 @@ impl HttpCtx {
             max_requests: limits.max_http_requests,
             max_response_bytes: limits.max_response_bytes,
             max_http_bytes: limits.max_http_bytes,
+            policy: limits.http.clone(),
+            upstreams,
+            deadline,
             stats: HttpStats::default(),
         })
+    }
+
+    /// One `http.send`: the breaker's admission, then attempts (each
+    /// rate-limited and fully checked by [`Self::send_checked`]) with
+    /// backoff between them while the failure is retryable, the request
+    /// may be repeated, retries are left and the wait ends before the
+    /// deadline. The outcome (after retries) is recorded in the breaker.
+    async fn send_resilient(&mut self, req: Request) -> Result<Response, SendFail> {
+        // A URL that does not parse fails in send_checked, untouched by
+        // limiters and breakers.
+        let Some((host, port)) = parse_request_url(&req.url)
+            .ok()
+            .as_ref()
+            .and_then(host_port)
+        else {
+            return self.send_checked(req).await;
+        };
+        let upstream = format!("{host}:{port}");
+        let limit_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let repeatable = req.retryable
+            || matches!(
+                req.method,
+                Method::Get | Method::Head | Method::Put | Method::Delete
+            );
+        let upstreams = self.upstreams.clone();
+        let admission = upstreams.admit(&self.policy, &upstream);
+        if let Admission::Reject { retry_in } = admission {
+            self.stats.circuit_open += 1;
+            return Err(HttpError::CircuitOpen(format!(
+                "the circuit breaker of {upstream} is open after repeated failures; \
+                 requests fail fast for {:.1} s more, then one probe is let through",
+                retry_in.as_secs_f64()
+            ))
+            .into());
+        }
+        let mut probe = ProbeGuard::new(
+            upstreams.clone(),
+            upstream.clone(),
+            admission == Admission::Probe,
+        );
+        let shown_url = self.secrets.redact(&req.url).into_owned();
+        let mut retry = 0u32;
+        loop {
+            let waited = upstreams
+                .throttle(&self.policy, &limit_host, self.deadline)
+                .await
+                .map_err(|e| SendFail::Guest(HttpError::Other(e.to_string())))?;
+            self.stats.throttled_ms += waited.as_millis() as u64;
+            // A limit the run tripped ends it at once: no retry.
+            let outcome = match self.send_checked(req.clone()).await {
+                Ok(r) => Ok(r),
+                Err(SendFail::Guest(e)) => Err(e),
+                Err(SendFail::Abort(a)) => return Err(SendFail::Abort(a)),
+            };
+            let reason = match &outcome {
+                Ok(r) if resilience::retryable_status(r.status) => format!("HTTP {}", r.status),
+                Ok(_) => {
+                    upstreams.record(&self.policy, &upstream, true);
+                    probe.disarm();
+                    return outcome.map_err(SendFail::Guest);
+                }
+                Err(HttpError::Timeout) => "timed out".to_string(),
+                Err(HttpError::Connect(e) | HttpError::Other(e)) => {
+                    self.secrets.redact(e).into_owned()
+                }
+                // Refused by the host, or the guest's fault: not the
+                // upstream's, so neither retried nor held against it.
+                Err(_) => return outcome.map_err(SendFail::Guest),
+            };
+            if repeatable && retry < self.policy.retries {
+                let asked = match &outcome {
+                    Ok(r) => r
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                        .and_then(|(_, v)| resilience::retry_after(v, SystemTime::now())),
+                    Err(_) => None,
+                };
+                let wait = match asked {
+                    Some(a) => a.min(self.policy.max_delay),
+                    None => resilience::backoff(&self.policy, retry),
+                };
+                if Instant::now() + wait < self.deadline {
+                    retry += 1;
+                    self.stats.retries += 1;
+                    tracing::info!(
+                        target: "sluice::http",
+                        url = %shown_url,
+                        %reason,
+                        retry,
+                        of = self.policy.retries,
+                        wait_ms = wait.as_millis() as u64,
+                        retry_after = asked.is_some(),
+                        "retrying request"
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                tracing::warn!(
+                    target: "sluice::http",
+                    url = %shown_url,
+                    %reason,
+                    wait_ms = wait.as_millis() as u64,
+                    "not retrying: the backoff would end after the run's deadline"
+                );
+            }
+            if upstreams.record(&self.policy, &upstream, false) {
+                self.stats.breaker_trips += 1;
+                tracing::warn!(
+                    target: "sluice::http",
+                    %upstream,
+                    %reason,
+                    cooldown_s = self.policy.breaker_cooldown.as_secs_f64(),
+                    "circuit breaker opened"
+                );
+            }
+            probe.disarm();
+            return outcome.map_err(SendFail::Guest);
+        }
     }
 
     fn deny(&mut self, reason: String) -> HttpError {
@@ -755,6 +908,7 @@ fn redact_error(secrets: &Secrets, e: HttpError) -> HttpError {
         HttpError::InvalidRequest(t) => HttpError::InvalidRequest(r(t)),
         HttpError::Connect(t) => HttpError::Connect(r(t)),
         HttpError::Other(t) => HttpError::Other(r(t)),
+        HttpError::CircuitOpen(t) => HttpError::CircuitOpen(r(t)),
         e @ (HttpError::Timeout | HttpError::TooLarge(_) | HttpError::BudgetExhausted) => e,
     }
 }
@@ -775,7 +929,7 @@ impl http::Host for HttpCtx {
         let url = req.url.clone();
         // The guest never gets a secret's value from the host: transport
         // errors quote the substituted URL, so they are redacted.
-        let result = match self.send_checked(req).await {
+        let result = match self.send_resilient(req).await {
             Ok(r) => Ok(r),
             Err(SendFail::Abort(a)) => return Err(a.into()),
             Err(SendFail::Guest(e)) => Err(redact_error(&self.secrets, e)),
@@ -783,7 +937,10 @@ impl http::Host for HttpCtx {
         if let Err(e) = &result {
             if !matches!(
                 e,
-                HttpError::Denied(_) | HttpError::InvalidRequest(_) | HttpError::BudgetExhausted
+                HttpError::Denied(_)
+                    | HttpError::InvalidRequest(_)
+                    | HttpError::BudgetExhausted
+                    | HttpError::CircuitOpen(_)
             ) {
                 self.stats.failed += 1;
             }

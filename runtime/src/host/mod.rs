@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod log;
+pub mod resilience;
 pub mod secrets;
 pub mod sink;
 pub mod state;

@@ -169,6 +169,12 @@ pub struct RunRecord {
     pub http_requests: u64,
     pub http_denied: u64,
     pub http_bytes: u64,
+    /// HTTP attempts repeated after transient failures.
+    pub http_retries: u64,
+    /// Time spent waiting for rate-limit tokens, in milliseconds.
+    pub http_throttled_ms: u64,
+    /// Times this run's failures opened an upstream's circuit breaker.
+    pub http_breaker_trips: u64,
     pub fuel_used: u64,
     pub peak_memory_bytes: u64,
     pub error: Option<String>,

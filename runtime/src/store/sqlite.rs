@@ -51,7 +51,10 @@ CREATE TABLE IF NOT EXISTS _sluice_runs (
     fuel_used         INTEGER NOT NULL DEFAULT 0,
     peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
     error             TEXT,
-    pid               INTEGER
+    pid               INTEGER,
+    http_retries      INTEGER NOT NULL DEFAULT 0,
+    http_throttled_ms INTEGER NOT NULL DEFAULT 0,
+    http_breaker_trips INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS _sluice_runs_started ON _sluice_runs (started_at);
 CREATE TABLE IF NOT EXISTS _sluice_streams (
@@ -102,7 +105,46 @@ CREATE TABLE IF NOT EXISTS _sluice_drift (
 
 const RUN_COLUMNS: &str = "id, connector, connector_version, component_hash, started_at, ended_at, \
     duration_ms, status, records_emitted, records_upserted, commits, http_requests, http_denied, \
-    http_bytes, fuel_used, peak_memory_bytes, error, records_valid, records_quarantined, stream_counts, drift";
+    http_bytes, fuel_used, peak_memory_bytes, error, records_valid, records_quarantined, stream_counts, drift, \
+    http_retries, http_throttled_ms, http_breaker_trips";
+
+/// Columns `_sluice_runs` gained after its first release, with their
+/// declarations: added to databases created before them when opened.
+const RUN_COLUMNS_ADDED: &[(&str, &str)] = &[
+    ("http_retries", "INTEGER NOT NULL DEFAULT 0"),
+    ("http_throttled_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("http_breaker_trips", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Names of `table`'s columns.
+fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare(&format!("PRAGMA table_info({})", quote_ident(table)))?
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect()
+}
+
+/// Add the run columns an older database lacks. Another process may add
+/// one at the same moment: a failed `ALTER` is fine if the column is there.
+fn add_run_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let have = column_names(conn, "_sluice_runs")?;
+    for (name, decl) in RUN_COLUMNS_ADDED {
+        if have.iter().any(|c| c == name) {
+            continue;
+        }
+        if let Err(e) = conn.execute_batch(&format!(
+            "ALTER TABLE _sluice_runs ADD COLUMN {} {decl}",
+            quote_ident(name)
+        )) {
+            if !column_names(conn, "_sluice_runs")?
+                .iter()
+                .any(|c| c == name)
+            {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
 
 const QUARANTINE_COLUMNS: &str =
     "id, run_id, connector, connector_version, stream, record, errors, \
@@ -128,6 +170,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        add_run_columns(&conn).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         Ok(SqliteStore { conn })
     }
@@ -194,6 +237,9 @@ fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         records_quarantined: u(18)?,
         streams: serde_json::from_str(&row.get::<_, String>(19)?).unwrap_or_default(),
         drift: serde_json::from_str(&row.get::<_, String>(20)?).unwrap_or_default(),
+        http_retries: u(21)?,
+        http_throttled_ms: u(22)?,
+        http_breaker_trips: u(23)?,
     })
 }
 
@@ -548,7 +594,7 @@ impl Store for SqliteStore {
 
     fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
         self.conn.execute(
-            &format!("INSERT INTO _sluice_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
+            &format!("INSERT INTO _sluice_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
             params![
                 run.id,
                 run.connector,
@@ -571,6 +617,9 @@ impl Store for SqliteStore {
                 i(run.records_quarantined),
                 serde_json::to_string(&run.streams).unwrap_or_else(|_| "{}".into()),
                 serde_json::to_string(&run.drift).unwrap_or_else(|_| "[]".into()),
+                i(run.http_retries),
+                i(run.http_throttled_ms),
+                i(run.http_breaker_trips),
             ],
         )?;
         self.conn.execute(
@@ -611,7 +660,8 @@ impl Store for SqliteStore {
             "UPDATE _sluice_runs SET ended_at = ?2, duration_ms = ?3, status = ?4, records_emitted = ?5, \
              records_upserted = ?6, commits = ?7, http_requests = ?8, http_denied = ?9, http_bytes = ?10, \
              fuel_used = ?11, peak_memory_bytes = ?12, error = ?13, records_valid = ?14, \
-             records_quarantined = ?15, stream_counts = ?16, drift = ?17 WHERE id = ?1",
+             records_quarantined = ?15, stream_counts = ?16, drift = ?17, http_retries = ?18, \
+             http_throttled_ms = ?19, http_breaker_trips = ?20 WHERE id = ?1",
             params![
                 run.id,
                 run.ended_at,
@@ -630,6 +680,9 @@ impl Store for SqliteStore {
                 i(run.records_quarantined),
                 serde_json::to_string(&run.streams).unwrap_or_else(|_| "{}".into()),
                 serde_json::to_string(&run.drift).unwrap_or_else(|_| "[]".into()),
+                i(run.http_retries),
+                i(run.http_throttled_ms),
+                i(run.http_breaker_trips),
             ],
         )?;
         if n == 0 {

@@ -53,6 +53,7 @@ pub struct Request {
     url: String,
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
+    retryable: bool,
 }
 
 impl Request {
@@ -62,6 +63,7 @@ impl Request {
             url: url.into(),
             headers: Vec::new(),
             body: None,
+            retryable: false,
         }
     }
 
@@ -71,6 +73,7 @@ impl Request {
             url: url.into(),
             headers: Vec::new(),
             body: Some(body),
+            retryable: false,
         }
     }
 
@@ -79,13 +82,24 @@ impl Request {
         self
     }
 
-    /// Send through the host.
+    /// Let the host retry this request after a transient failure even if
+    /// its method is not idempotent (a POST with an idempotency key, say).
+    /// GET, HEAD, PUT and DELETE are always retryable.
+    pub fn retryable(mut self, yes: bool) -> Self {
+        self.retryable = yes;
+        self
+    }
+
+    /// Send through the host (which retries transient failures of
+    /// retryable requests, rate-limits and circuit-breaks per the
+    /// operator's policy).
     pub fn send(self) -> Result<Response, Error> {
         let req = wit::Request {
             method: self.method,
             url: self.url,
             headers: self.headers,
             body: self.body,
+            retryable: self.retryable,
         };
         match wit::send(&req) {
             Ok(r) => Ok(Response {
@@ -107,6 +121,9 @@ fn http_error_text(url: &str, e: wit::HttpError) -> String {
         wit::HttpError::TooLarge(n) => format!("response from {url} over {n} bytes"),
         wit::HttpError::BudgetExhausted => "HTTP request budget of this run is spent".to_string(),
         wit::HttpError::Other(why) => format!("request to {url} failed: {why}"),
+        wit::HttpError::CircuitOpen(why) => {
+            format!("request to {url} not sent, circuit open: {why}")
+        }
     }
 }
 
