@@ -125,6 +125,9 @@ pub struct InstanceConfig {
     pub secret_hosts: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The host's HTTP policy for this instance.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Ignore saved state and replace each table with this run's rows.
     #[serde(default)]
     pub full_refresh: bool,
@@ -143,6 +146,28 @@ pub struct LimitsConfig {
     /// Wall-clock deadline: seconds, or a duration such as `"90s"`, `"15m"`.
     #[serde(default, deserialize_with = "parse_duration_opt")]
     pub timeout: Option<Duration>,
+}
+
+/// An instance's `http` table (as the `--http-timeout`, `--retries`,
+/// `--rate-limit`, `--breaker-*` flags); unset settings keep their defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Timeout of one request attempt: seconds or `"30s"`.
+    #[serde(default, deserialize_with = "parse_duration_opt")]
+    pub timeout: Option<Duration>,
+    /// Retries of a failed idempotent request.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// `["HOST=RPS[/BURST]", …]`, as for `--rate-limit`.
+    #[serde(default, deserialize_with = "parse_each")]
+    pub rate_limits: Vec<crate::limits::RateLimit>,
+    /// Consecutive failures that open an upstream's breaker (0 = none).
+    #[serde(default)]
+    pub breaker_threshold: Option<u32>,
+    /// How long an open breaker fails fast: seconds or `"30s"`.
+    #[serde(default, deserialize_with = "parse_duration_opt")]
+    pub breaker_cooldown: Option<Duration>,
 }
 
 /// A parsed `sluice.toml` and where it is.
@@ -391,6 +416,33 @@ impl OperatorConfig {
         if let Some(t) = inst.limits.timeout {
             limits.timeout = t;
         }
+        let http = &inst.http;
+        if let Some(t) = http.timeout {
+            limits.http.timeout = t;
+            limits.http.connect_timeout = limits.http.connect_timeout.min(t);
+        }
+        if let Some(r) = http.retries {
+            if r > crate::limits::MAX_HTTP_RETRIES {
+                return Err(self.instance_error(
+                    name,
+                    format!(
+                        "http.retries is at most {}",
+                        crate::limits::MAX_HTTP_RETRIES
+                    ),
+                ));
+            }
+            limits.http.retries = r;
+        }
+        limits
+            .http
+            .rate_limits
+            .extend(http.rate_limits.iter().cloned());
+        if let Some(b) = http.breaker_threshold {
+            limits.http.breaker_threshold = b;
+        }
+        if let Some(c) = http.breaker_cooldown {
+            limits.http.breaker_cooldown = c;
+        }
         let db = inst
             .db
             .as_deref()
@@ -552,6 +604,7 @@ component = "items"
 allow_hosts = ["127.0.0.1:8080", "*.example.com"]
 config = { base_url = "http://127.0.0.1:8080", page_size = 10, nested = { x = [1, 2.5] } }
 limits = { fuel = 1000, memory = "64MiB", timeout = "90s" }
+http = { retries = 7, timeout = "5s", rate_limits = ["api.example.com=2/4"], breaker_threshold = 0 }
 [instances.b]
 component = "../c/items.wasm"
 db = "/var/b.db"
@@ -566,6 +619,16 @@ db = "/var/b.db"
         assert_eq!(a.limits.fuel, 1000);
         assert_eq!(a.limits.memory_bytes, 64 << 20);
         assert_eq!(a.limits.timeout, Duration::from_secs(90));
+        assert_eq!(a.limits.http.retries, 7);
+        assert_eq!(a.limits.http.timeout, Duration::from_secs(5));
+        assert_eq!(a.limits.http.rate_limits.len(), 1);
+        assert_eq!(a.limits.http.rate_limits[0].burst, 4);
+        assert_eq!(a.limits.http.breaker_threshold, 0);
+        let b = c.instance("b").unwrap();
+        assert_eq!(b.limits.http, crate::limits::HttpPolicy::default());
+        let bad =
+            parse("[instances.x]\ncomponent = \"items\"\nhttp = { retrys = 1 }\n").unwrap_err();
+        assert!(bad.to_string().contains("retrys"), "{bad}");
         let json: serde_json::Value = serde_json::from_str(&a.config).unwrap();
         assert_eq!(json["page_size"], 10);
         assert_eq!(json["nested"]["x"][1], 2.5);
