@@ -122,15 +122,16 @@ pub async fn spec(
     Ok((loaded, spec))
 }
 
-/// `check` of the component at `path` with `config`.
-pub async fn check(
+/// A sandbox of the component at `path`, past `spec`, with `config`
+/// checked as JSON and against the connector's config schema.
+async fn configured_sandbox(
     runtime: &Runtime,
     path: &Path,
     config: &str,
     grants: &[HostGrant],
     secrets: &Secrets,
     limits: &Limits,
-) -> Result<(), PipelineError> {
+) -> Result<Sandbox, PipelineError> {
     check_config_json(config)?;
     let loaded = runtime.load(path)?;
     let mut sandbox = Sandbox::new(
@@ -146,6 +147,19 @@ pub async fn check(
     let spec = sandbox.spec().await?;
     sandbox.set_connector(&spec.name);
     check_config_schema(&spec, config)?;
+    Ok(sandbox)
+}
+
+/// `check` of the component at `path` with `config`.
+pub async fn check(
+    runtime: &Runtime,
+    path: &Path,
+    config: &str,
+    grants: &[HostGrant],
+    secrets: &Secrets,
+    limits: &Limits,
+) -> Result<(), PipelineError> {
+    let mut sandbox = configured_sandbox(runtime, path, config, grants, secrets, limits).await?;
     Ok(sandbox.check(config).await?)
 }
 
@@ -158,21 +172,7 @@ pub async fn discover(
     secrets: &Secrets,
     limits: &Limits,
 ) -> Result<Vec<types::Stream>, PipelineError> {
-    check_config_json(config)?;
-    let loaded = runtime.load(path)?;
-    let mut sandbox = Sandbox::new(
-        runtime,
-        &loaded,
-        &new_run_id(),
-        "?",
-        grants,
-        secrets,
-        limits,
-    )
-    .await?;
-    let spec = sandbox.spec().await?;
-    sandbox.set_connector(&spec.name);
-    check_config_schema(&spec, config)?;
+    let mut sandbox = configured_sandbox(runtime, path, config, grants, secrets, limits).await?;
     Ok(sandbox.discover(config).await?)
 }
 

@@ -593,40 +593,23 @@ impl Store for SqliteStore {
     }
 
     fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        // The identity and start (with this process's pid, so a later
+        // process can tell the run crashed) ...
         self.conn.execute(
-            &format!("INSERT INTO _sluice_runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
+            "INSERT INTO _sluice_runs (id, connector, connector_version, component_hash, started_at, status, pid) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 run.id,
                 run.connector,
                 run.connector_version,
                 run.component_hash,
                 run.started_at,
-                run.ended_at,
-                run.duration_ms.map(i),
                 run.status.as_str(),
-                i(run.records_emitted),
-                i(run.records_upserted),
-                i(run.commits),
-                i(run.http_requests),
-                i(run.http_denied),
-                i(run.http_bytes),
-                i(run.fuel_used),
-                i(run.peak_memory_bytes),
-                run.error,
-                i(run.records_valid),
-                i(run.records_quarantined),
-                serde_json::to_string(&run.streams).unwrap_or_else(|_| "{}".into()),
-                serde_json::to_string(&run.drift).unwrap_or_else(|_| "[]".into()),
-                i(run.http_retries),
-                i(run.http_throttled_ms),
-                i(run.http_breaker_trips),
+                std::process::id()
             ],
         )?;
-        self.conn.execute(
-            "UPDATE _sluice_runs SET pid = ?2 WHERE id = ?1",
-            params![run.id, std::process::id()],
-        )?;
-        Ok(())
+        // ... then every counter, as at the end of a run.
+        self.update_run(run)
     }
 
     fn mark_crashed(&mut self) -> Result<u64, StoreError> {
