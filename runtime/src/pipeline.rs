@@ -598,7 +598,7 @@ pub fn replay(
         match schema.check(value) {
             Verdict::Valid { record, .. } => match table.row_from_value(record, e.record.clone()) {
                 Ok(row) => plan.accepted.push((e.id, table.clone(), row)),
-                Err(message) => plan.rejected.push((
+                Err((message, _)) => plan.rejected.push((
                     e.id,
                     vec![RecordError {
                         path: String::new(),

@@ -69,9 +69,9 @@ impl sink::Host for SinkCtx {
             match target.schema.check(value) {
                 Verdict::Valid { record, drift: d } => {
                     schema::aggregate(&mut drift, d);
-                    match target.table.row_from_value(record, raw.clone()) {
+                    match target.table.row_from_value(record, raw) {
                         Ok(row) => rows.push(row),
-                        Err(message) => pending.quarantine.push(QuarantinedRecord {
+                        Err((message, raw)) => pending.quarantine.push(QuarantinedRecord {
                             stream: stream.clone(),
                             record: raw,
                             errors: vec![RecordError {

@@ -268,12 +268,10 @@ fn upsert_rows(
 ) -> Result<u64, StoreError> {
     let mut stmt = tx.prepare_cached(&SqliteStore::upsert_sql(table))?;
     for row in rows {
-        let meta = [
-            SqlValue::Text(row.raw.clone()),
-            SqlValue::Text(run_id.to_string()),
-            SqlValue::Text(now.to_string()),
-        ];
-        stmt.execute(params_from_iter(row.values.iter().chain(meta.iter())))?;
+        // Bind the record text, run id and time by reference: no copy per row.
+        let meta: [&dyn rusqlite::ToSql; 3] = [&row.raw, &run_id, &now];
+        let values = row.values.iter().map(|v| v as &dyn rusqlite::ToSql);
+        stmt.execute(params_from_iter(values.chain(meta)))?;
     }
     Ok(rows.len() as u64)
 }

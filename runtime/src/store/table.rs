@@ -149,12 +149,15 @@ impl StreamTable {
         let value: Value =
             serde_json::from_str(&raw).map_err(|e| format!("not valid JSON: {e}"))?;
         self.row_from_value(value, raw)
+            .map_err(|(message, _)| message)
     }
 
     /// Turn a parsed record (and its raw text) into a row.
-    pub fn row_from_value(&self, value: Value, raw: String) -> Result<Row, String> {
+    /// On failure the reason comes back with `raw`, so callers can
+    /// quarantine the record without having cloned it up front.
+    pub fn row_from_value(&self, value: Value, raw: String) -> Result<Row, (String, String)> {
         let Value::Object(mut obj) = value else {
-            return Err("not a JSON object".into());
+            return Err(("not a JSON object".into(), raw));
         };
         let mut values = Vec::with_capacity(self.columns.len());
         for col in &self.columns {
@@ -165,10 +168,11 @@ impl StreamTable {
         }
         for &i in &self.primary_key {
             if values[i] == SqlValue::Null {
-                return Err(format!(
+                let message = format!(
                     "primary-key field {:?} is missing or null",
                     self.columns[i].name
-                ));
+                );
+                return Err((message, raw));
             }
         }
         Ok(Row { values, raw })
