@@ -14,17 +14,23 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where `just build-connectors` writes guest components: Rust guests
+/// (cargo's output) and the Python and JavaScript ones.
+pub const GUEST_DIRS: [&str; 2] = [
+    "connectors/target/wasm32-unknown-unknown/release",
+    "connectors/target/components",
+];
+
 /// A guest component built by `just build-connectors`.
 pub fn guest(name: &str) -> PathBuf {
-    let p = repo_root()
-        .join("connectors/target/wasm32-unknown-unknown/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: build the guest components first (`just build-connectors`)",
-        p.display()
-    );
-    p
+    let file = format!("{name}.wasm");
+    let found = GUEST_DIRS
+        .iter()
+        .map(|d| repo_root().join(d).join(&file))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!("{file} is missing from {GUEST_DIRS:?}: build the guest components first (`just build-connectors`)")
+    })
 }
 
 /// Compiled-component cache shared by the tests (under target/).
