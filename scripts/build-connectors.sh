@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the example connectors to WebAssembly components with Debian's
-# rustc-web (build-std; see shared DESIGN §5). Installs the guest toolchain
+# rustc-web (build-std; see shared DESIGN §5), then the JavaScript ones
+# (scripts/build-js-connectors.sh). Installs the guest toolchain
 # first if it is missing. Output: connectors/target/wasm32-unknown-unknown/release/*.wasm
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,3 +11,4 @@ export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
 cd "$here/connectors"
 /usr/bin/cargo build --release "$@"
 ls -l target/wasm32-unknown-unknown/release/*.wasm
+"$here/scripts/build-js-connectors.sh"
