@@ -9,9 +9,11 @@ demo_port := env_var_or_default("SLUICE_DEMO_PORT", "0")
 default:
     @just --list
 
-# Install what the build needs: the WASM guest toolchain (Debian packages).
+# Install what the build needs: the WASM guest toolchain (Debian packages)
+# and the JavaScript guest toolchain (npm, into .tools/js-guest).
 setup:
     scripts/setup-guest-toolchain.sh
+    scripts/setup-js-guest.sh
 
 # Build the example connectors to WebAssembly components.
 build-connectors: setup

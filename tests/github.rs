@@ -13,7 +13,10 @@ use sluice_fixture::github::{self, GithubConfig};
 use sluice_fixture::Running;
 
 /// The builds of `github-issues`: component file stem and spec name.
-const BUILDS: [(&str, &str); 1] = [("github_issues", "github-issues")];
+const BUILDS: [(&str, &str); 2] = [
+    ("github_issues", "github-issues"),
+    ("github_issues_js", "github-issues-js"),
+];
 
 const TOKEN: &str = "ghp_fixture_token_0123456789";
 
