@@ -352,7 +352,7 @@ fn js_github_issues_check_and_denied_host_are_connector_errors() {
 
 /// A one-connection-at-a-time HTTP server answering every request with
 /// `body` (status 200, JSON), until the test ends.
-fn serve_json(body: &'static str) -> u16 {
+fn serve_json(body: &'static [u8]) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -368,9 +368,10 @@ fn serve_json(body: &'static str) -> u16 {
             }
             let _ = write!(
                 conn,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
-            );
+            )
+            .and_then(|()| conn.write_all(body));
         }
     });
     port
@@ -380,7 +381,7 @@ fn serve_json(body: &'static str) -> u16 {
 fn js_thrown_exception_is_a_clean_failed_run() {
     // `null` where an issue object belongs: the connector's own code throws
     // a TypeError; the SDK turns it into an `internal` connector-error.
-    let port = serve_json("[null]");
+    let port = serve_json(b"[null]");
     let s = Scratch::new();
     let cfg = config(&s, &format!("http://127.0.0.1:{port}"), 10, "");
     let dbp = s.path("t.db");
@@ -397,32 +398,40 @@ fn js_thrown_exception_is_a_clean_failed_run() {
     let err = rep["error"].as_str().unwrap();
     assert!(err.starts_with("connector error: TypeError: "), "{err}");
 
-    // A page that is not JSON at all is an upstream error.
-    let port = serve_json("<html>oops</html>");
-    let cfg = config(&s, &format!("http://127.0.0.1:{port}"), 10, "");
-    let out = run(
-        &guest(COMPONENT),
-        &format!("127.0.0.1:{port}"),
-        &cfg,
-        &dbp,
-        false,
-    );
-    let rep = report(&out);
-    assert_eq!(rep["status"], "failed", "{rep}");
-    assert!(
-        rep["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("upstream error: response is not the expected JSON"),
-        "{rep}"
-    );
+    // A page that is not JSON, or JSON that is not UTF-8, is an upstream
+    // error (as in the Rust build).
+    let bodies: [&'static [u8]; 2] = [
+        b"<html>oops</html>",
+        b"[{\"id\": 1, \"title\": \"caf\xe9\"}]",
+    ];
+    for body in bodies {
+        let port = serve_json(body);
+        let cfg = config(&s, &format!("http://127.0.0.1:{port}"), 10, "");
+        let out = run(
+            &guest(COMPONENT),
+            &format!("127.0.0.1:{port}"),
+            &cfg,
+            &dbp,
+            false,
+        );
+        let rep = report(&out);
+        assert_eq!(rep["status"], "failed", "{rep}");
+        assert!(
+            rep["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("upstream error: response is not the expected JSON"),
+            "{rep}"
+        );
+    }
     assert_eq!(
         common::count(
             &db(&dbp),
             "SELECT count(*) FROM _sluice_runs WHERE status = 'failed'"
         ),
-        2
+        3
     );
+    assert_eq!(common::count(&db(&dbp), "SELECT count(*) FROM issues"), 0);
 }
 
 /// Copy `templates/js` as `sluice new --lang js NAME` does: every file,
@@ -462,6 +471,18 @@ fn js_template_builds_and_runs_and_resumes() {
     let s = Scratch::new();
     let project = s.path("my-source");
     instantiate_template(&project, "my-source");
+    // What `sluice new` writes besides the template: the SDK and the WIT.
+    std::fs::create_dir_all(project.join("sdk")).unwrap();
+    std::fs::copy(
+        repo_root().join("sdk/js/src/index.js"),
+        project.join("sdk/index.js"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(project.join("wit")).unwrap();
+    for f in std::fs::read_dir(repo_root().join("wit")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, project.join("wit").join(f.file_name().unwrap())).unwrap();
+    }
     let out_dir = s.path("out");
     let build = std::process::Command::new(repo_root().join("scripts/build-js-connectors.sh"))
         .arg("--out")
