@@ -35,5 +35,6 @@ lint:
 
 # The whole test suite: lints, guest builds, host tests, guest unit tests.
 test: lint build-connectors build
+    scripts/test-js-sdk.sh
     cargo test --workspace
     cd connectors && cargo test --target x86_64-unknown-linux-gnu

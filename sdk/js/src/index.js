@@ -125,31 +125,57 @@ export function decodeUtf8(bytes, { fatal = false } = {}) {
   }
 }
 
-// Invalid UTF-8: decode sequence by sequence, U+FFFD for what is invalid.
+// Invalid UTF-8: the WHATWG decoder (as TextDecoder), U+FFFD for each
+// maximal invalid subpart. Only for invalid input, so plain and slow is fine.
 function decodeLossy(bytes) {
-  let out = "";
-  for (let i = 0; i < bytes.length; ) {
+  const out = [];
+  let cp = 0;
+  let needed = 0;
+  let seen = 0;
+  let lower = 0x80;
+  let upper = 0xbf;
+  for (let i = 0; i < bytes.length; i++) {
     const b = bytes[i];
-    const len = b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
-    let s = null;
-    if (len > 0 && i + len <= bytes.length) {
-      let enc = "";
-      for (let j = 0; j < len; j++) enc += "%" + (bytes[i + j] < 16 ? "0" : "") + bytes[i + j].toString(16);
-      try {
-        s = decodeURIComponent(enc);
-      } catch {
-        s = null;
+    if (needed === 0) {
+      if (b <= 0x7f) {
+        out.push(String.fromCharCode(b));
+      } else if (b >= 0xc2 && b <= 0xdf) {
+        needed = 1;
+        cp = b & 0x1f;
+      } else if (b >= 0xe0 && b <= 0xef) {
+        if (b === 0xe0) lower = 0xa0;
+        if (b === 0xed) upper = 0x9f;
+        needed = 2;
+        cp = b & 0xf;
+      } else if (b >= 0xf0 && b <= 0xf4) {
+        if (b === 0xf0) lower = 0x90;
+        if (b === 0xf4) upper = 0x8f;
+        needed = 3;
+        cp = b & 0x7;
+      } else {
+        out.push("\uFFFD");
       }
+      continue;
     }
-    if (s === null) {
-      out += "\uFFFD";
-      i += 1;
-    } else {
-      out += s;
-      i += len;
+    if (b < lower || b > upper) {
+      cp = needed = seen = 0;
+      lower = 0x80;
+      upper = 0xbf;
+      out.push("\uFFFD");
+      i--; // this byte starts afresh
+      continue;
+    }
+    lower = 0x80;
+    upper = 0xbf;
+    cp = (cp << 6) | (b & 0x3f);
+    seen++;
+    if (seen === needed) {
+      out.push(String.fromCodePoint(cp));
+      cp = needed = seen = 0;
     }
   }
-  return out;
+  if (needed !== 0) out.push("\uFFFD");
+  return out.join("");
 }
 
 /** Encode a string as UTF-8 bytes. */
