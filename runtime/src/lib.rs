@@ -12,6 +12,7 @@
 
 pub mod bindings;
 pub mod config;
+pub mod conformance;
 pub mod engine;
 pub mod host;
 pub mod limits;

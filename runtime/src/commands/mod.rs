@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sluice::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_FILE};
+use sluice::conformance;
 use sluice::host::http::HostGrant;
 use sluice::host::secrets::{SecretHost, SecretSpec, Secrets};
 use sluice::limits::{self, Limits, RateLimit};
@@ -87,6 +88,23 @@ enum Command {
         #[arg(long)]
         full_refresh: bool,
         /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a connector conforms: spec, config schema, check,
+    /// discover, read, resume from the cursor, idempotence, default limits.
+    /// Prints a pass/fail table; exits 1 if any check fails.
+    TestConnector {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+        /// A command that starts the upstream and prints `listening on
+        /// URL` on stdout (e.g. `sluice-fixture items`): `{{fixture_url}}`
+        /// in the config becomes URL and its host:port is granted; it is
+        /// killed when the kit ends.
+        #[arg(long, value_name = "CMD")]
+        fixture: Option<String>,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -473,6 +491,39 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     report.record.status,
                     report.record.error.as_deref().unwrap_or("(no message)")
                 );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::TestConnector {
+            component,
+            access,
+            fixture,
+            json,
+        } => {
+            let rt = runtime(&cli)?;
+            let component = resolve_component(&cli, &rt, component).await?;
+            let mut config = access.config_text()?;
+            let mut grants = access.allow_hosts.clone();
+            let fixture = match fixture {
+                Some(cmd) => {
+                    let f = conformance::Fixture::start(cmd)?;
+                    config = config.replace(conformance::FIXTURE_URL_PLACEHOLDER, &f.url);
+                    grants.extend(f.grant());
+                    Some(f)
+                }
+                None => None,
+            };
+            let req = conformance::KitRequest {
+                component,
+                config,
+                grants,
+                secrets: access.secrets()?,
+                limits: access.limits()?,
+            };
+            let report = conformance::run(&rt, &req).await?;
+            drop(fixture);
+            output::print_kit_report(&report, *json)?;
+            if !report.passed() {
                 return Ok(ExitCode::FAILURE);
             }
         }

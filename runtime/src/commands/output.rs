@@ -3,6 +3,7 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 use sluice::bindings::types::{ConnectorSpec, Stream, SyncMode};
+use sluice::conformance::Report as KitReport;
 use sluice::pipeline::{ReplaySummary, RunReport};
 use sluice::registry::Registry;
 use sluice::store::{DriftEvent, QuarantineEntry};
@@ -423,5 +424,37 @@ pub fn print_sync(outcomes: &[SyncOutcome], as_json: bool) -> Result<()> {
     }
     let ok = outcomes.iter().filter(|o| o.succeeded()).count();
     println!("{ok} of {} instances succeeded", outcomes.len());
+    Ok(())
+}
+
+/// The conformance kit's table: check, result, detail; then a verdict.
+pub fn print_kit_report(report: &KitReport, as_json: bool) -> Result<()> {
+    if as_json {
+        let mut v = serde_json::to_value(report)?;
+        v["passed"] = json!(report.passed());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("conformance of {} {}", report.connector, report.version);
+    let width = report.rows.iter().map(|r| r.check.len()).max().unwrap_or(5);
+    println!("  {:<width$}  {:<6}  detail", "check", "result");
+    for r in &report.rows {
+        println!(
+            "  {:<width$}  {:<6}  {}",
+            r.check,
+            r.outcome.as_str(),
+            r.detail
+        );
+    }
+    let failed = report
+        .rows
+        .iter()
+        .filter(|r| r.outcome == sluice::conformance::Outcome::Fail)
+        .count();
+    if failed == 0 {
+        println!("PASS: {} checks", report.rows.len());
+    } else {
+        println!("FAIL: {failed} of {} checks failed", report.rows.len());
+    }
     Ok(())
 }

@@ -9,7 +9,7 @@ pub mod writer;
 use serde::Serialize;
 
 pub use sqlite::SqliteStore;
-pub use table::{Column, ColumnKind, Row, StreamTable, META_COLUMNS};
+pub use table::{quote_ident, Column, ColumnKind, Row, StreamTable, META_COLUMNS};
 pub use writer::{Commit, Writer, WriterHandle};
 
 pub use crate::schema::RecordError;
@@ -82,6 +82,19 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Whether the run was stopped by one of its limits.
+    pub fn is_limit(self) -> bool {
+        !matches!(
+            self,
+            RunStatus::Running
+                | RunStatus::Succeeded
+                | RunStatus::Failed
+                | RunStatus::Trapped
+                | RunStatus::StoreError
+                | RunStatus::Crashed
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
