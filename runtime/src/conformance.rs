@@ -678,11 +678,6 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
             ))
         },
     );
-    let after_first: BTreeMap<String, Vec<Vec<String>>> = streams
-        .iter()
-        .map(|s| Ok((s.name.clone(), snapshot(&db, &s.name)?)))
-        .collect::<Result<_, String>>()
-        .unwrap_or_default();
 
     // A second read from the saved state.
     let incremental: Vec<&types::Stream> = streams
@@ -691,6 +686,13 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
         .collect();
     // The cursor each stream resumes from: read from its saved state where
     // the kit can (see `state_cursor`), else the largest cursor value stored.
+    let tables = |db: &Path| -> BTreeMap<String, Vec<Vec<String>>> {
+        streams
+            .iter()
+            .map(|s| (s.name.clone(), snapshot(db, &s.name).unwrap_or_default()))
+            .collect()
+    };
+    let after_first = tables(&db);
     let state = saved_state(&db, &spec.name);
     let mut before: BTreeMap<String, (Option<rusqlite::types::Value>, &'static str)> =
         BTreeMap::new();
@@ -707,6 +709,7 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
         before.insert(s.name.clone(), cursor);
     }
     let second = pipeline::run(runtime, &run_req(false)).await?;
+    let after_second = tables(&db);
     if incremental.is_empty() {
         report.row(
             "a second read resumes from the cursor",
@@ -772,12 +775,14 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
     // Idempotence: the second read and a third change nothing; a full
     // refresh leaves the same rows.
     let third = pipeline::run(runtime, &run_req(false)).await?;
+    let after_third = tables(&db);
     let refresh = pipeline::run(runtime, &run_req(true)).await?;
+    let after_refresh = tables(&db);
     let mut problems = Vec::new();
-    for (label, rep) in [
-        ("second", &second),
-        ("third", &third),
-        ("full-refresh", &refresh),
+    for (label, rep, after) in [
+        ("second", &second, &after_second),
+        ("third", &third, &after_third),
+        ("full-refresh", &refresh, &after_refresh),
     ] {
         if !rep.succeeded() {
             problems.push(format!(
@@ -788,11 +793,12 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
             continue;
         }
         for s in &streams {
-            let now = snapshot(&db, &s.name).unwrap_or_default();
+            let now = after.get(&s.name).cloned().unwrap_or_default();
             let then = after_first.get(&s.name).cloned().unwrap_or_default();
             if now != then {
+                let changed = now.iter().filter(|r| !then.contains(r)).count();
                 problems.push(format!(
-                    "after the {label} read, stream {} has {} rows (first read: {}) or changed values",
+                    "after the {label} read, stream {} has {} rows (first read: {}), {changed} of them new or changed",
                     s.name,
                     now.len(),
                     then.len()
