@@ -10,10 +10,12 @@ default:
     @just --list
 
 # Install what the build needs: the WASM guest toolchain (Debian packages)
-# and the JavaScript guest toolchain (npm, into .tools/js-guest).
+# the JavaScript guest toolchain (npm, into .tools/js-guest) and the Python
+# one (componentize-py from PyPI, into .tools/py-guest).
 setup:
     scripts/setup-guest-toolchain.sh
     scripts/setup-js-guest.sh
+    scripts/setup-python-guest.sh
 
 # Build the example connectors to WebAssembly components.
 build-connectors: setup

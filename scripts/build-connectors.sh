@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the example connectors to WebAssembly components with Debian's
+# Build the example connectors to WebAssembly components: the Rust ones with Debian's
 # rustc-web (build-std; see shared DESIGN §5), then the JavaScript ones
 # (scripts/build-js-connectors.sh). Installs the guest toolchain
 # first if it is missing. Output: connectors/target/wasm32-unknown-unknown/release/*.wasm
@@ -12,3 +12,4 @@ cd "$here/connectors"
 /usr/bin/cargo build --release "$@"
 ls -l target/wasm32-unknown-unknown/release/*.wasm
 "$here/scripts/build-js-connectors.sh"
+"$here/scripts/build-python-connectors.sh"

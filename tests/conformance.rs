@@ -109,7 +109,7 @@ fn open_meteo_passes() {
 
 #[test]
 fn every_github_issues_build_passes() {
-    for stem in ["github_issues", "github_issues_js"] {
+    for stem in ["github_issues", "github_issues_py", "github_issues_js"] {
         let s = Scratch::new();
         let (router, _) = sluice_fixture::github::router(sluice_fixture::github::GithubConfig {
             issues: 230,

@@ -13,8 +13,9 @@ use sluice_fixture::github::{self, GithubConfig};
 use sluice_fixture::Running;
 
 /// The builds of `github-issues`: component file stem and spec name.
-const BUILDS: [(&str, &str); 2] = [
+const BUILDS: [(&str, &str); 3] = [
     ("github_issues", "github-issues"),
+    ("github_issues_py", "github-issues-py"),
     ("github_issues_js", "github-issues-js"),
 ];
 

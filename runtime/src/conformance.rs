@@ -33,6 +33,8 @@ use crate::Runtime;
 
 /// How long `--fixture` may take to print its `listening on URL` line.
 pub const FIXTURE_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a fixture that closed its stdout gets to exit, for the error.
+pub const FIXTURE_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// The placeholder in the config text replaced by the fixture's URL.
 pub const FIXTURE_URL_PLACEHOLDER: &str = "{{fixture_url}}";
 /// The line a fixture prints when it is ready, followed by its URL.
@@ -169,18 +171,28 @@ impl Fixture {
                 fixture.url = url;
                 Ok(fixture)
             }
-            Err(_) => {
-                let status = fixture.child.try_wait().ok().flatten();
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // Its stdout closed without the line: it is exiting (give it
+                // a moment to be reaped, then say how it ended).
+                let deadline = std::time::Instant::now() + FIXTURE_EXIT_GRACE;
+                let mut status = None;
+                while status.is_none() && std::time::Instant::now() < deadline {
+                    status = fixture.child.try_wait().ok().flatten();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 Err(fail(match status {
                     Some(s) => {
                         format!("it exited ({s}) without printing `{FIXTURE_READY_PREFIX}URL`")
                     }
-                    None => format!(
-                        "it printed no `{FIXTURE_READY_PREFIX}URL` line within {} s",
-                        FIXTURE_START_TIMEOUT.as_secs()
-                    ),
+                    None => {
+                        format!("it closed its stdout without printing `{FIXTURE_READY_PREFIX}URL`")
+                    }
                 }))
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(fail(format!(
+                "it printed no `{FIXTURE_READY_PREFIX}URL` line within {} s",
+                FIXTURE_START_TIMEOUT.as_secs()
+            ))),
         }
     }
 
