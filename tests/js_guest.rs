@@ -1,9 +1,8 @@
 //! JavaScript guests (componentize-qjs + the JS SDK, `sdk/js`): the
 //! `github-issues-js` connector against the GitHub fixture through the
 //! `sluice` binary (every issue lands, resume from state, the token secret,
-//! a 401, a thrown exception, a denied host), and the `templates/js`
-//! skeleton that `sluice new --lang js` writes: it builds with the
-//! project's script and runs, resuming from its state.
+//! a 401, a thrown exception, a denied host). The `templates/js` skeleton
+//! that `sluice new --lang js` writes is tested in tests/scaffold.rs.
 
 mod common;
 
@@ -11,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use common::{db, guest, repo_root, sluice, sluice_env, Out, Scratch};
+use common::{db, guest, sluice, sluice_env, Out, Scratch};
 use serde_json::Value;
 use sluice_fixture::github::{self, GithubConfig};
 use sluice_fixture::Running;
@@ -432,118 +431,4 @@ fn js_thrown_exception_is_a_clean_failed_run() {
         3
     );
     assert_eq!(common::count(&db(&dbp), "SELECT count(*) FROM issues"), 0);
-}
-
-/// Copy `templates/js` as `sluice new --lang js NAME` does: every file,
-/// `{{name}}` and `{{name_snake}}` replaced in contents and paths.
-fn instantiate_template(dest: &Path, name: &str) {
-    fn walk(src: &Path, dest: &Path, name: &str, snake: &str) {
-        std::fs::create_dir_all(dest).unwrap();
-        for entry in std::fs::read_dir(src).unwrap() {
-            let entry = entry.unwrap();
-            let file = entry
-                .file_name()
-                .to_string_lossy()
-                .replace("{{name}}", name)
-                .replace("{{name_snake}}", snake);
-            let to = dest.join(file);
-            if entry.file_type().unwrap().is_dir() {
-                walk(&entry.path(), &to, name, snake);
-            } else {
-                let text = std::fs::read_to_string(entry.path()).unwrap();
-                let text = text
-                    .replace("{{name}}", name)
-                    .replace("{{name_snake}}", snake);
-                std::fs::write(to, text).unwrap();
-            }
-        }
-    }
-    walk(
-        &repo_root().join("templates/js"),
-        dest,
-        name,
-        &name.replace('-', "_"),
-    );
-}
-
-#[test]
-fn js_template_builds_and_runs_and_resumes() {
-    let s = Scratch::new();
-    let project = s.path("my-source");
-    instantiate_template(&project, "my-source");
-    // What `sluice new` writes besides the template: the SDK and the WIT.
-    std::fs::create_dir_all(project.join("sdk")).unwrap();
-    std::fs::copy(
-        repo_root().join("sdk/js/src/index.js"),
-        project.join("sdk/index.js"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(project.join("wit")).unwrap();
-    for f in std::fs::read_dir(repo_root().join("wit")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, project.join("wit").join(f.file_name().unwrap())).unwrap();
-    }
-    let out_dir = s.path("out");
-    let build = std::process::Command::new(repo_root().join("scripts/build-js-connectors.sh"))
-        .arg("--out")
-        .arg(&out_dir)
-        .arg(&project)
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    let component = out_dir.join("my_source.wasm");
-    assert!(component.exists());
-
-    let spec = sluice(["spec", component.to_str().unwrap(), "--json"]);
-    assert!(spec.ok, "{spec:?}");
-    let spec: Value = serde_json::from_str(&spec.stdout).unwrap();
-    assert_eq!(spec["name"], "my-source");
-
-    let dbp = s.path("t.db");
-    let run_with = |count: Option<u64>| {
-        let cfg = match count {
-            Some(n) => s.write("c.json", format!(r#"{{"count": {n}}}"#)),
-            None => s.write("c.json", "{}"),
-        };
-        report(&sluice([
-            "run",
-            component.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--db",
-            dbp.to_str().unwrap(),
-            "--json",
-        ]))
-    };
-    let first = run_with(None);
-    assert_eq!(first["status"], "succeeded", "{first}");
-    assert_eq!(first["records_upserted"], 10, "count defaults to 10");
-    let second = run_with(Some(25));
-    assert_eq!(second["records_emitted"], 15, "resumes after id 10");
-    let third = run_with(Some(25));
-    assert_eq!(third["records_emitted"], 0);
-    let conn = db(&dbp);
-    assert_eq!(common::count(&conn, "SELECT count(*) FROM records"), 25);
-    assert_eq!(
-        common::count(
-            &conn,
-            "SELECT count(*) FROM records WHERE name = 'record ' || id"
-        ),
-        25
-    );
-    let state: String = conn
-        .query_row(
-            "SELECT value FROM _sluice_state WHERE connector = 'my-source'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(
-        serde_json::from_str::<Value>(&state).unwrap(),
-        serde_json::json!({"id": 25})
-    );
 }

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod pipeline;
 pub mod registry;
 pub mod sandbox;
+pub mod scaffold;
 pub mod schema;
 pub mod store;
 pub mod sync;

@@ -17,6 +17,7 @@ use sluice::host::secrets::{SecretHost, SecretSpec, Secrets};
 use sluice::limits::{self, Limits, RateLimit};
 use sluice::pipeline::{self, RunRequest};
 use sluice::registry::{Registry, CONNECTORS_DIR_ENV, DEFAULT_CONNECTORS_DIR};
+use sluice::scaffold;
 use sluice::store::{QuarantineFilter, SqliteStore, Store};
 use sluice::sync::{self as many, SyncJob};
 use sluice::{Runtime, RuntimeOptions};
@@ -108,6 +109,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a connector skeleton (one stream, config, README) that builds
+    /// and passes `sluice test-connector` unchanged.
+    New {
+        /// The connector's name: [a-z][a-z0-9-]*.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: NewLang,
+        /// Where to write it [default: ./NAME]; must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The Sluice checkout the project builds against (its Rust SDK and
+        /// build scripts) [default: the one this binary was built from].
+        #[arg(long, value_name = "DIR")]
+        sluice_root: Option<PathBuf>,
+    },
     /// List the connectors in the registry directory: name, version,
     /// streams, the hosts each asks for, and the component path.
     Connectors {
@@ -166,6 +183,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NewLang {
+    Rust,
+    Python,
+    Js,
+}
+
+impl From<NewLang> for scaffold::Lang {
+    fn from(l: NewLang) -> Self {
+        match l {
+            NewLang::Rust => scaffold::Lang::Rust,
+            NewLang::Python => scaffold::Lang::Python,
+            NewLang::Js => scaffold::Lang::Js,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -526,6 +560,34 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             if !report.passed() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::New {
+            name,
+            lang,
+            dir,
+            sluice_root,
+        } => {
+            let lang = scaffold::Lang::from(*lang);
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let root = sluice_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(scaffold::BUILT_FROM));
+            let root = std::fs::canonicalize(&root).with_context(|| {
+                format!(
+                    "the Sluice checkout {} is not there (give --sluice-root DIR)",
+                    root.display()
+                )
+            })?;
+            let made = scaffold::new(lang, name, &dir, &root)?;
+            println!(
+                "wrote {} files of a {} connector to {}",
+                made.files.len(),
+                lang.as_str(),
+                made.dir.display()
+            );
+            let abs = std::fs::canonicalize(&made.dir).unwrap_or(made.dir.clone());
+            println!("build:  {}", lang.build_command(&root, &abs));
+            println!("see {}/README.md", made.dir.display());
         }
         Command::Connectors { json } => {
             let rt = runtime(&cli)?;
