@@ -25,6 +25,13 @@ build-connectors: setup
 build:
     cargo build --workspace --all-targets
 
+# The benchmark harness: Sluice vs dlt, a seed-style Python pipeline and a
+# native Rust pipeline on one fixture API, plus warm start, RSS and
+# concurrency figures (docs/benchmarks.md). Pass harness flags after it,
+# e.g. `just bench --records 200000 --rss`.
+bench *ARGS: setup
+    scripts/bench.sh {{ARGS}}
+
 # Set up, build, start the fixture upstream on 127.0.0.1, run open-meteo into sluice.db.
 demo: build-connectors build
     scripts/demo.sh

@@ -1,0 +1,459 @@
+//! `sluice-bench`: Sluice against its peers on one fixture API, side by
+//! side in one run (so the ratios hold on a noisy machine).
+//!
+//! The items fixture (`sluice_fixture::items`: ~200-byte records, 1,000 per
+//! page, ids and an `updated_at` cursor) serves N records on 127.0.0.1;
+//! each contestant runs as a child process into its own fresh SQLite file;
+//! the harness checks every table holds N rows and prints seconds,
+//! records/s, peak RSS (wait4) and the ratio to Sluice. Then: warm start
+//! in-process and as a whole `sluice spec` process, optionally peak RSS of
+//! a 1M- vs a 4M-record run (`--rss`), and N concurrent sandboxed runs in
+//! one `sluice sync` process (`--concurrency N`).
+//!
+//! Run it through `just bench` (scripts/bench.sh builds the release
+//! binaries and installs the Python peers). No assertions: figures only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::limits::Limits;
+use sluice::{pipeline, Runtime, RuntimeOptions};
+use sluice_fixture::items::{router, ItemsConfig};
+use sluice_fixture::Running;
+
+/// Records served when `--records` is not given: the whole default run
+/// (all four contestants) takes a few minutes on 2 cores.
+const DEFAULT_RECORDS: u64 = 100_000;
+/// Concurrent sandboxed runs in one process (`--concurrency`).
+const DEFAULT_CONCURRENCY: usize = 200;
+/// Records each concurrent run reads.
+const CONCURRENT_RECORDS: u64 = 2_000;
+/// Page size every contestant asks for (the issue's 1,000 per page).
+const PAGE_SIZE: u32 = 1_000;
+/// Fuel for the big runs (the default, 20 G, covers ~600k items records).
+const BENCH_FUEL: u64 = 1_000_000_000_000;
+/// Times a short measurement is repeated (the median is shown).
+const REPEATS: usize = 21;
+/// The RSS comparison's two sizes (`--rss`).
+const RSS_SMALL: u64 = 1_000_000;
+const RSS_LARGE: u64 = 4_000_000;
+
+struct Args {
+    records: u64,
+    python: bool,
+    rss: bool,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        records: DEFAULT_RECORDS,
+        python: true,
+        rss: false,
+        concurrency: DEFAULT_CONCURRENCY,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |what: &str| -> Result<u64, String> {
+            it.next()
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .ok_or(format!("{what} takes a number"))
+        };
+        match arg.as_str() {
+            "--records" => a.records = num("--records")?,
+            "--concurrency" => a.concurrency = num("--concurrency")? as usize,
+            "--no-python" => a.python = false,
+            "--rss" => a.rss = true,
+            "-h" | "--help" => {
+                return Err("usage: sluice-bench [--records N] [--no-python] [--rss] [--concurrency N (0: skip)]".into())
+            }
+            other => return Err(format!("unknown argument {other} (try --help)")),
+        }
+    }
+    Ok(a)
+}
+
+/// The repository root (this crate is `bench/`).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary built beside this one (same profile).
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .expect("current exe")
+        .with_file_name(name)
+}
+
+/// What one child process did.
+struct Measured {
+    seconds: f64,
+    max_rss_kib: i64,
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `cmd` to the end; wall time and peak RSS (wait4's ru_maxrss).
+// The child is reaped by wait4 (which also gives its rusage), not Child::wait.
+#[allow(clippy::zombie_processes)]
+fn measure(cmd: &mut Command) -> Measured {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    // Drain the pipes on threads so the child never blocks on them.
+    let mut out = child.stdout.expect("stdout");
+    let mut err = child.stderr.expect("stderr");
+    let o = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).ok();
+        s
+    });
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).ok();
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child's; status and usage point at live locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = start.elapsed().as_secs_f64();
+    Measured {
+        seconds,
+        max_rss_kib: usage.ru_maxrss,
+        ok: r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout: o.join().unwrap_or_default(),
+        stderr: e.join().unwrap_or_default(),
+    }
+}
+
+fn count_rows(db: &Path, table: &str) -> Option<i64> {
+    let conn = rusqlite::Connection::open(db).ok()?;
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .ok()
+}
+
+struct Row {
+    name: &'static str,
+    records: Option<i64>,
+    m: Measured,
+}
+
+fn serve(records: u64) -> Running {
+    let (r, _) = router(ItemsConfig {
+        total: records,
+        ..Default::default()
+    });
+    Running::start(r, 0).expect("fixture")
+}
+
+fn items_wasm() -> PathBuf {
+    repo().join("connectors/target/wasm32-unknown-unknown/release/items.wasm")
+}
+
+/// `sluice run` of the items connector against `fx` into `db`.
+fn sluice_run(fx: &Running, dir: &Path, db: &Path, cache: &Path) -> Measured {
+    let cfg = dir.join("items.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"base_url": "{}", "page_size": {PAGE_SIZE}}}"#,
+            fx.base_url()
+        ),
+    )
+    .expect("config");
+    measure(
+        Command::new(sibling("sluice"))
+            .arg("run")
+            .arg(items_wasm())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--db")
+            .arg(db)
+            .arg("--allow-host")
+            .arg(format!("127.0.0.1:{}", fx.addr.port()))
+            .arg("--fuel")
+            .arg(BENCH_FUEL.to_string())
+            .arg("--json")
+            .env("SLUICE_CACHE_DIR", cache),
+    )
+}
+
+fn mib(kib: i64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2)
+        }
+    };
+    for p in [sibling("sluice"), sibling("native-pipeline"), items_wasm()] {
+        if !p.exists() {
+            eprintln!(
+                "error: {} is missing: run through `just bench`",
+                p.display()
+            );
+            std::process::exit(1);
+        }
+    }
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch.path();
+    let cache = dir.join("cache");
+    // Warm the compile cache (Sluice's steady state).
+    let warm = measure(
+        Command::new(sibling("sluice"))
+            .arg("spec")
+            .arg(items_wasm())
+            .env("SLUICE_CACHE_DIR", &cache),
+    );
+    assert!(warm.ok, "sluice spec failed: {}", warm.stderr);
+
+    println!(
+        "sluice-bench: {} records of ~200 bytes, {PAGE_SIZE} per page, fixture on 127.0.0.1, {} cores",
+        args.records,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let fx = serve(args.records);
+    let url = fx.base_url();
+    let mut rows = Vec::new();
+
+    let db = dir.join("sluice.db");
+    let m = sluice_run(&fx, dir, &db, &cache);
+    rows.push(Row {
+        name: "sluice (items.wasm in the sandbox)",
+        records: count_rows(&db, "items"),
+        m,
+    });
+
+    let db = dir.join("native.db");
+    let m = measure(
+        Command::new(sibling("native-pipeline"))
+            .arg(&url)
+            .arg(&db)
+            .arg(PAGE_SIZE.to_string()),
+    );
+    rows.push(Row {
+        name: "native Rust pipeline (no sandbox)",
+        records: count_rows(&db, "items"),
+        m,
+    });
+
+    let python = repo().join(".tools/bench-venv/bin/python");
+    if args.python && python.exists() {
+        let db = dir.join("dlt.db");
+        let m = measure(
+            Command::new(&python)
+                .arg(repo().join("bench/peers/dlt_pipeline.py"))
+                .arg(&url)
+                .arg(&db)
+                .arg(dir.join("dlt-work"))
+                .arg(PAGE_SIZE.to_string())
+                .env("PYTHONWARNINGS", "ignore"),
+        );
+        // dlt's sqlalchemy destination keeps each dataset in its own file.
+        rows.push(Row {
+            name: "dlt rest_api → sqlalchemy/SQLite",
+            records: count_rows(&dir.join("dlt__bench.db"), "items"),
+            m,
+        });
+        let db = dir.join("seed.db");
+        let m = measure(
+            Command::new(&python)
+                .arg(repo().join("bench/peers/seed_pipeline.py"))
+                .arg(&url)
+                .arg(&db)
+                .arg(PAGE_SIZE.to_string()),
+        );
+        rows.push(Row {
+            name: "seed-style Python (requests+pydantic+SQLAlchemy)",
+            records: count_rows(&db, "items"),
+            m,
+        });
+    } else {
+        println!(
+            "(Python peers skipped: {} is missing; scripts/bench.sh installs them)",
+            python.display()
+        );
+    }
+
+    let sluice_rps = rows[0].records.unwrap_or(0) as f64 / rows[0].m.seconds;
+    println!();
+    println!(
+        "{:<50} {:>9} {:>9} {:>11} {:>9} {:>14}",
+        "contestant", "records", "seconds", "records/s", "RSS MiB", "sluice ÷ this"
+    );
+    for r in &rows {
+        let rps = r.records.unwrap_or(0) as f64 / r.m.seconds;
+        let verdict = match r.records {
+            Some(n) if r.m.ok && n as u64 == args.records => String::new(),
+            _ => format!(
+                "  <- FAILED or wrong row count: {}",
+                r.m.stderr.lines().last().unwrap_or("")
+            ),
+        };
+        println!(
+            "{:<50} {:>9} {:>9.2} {:>11.0} {:>9} {:>13.2}×{verdict}",
+            r.name,
+            r.records.map_or("-".into(), |n| n.to_string()),
+            r.m.seconds,
+            rps,
+            mib(r.m.max_rss_kib),
+            sluice_rps / rps.max(f64::MIN_POSITIVE),
+        );
+    }
+    drop(fx);
+
+    // Warm start, in-process: a Runtime over the warm disk cache.
+    let rt_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let (first, warm_spec) = rt_runtime.block_on(async {
+        let start = Instant::now();
+        let rt = Runtime::new(RuntimeOptions {
+            cache_dir: Some(cache.clone()),
+        })
+        .expect("runtime");
+        pipeline::spec(&rt, &items_wasm(), &Limits::default())
+            .await
+            .expect("spec");
+        let first = start.elapsed();
+        let mut times = Vec::new();
+        for _ in 0..REPEATS {
+            let t = Instant::now();
+            pipeline::spec(&rt, &items_wasm(), &Limits::default())
+                .await
+                .expect("spec");
+            times.push(t.elapsed());
+        }
+        (first, median(times))
+    });
+    let mut procs = Vec::new();
+    for _ in 0..REPEATS {
+        let m = measure(
+            Command::new(sibling("sluice"))
+                .arg("spec")
+                .arg(items_wasm())
+                .env("SLUICE_CACHE_DIR", &cache),
+        );
+        procs.push(Duration::from_secs_f64(m.seconds));
+    }
+    println!();
+    println!("warm start (items.wasm, compile cache warm):");
+    println!(
+        "  in-process, new Runtime + component from the disk cache + spec answered: {:.2} ms",
+        first.as_secs_f64() * 1e3
+    );
+    println!(
+        "  in-process, component already loaded (InstancePre) → spec answered:     {:.2} ms (median of {REPEATS})",
+        warm_spec.as_secs_f64() * 1e3
+    );
+    println!(
+        "  whole `sluice spec` process:                                             {:.1} ms (median of {REPEATS})",
+        median(procs).as_secs_f64() * 1e3
+    );
+
+    if args.rss {
+        println!();
+        println!("peak RSS of one sluice run by size:");
+        let mut seen = Vec::new();
+        for n in [RSS_SMALL, RSS_LARGE] {
+            let fx = serve(n);
+            let db = dir.join(format!("rss-{n}.db"));
+            let m = sluice_run(&fx, dir, &db, &cache);
+            let rows = count_rows(&db, "items").unwrap_or(0);
+            println!(
+                "  {n:>9} records: {} MiB peak RSS, {:.1} s ({:.0} records/s){}",
+                mib(m.max_rss_kib),
+                m.seconds,
+                rows as f64 / m.seconds,
+                if m.ok && rows as u64 == n {
+                    ""
+                } else {
+                    "  <- FAILED"
+                }
+            );
+            seen.push(m.max_rss_kib);
+            let _ = std::fs::remove_file(&db);
+        }
+        println!(
+            "  4M vs 1M: {:+.1} %",
+            (seen[1] as f64 / seen[0] as f64 - 1.0) * 100.0
+        );
+    }
+
+    if args.concurrency > 0 {
+        concurrent(dir, &cache, args.concurrency);
+    }
+}
+
+/// `n` instances of the items connector in one `sluice sync` process, all
+/// at once, each into its own database.
+fn concurrent(dir: &Path, cache: &Path, n: usize) {
+    let fx = serve(CONCURRENT_RECORDS);
+    let mut toml = String::from("db = \"dbs/default.db\"\n");
+    for i in 0..n {
+        toml.push_str(&format!(
+            "\n[instances.run{i:03}]\ncomponent = \"{}\"\ndb = \"dbs/run{i:03}.db\"\nallow_hosts = [\"127.0.0.1:{}\"]\nconfig = {{ base_url = \"{}\", page_size = {PAGE_SIZE} }}\n",
+            items_wasm().display(),
+            fx.addr.port(),
+            fx.base_url()
+        ));
+    }
+    std::fs::create_dir_all(dir.join("dbs")).expect("dbs");
+    let file = dir.join("sluice.toml");
+    std::fs::write(&file, toml).expect("sluice.toml");
+    let m = measure(
+        Command::new(sibling("sluice"))
+            .arg("sync")
+            .arg("--config-file")
+            .arg(&file)
+            .arg("--concurrency")
+            .arg(n.to_string())
+            .arg("--json")
+            .env("SLUICE_CACHE_DIR", cache),
+    );
+    let outcomes: Vec<serde_json::Value> = serde_json::from_str(&m.stdout).unwrap_or_default();
+    let ok = outcomes
+        .iter()
+        .filter(|o| o["status"] == "succeeded")
+        .count();
+    let records: u64 = outcomes
+        .iter()
+        .filter_map(|o| o["records_upserted"].as_u64())
+        .sum();
+    println!();
+    println!(
+        "{n} concurrent sandboxed runs in one process (`sluice sync --concurrency {n}`, {CONCURRENT_RECORDS} records each):"
+    );
+    println!(
+        "  {ok} of {n} succeeded, {records} records in {:.1} s ({:.0} records/s), peak RSS {} MiB",
+        m.seconds,
+        records as f64 / m.seconds,
+        mib(m.max_rss_kib)
+    );
+    if ok < n {
+        let first_error = outcomes
+            .iter()
+            .find(|o| o["status"] != "succeeded")
+            .map(|o| o["error"].to_string())
+            .unwrap_or_else(|| m.stderr.lines().last().unwrap_or("").to_string());
+        println!("  first failure: {first_error}");
+    }
+}
