@@ -331,12 +331,21 @@ async fn run_with_writer(
     )
     .await;
 
-    let counters = channel
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .map(|c| c.counters())
-        .unwrap_or_default();
+    let run_channel = channel.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut outcome = outcome;
+    if let Some(c) = &run_channel {
+        // A commit the connector made may still be in flight (a run that
+        // failed after it): let it land and count it.
+        if let Err(e) = c.settle().await {
+            if outcome.is_ok() {
+                outcome = Err(Failure {
+                    status: RunStatus::StoreError,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    let counters = run_channel.map(|c| c.counters()).unwrap_or_default();
     if outcome.is_err() {
         // Nothing after the last commit is written.
         writer.discard(Arc::from(run_id.as_str())).await?;
@@ -510,6 +519,7 @@ async fn drive(
         max_record_bytes: req.limits.max_record_bytes,
         counters: Mutex::default(),
         progress: req.progress.clone(),
+        in_flight: Mutex::default(),
     });
     *channel_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
     sandbox.attach_run(channel.clone());

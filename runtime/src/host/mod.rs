@@ -94,6 +94,11 @@ pub struct RunChannel {
     pub counters: std::sync::Mutex<RunCounters>,
     /// Live counters for a progress display, if the caller asked for them.
     pub progress: Option<std::sync::Arc<RunProgress>>,
+    /// The connector's last `state.commit`, queued on the writer while the
+    /// connector goes on (fetching its next page as the last one is
+    /// written). At most one is in flight: the next commit, and the end of
+    /// the run, wait for it first.
+    pub in_flight: std::sync::Mutex<Option<crate::store::PendingCommit>>,
 }
 
 /// Records so far of one run, readable while it runs (e.g. by a progress
@@ -157,32 +162,82 @@ impl RunChannel {
         r
     }
 
-    /// Commit everything emitted so far, with `state` if given; `sweep`
-    /// full-refresh tables (only at the successful end of a run).
+    fn commit_request(
+        &self,
+        state: Option<(String, String)>,
+        sweep: Vec<String>,
+    ) -> crate::store::Commit {
+        crate::store::Commit {
+            run_id: self.run_id.clone(),
+            connector: self.connector.clone(),
+            connector_version: self.connector_version.clone(),
+            state,
+            sweep,
+        }
+    }
+
+    fn count_commit(&self, stats: &crate::store::CommitStats) {
+        self.update(|c| {
+            c.upserted += stats.upserted;
+            c.commits += 1;
+            for (stream, n) in &stats.upserted_by_stream {
+                c.streams.entry(stream.clone()).or_default().upserted += n;
+            }
+        });
+    }
+
+    /// Wait for the commit in flight, if any, and count what it wrote.
+    pub async fn settle(&self) -> Result<(), HostAbort> {
+        let pending = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(p) = pending {
+            let stats = p
+                .finish()
+                .await
+                .map_err(|e| HostAbort::Store(e.to_string()))?;
+            self.count_commit(&stats);
+        }
+        Ok(())
+    }
+
+    /// The connector's `state.commit`: wait for the previous commit, then
+    /// queue this one (every record emitted so far, with `state`) and
+    /// return while the writer writes it. The records and the state still
+    /// land in one transaction, in order, so a crash leaves the store as of
+    /// some commit the connector made; a failure surfaces at the next
+    /// commit or at the end of the run.
+    pub async fn commit_pipelined(&self, state: (String, String)) -> Result<(), HostAbort> {
+        self.settle().await?;
+        let pending = self
+            .writer
+            .commit_begin(self.commit_request(Some(state), Vec::new()))
+            .await
+            .map_err(|e| HostAbort::Store(e.to_string()))?;
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending);
+        // The bytes emitted so far belong to the queued commit now.
+        self.update(|c| c.uncommitted_bytes = 0);
+        Ok(())
+    }
+
+    /// Commit everything emitted so far, with `state` if given, and wait
+    /// for it; `sweep` full-refresh tables (only at the successful end of a
+    /// run).
     pub async fn commit(
         &self,
         state: Option<(String, String)>,
         sweep: Vec<String>,
     ) -> Result<crate::store::CommitStats, HostAbort> {
+        self.settle().await?;
         let stats = self
             .writer
-            .commit(crate::store::Commit {
-                run_id: self.run_id.clone(),
-                connector: self.connector.clone(),
-                connector_version: self.connector_version.clone(),
-                state,
-                sweep,
-            })
+            .commit(self.commit_request(state, sweep))
             .await
             .map_err(|e| HostAbort::Store(e.to_string()))?;
-        self.update(|c| {
-            c.upserted += stats.upserted;
-            c.commits += 1;
-            c.uncommitted_bytes = 0;
-            for (stream, n) in &stats.upserted_by_stream {
-                c.streams.entry(stream.clone()).or_default().upserted += n;
-            }
-        });
+        self.count_commit(&stats);
+        self.update(|c| c.uncommitted_bytes = 0);
         Ok(stats)
     }
 }

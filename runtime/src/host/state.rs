@@ -1,5 +1,7 @@
-//! The `state` capability: per-stream checkpoint values. `commit` writes the
-//! run's pending records and the value in one transaction.
+//! The `state` capability: per-stream checkpoint values. `commit` queues the
+//! run's pending records and the value as one transaction and lets the
+//! connector go on while the writer writes it (see
+//! [`RunChannel::commit_pipelined`]).
 
 use std::sync::Arc;
 
@@ -58,7 +60,7 @@ impl state::Host for StateCtx {
             }
             .into());
         }
-        run.commit(Some((stream, value)), Vec::new())
+        run.commit_pipelined((stream, value))
             .await
             .map_err(wasmtime::Error::new)?;
         Ok(Ok(()))

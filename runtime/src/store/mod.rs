@@ -10,7 +10,7 @@ use serde::Serialize;
 
 pub use sqlite::SqliteStore;
 pub use table::{quote_ident, Column, ColumnKind, Row, StreamTable, META_COLUMNS};
-pub use writer::{Commit, Writer, WriterHandle};
+pub use writer::{Commit, PendingCommit, Writer, WriterHandle};
 
 pub use crate::schema::RecordError;
 

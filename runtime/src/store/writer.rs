@@ -45,6 +45,17 @@ pub struct Commit {
     pub sweep: Vec<String>,
 }
 
+/// A commit queued on the writer, not yet known to have landed.
+#[derive(Debug)]
+pub struct PendingCommit(oneshot::Receiver<Result<CommitStats, StoreError>>);
+
+impl PendingCommit {
+    /// Wait for the commit's transaction to end.
+    pub async fn finish(self) -> Result<CommitStats, StoreError> {
+        self.0.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
 /// A cheap, cloneable handle to a database's writer thread.
 #[derive(Clone)]
 pub struct Writer {
@@ -122,12 +133,20 @@ impl Writer {
     /// Write the run's queued records and the commit's state (and sweeps)
     /// in one transaction.
     pub async fn commit(&self, commit: Commit) -> Result<CommitStats, StoreError> {
+        self.commit_begin(commit).await?.finish().await
+    }
+
+    /// Queue the commit behind everything sent before it and return at
+    /// once; [`PendingCommit::finish`] waits for its outcome. The writer
+    /// handles messages in order, so records emitted after this call are
+    /// never part of it.
+    pub async fn commit_begin(&self, commit: Commit) -> Result<PendingCommit, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Commit { commit, reply })
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        Ok(PendingCommit(rx))
     }
 
     /// Drop `run_id`'s uncommitted rows; returns how many were dropped.
