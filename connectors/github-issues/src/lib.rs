@@ -13,7 +13,7 @@
 //! tables.
 
 use serde::{Deserialize, Serialize};
-use sluice_sdk::http::Request;
+use sluice_sdk::http::{self, Request};
 use sluice_sdk::{json, Connector, Error, Reader, Spec, Stream, SyncMode, Value};
 
 pub const STREAM: &str = "issues";
@@ -82,19 +82,6 @@ fn stream() -> Stream {
     )
     .primary_key(["id"])
     .incremental("updated_at")
-}
-
-/// Percent-encode a query value (RFC 3986 unreserved characters kept).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The `rel="next"` URL of a `Link` header.
@@ -203,12 +190,12 @@ impl Connector for GithubIssues {
         let mut url = format!(
             "{}/repos/{}/{}/issues?state=all&sort=updated&direction=asc&per_page={}",
             config.base_url.trim_end_matches('/'),
-            encode(&config.owner),
-            encode(&config.repo),
+            http::encode(&config.owner),
+            http::encode(&config.repo),
             config.per_page
         );
         if let Some(since) = state.updated_at.as_ref().or(config.start_date.as_ref()) {
-            url.push_str(&format!("&since={}", encode(since)));
+            url.push_str(&format!("&since={}", http::encode(since)));
         }
         loop {
             let mut req = Request::get(&url)

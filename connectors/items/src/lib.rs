@@ -9,7 +9,7 @@
 //! the config (`schema`), e.g. to accept a type the upstream started sending.
 
 use serde::{Deserialize, Serialize};
-use sluice_sdk::{json, Connector, Error, Reader, Spec, Stream, SyncMode, Value};
+use sluice_sdk::{http, json, Connector, Error, Reader, Spec, Stream, SyncMode, Value};
 
 /// Page size asked for when the config names none.
 pub const DEFAULT_PAGE_SIZE: u32 = 1_000;
@@ -69,19 +69,6 @@ fn stream(config: Option<&Config>) -> Stream {
         .incremental("updated_at")
 }
 
-/// Percent-encode a query value (RFC 3986 unreserved characters kept).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 struct Items;
 
 impl Connector for Items {
@@ -138,10 +125,10 @@ impl Connector for Items {
         loop {
             let mut url = base.clone();
             if let Some(s) = &since {
-                url.push_str(&format!("&updated_since={}", encode(s)));
+                url.push_str(&format!("&updated_since={}", http::encode(s)));
             }
             if let Some(t) = &token {
-                url.push_str(&format!("&page_token={}", encode(t)));
+                url.push_str(&format!("&page_token={}", http::encode(t)));
             }
             let page: Page = sluice_sdk::http::get_json(&url)?;
             for item in &page.items {
@@ -171,7 +158,10 @@ mod tests {
 
     #[test]
     fn query_values_are_encoded() {
-        assert_eq!(encode("2026-01-01T00:00:17Z"), "2026-01-01T00%3A00%3A17Z");
-        assert_eq!(encode("a b+c"), "a%20b%2Bc");
+        assert_eq!(
+            http::encode("2026-01-01T00:00:17Z"),
+            "2026-01-01T00%3A00%3A17Z"
+        );
+        assert_eq!(http::encode("a b+c"), "a%20b%2Bc");
     }
 }

@@ -131,3 +131,17 @@ fn http_error_text(url: &str, e: wit::HttpError) -> String {
 pub fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, Error> {
     Request::get(url).send()?.error_for_status()?.json()
 }
+
+/// Percent-encode `s` for a URL query value or path segment (RFC 3986:
+/// unreserved characters kept, every other byte as `%XX`).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
