@@ -224,14 +224,63 @@ fn every_build_stores_every_issue_and_resumes_from_its_cursor() {
         let cfg_now = st.config.clone();
         drop(st);
         assert_rows_match_fixture(&dbp, &cfg_now);
+
+        // A full refresh ignores the state; `start_date` still applies.
+        let cfg = config(
+            &s,
+            &fx,
+            100,
+            r#", "token_secret": "github_token", "start_date": "2026-01-02T00:00:00Z""#,
+        );
+        let out = run_full_refresh(&guest(stem), &fx, &cfg, &dbp);
+        let full = report(&out);
+        assert_eq!(full["status"], "succeeded", "{name}: {out:?}");
+        let since_start = (1..=250)
+            .filter(|n| {
+                sluice_fixture::items::rfc3339(github::updated_secs(&cfg_now, *n)).as_str()
+                    >= "2026-01-02T00:00:00Z"
+            })
+            .count() as u64;
+        assert_eq!(full["records_upserted"], since_start, "{name}");
+        assert!(since_start < 250);
+        // The rows the refresh did not write (older than start_date) are gone.
+        assert_eq!(
+            common::count(&db(&dbp), "SELECT count(*) FROM issues") as usize,
+            since_start as usize,
+            "{name}"
+        );
     }
+}
+
+/// `run` with `--full-refresh`.
+fn run_full_refresh(component: &Path, fx: &Running, config: &Path, db: &Path) -> common::Out {
+    let grant = format!("127.0.0.1:{}", fx.addr.port());
+    sluice_env(
+        [
+            "run",
+            component.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--allow-host",
+            &grant,
+            "--secret",
+            "github_token=env:FIXTURE_GH_TOKEN",
+            "--secret-host",
+            &format!("github_token={grant}"),
+            "--full-refresh",
+            "--json",
+        ],
+        &[("FIXTURE_GH_TOKEN", TOKEN)],
+    )
 }
 
 #[test]
 fn without_the_token_every_build_fails_cleanly_and_stores_nothing() {
     for (stem, name) in BUILDS {
         let s = Scratch::new();
-        let (fx, _state) = start(20);
+        let (fx, state) = start(20);
         // The token secret is named, but not bound by the operator: the host
         // refuses to send the placeholder.
         let cfg = config(&s, &fx, 100, r#", "token_secret": "github_token""#);
@@ -249,11 +298,9 @@ fn without_the_token_every_build_fails_cleanly_and_stores_nothing() {
         assert!(!out.ok, "{name}");
         let rep = report(&out);
         assert_eq!(rep["status"], "failed", "{name}");
-        assert!(
-            rep["error"]
-                .as_str()
-                .unwrap()
-                .contains("GitHub answered 401: Bad credentials"),
+        assert_eq!(
+            rep["error"].as_str().unwrap(),
+            "upstream error: GitHub answered 401: Bad credentials",
             "{name}: {rep}"
         );
         assert_eq!(
@@ -263,6 +310,8 @@ fn without_the_token_every_build_fails_cleanly_and_stores_nothing() {
             ),
             0
         );
+        // The unbound placeholder was never sent: only the 401 request came.
+        assert_eq!(state.lock().unwrap().requests.len(), 1, "{name}");
     }
 }
 
