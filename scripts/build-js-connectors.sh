@@ -21,33 +21,15 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup-js-guest.sh"
 bin="$here/.tools/js-guest/node_modules/.bin"
 
-out=""
-dirs=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
-        *) dirs+=("$1"); shift ;;
-    esac
-done
-if [ ${#dirs[@]} -eq 0 ]; then
-    for d in "$here"/connectors/*-js/; do
-        [ -f "$d/src/index.js" ] && dirs+=("${d%/}")
-    done
-fi
-[ -n "$out" ] || out="$here/connectors/target/components"
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
+# shellcheck source=guest-projects.sh
+. "$here/scripts/guest-projects.sh"
+guest_projects -js src/index.js 18 "$@"
 
 for d in "${dirs[@]}"; do
     d="$(cd "$d" && pwd)"
-    name="$(basename "$d")"
-    snake="${name//-/_}"
-    [ -f "$d/src/index.js" ] || { echo "error: $d/src/index.js is missing" >&2; exit 1; }
+    project_paths "$d" src/index.js
     sdk="$here/sdk/js/src/index.js"
     [ -f "$d/sdk/index.js" ] && sdk="$d/sdk/index.js"
-    wit="$here/wit"
-    [ -d "$d/wit" ] && wit="$d/wit"
     work="$out/.js-build/$snake"
     mkdir -p "$work"
     start=$(date +%s%N)

@@ -30,31 +30,13 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-out=""
-dirs=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-        *) dirs+=("$1"); shift ;;
-    esac
-done
-if [ ${#dirs[@]} -eq 0 ]; then
-    for d in "$here"/connectors/*-py/; do
-        [ -f "$d/app.py" ] && dirs+=("${d%/}")
-    done
-fi
-[ -n "$out" ] || out="$here/connectors/target/components"
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
+# shellcheck source=guest-projects.sh
+. "$here/scripts/guest-projects.sh"
+guest_projects -py app.py 21 "$@"
 
 for d in "${dirs[@]}"; do
     d="$(cd "$d" && pwd)"
-    name="$(basename "$d")"
-    snake="${name//-/_}"
-    [ -f "$d/app.py" ] || { echo "error: $d/app.py is missing" >&2; exit 1; }
-    wit="$here/wit"
-    [ -d "$d/wit" ] && wit="$d/wit"
+    project_paths "$d" app.py
     rm -rf "$work/wit" && cp -r "$wit" "$work/wit"
     sed -i 's/^\( *\)export read: func/\1export read-records: func/' "$work/wit/world.wit"
     grep -q 'export read-records: func' "$work/wit/world.wit" ||
