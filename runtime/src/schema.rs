@@ -146,9 +146,26 @@ impl StreamSchema {
         })
     }
 
+    /// Fields of `record` the schema does not declare, as drift.
+    fn observe_new_fields(&self, record: &Value, drift: &mut Vec<DriftObservation>) {
+        new_fields(
+            &self.schema,
+            record,
+            &mut String::new(),
+            &self.stream,
+            drift,
+        );
+    }
+
     /// Validate one record (already parsed) and observe drift.
     pub fn check(&self, record: Value) -> Verdict {
         let mut drift = Vec::new();
+        if self.validator.is_valid(&record) {
+            // The common case: no error to collect (is_valid stops early and
+            // builds no error values), only new fields to look for.
+            self.observe_new_fields(&record, &mut drift);
+            return Verdict::Valid { record, drift };
+        }
         let mut errors = Vec::new();
         for e in self.validator.iter_errors(&record) {
             let path = e.instance_path().to_string();
@@ -183,7 +200,7 @@ impl StreamSchema {
                 });
             }
         }
-        new_fields(&self.schema, &record, "", &self.stream, &mut drift);
+        self.observe_new_fields(&record, &mut drift);
         if errors.is_empty() {
             Verdict::Valid { record, drift }
         } else {
@@ -197,7 +214,7 @@ impl StreamSchema {
 fn new_fields(
     schema: &Value,
     value: &Value,
-    path: &str,
+    path: &mut String,
     stream: &str,
     out: &mut Vec<DriftObservation>,
 ) {
@@ -205,17 +222,28 @@ fn new_fields(
         return;
     };
     for (key, v) in obj {
-        let child = format!("{path}/{}", pointer_escape(key));
+        // The path is built only where it is needed: for a new field, or to
+        // descend into a declared object (no allocation per declared field).
+        let descend = |sub: &Value| v.is_object() && sub.get("properties").is_some();
         match props.get(key) {
-            Some(sub) => new_fields(sub, v, &child, stream, out),
-            None => out.push(DriftObservation {
-                stream: stream.to_string(),
-                path: child,
-                kind: DriftKind::NewField,
-                observed_type: json_type(v).to_string(),
-                sample: sample(v),
-                count: 1,
-            }),
+            Some(sub) if !descend(sub) => {}
+            found => {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&pointer_escape(key));
+                match found {
+                    Some(sub) => new_fields(sub, v, path, stream, out),
+                    None => out.push(DriftObservation {
+                        stream: stream.to_string(),
+                        path: path.clone(),
+                        kind: DriftKind::NewField,
+                        observed_type: json_type(v).to_string(),
+                        sample: sample(v),
+                        count: 1,
+                    }),
+                }
+                path.truncate(len);
+            }
         }
     }
 }
