@@ -9,6 +9,7 @@
 //! the config (`schema`), e.g. to accept a type the upstream started sending.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sluice_sdk::{http, json, Connector, Error, Reader, Spec, Stream, SyncMode, Value};
 
 /// Page size asked for when the config names none.
@@ -35,10 +36,31 @@ struct State {
     updated_at: Option<String>,
 }
 
+/// One page. Records stay the upstream's JSON text (`RawValue`): the host
+/// parses and validates each record anyway, so the connector re-encodes
+/// nothing and reads only the cursor field out of each.
 #[derive(Debug, Deserialize)]
 struct Page {
-    items: Vec<Value>,
+    items: Vec<Box<RawValue>>,
     next_page_token: Option<String>,
+}
+
+/// The one field the connector needs from a record; every other field is
+/// skipped without being decoded.
+#[derive(Deserialize)]
+struct CursorField {
+    updated_at: Option<Value>,
+}
+
+/// The record's `updated_at`, if it is an object with a string there.
+fn updated_at(record: &RawValue) -> Option<String> {
+    match serde_json::from_str::<CursorField>(record.get())
+        .ok()?
+        .updated_at?
+    {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn default_schema() -> Value {
@@ -132,9 +154,9 @@ impl Connector for Items {
             }
             let page: Page = sluice_sdk::http::get_json(&url)?;
             for item in &page.items {
-                if let Some(u) = item.get("updated_at").and_then(Value::as_str) {
-                    if state.updated_at.as_deref().is_none_or(|c| u > c) {
-                        state.updated_at = Some(u.to_string());
+                if let Some(u) = updated_at(item) {
+                    if state.updated_at.as_deref().is_none_or(|c| u.as_str() > c) {
+                        state.updated_at = Some(u);
                     }
                 }
                 reader.emit(STREAM, item)?;
@@ -155,6 +177,24 @@ sluice_sdk::export_connector!(Items);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cursor_is_read_from_the_raw_record() {
+        let raw = |t: &str| RawValue::from_string(t.to_string()).unwrap();
+        assert_eq!(
+            updated_at(&raw(
+                r#"{"id":1,"tags":["a"],"updated_at":"2026-01-01T00:00:00Z"}"#
+            )),
+            Some("2026-01-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            updated_at(&raw(r#"{"updated_at":"a\"b"}"#)),
+            Some("a\"b".into())
+        );
+        assert_eq!(updated_at(&raw(r#"{"updated_at":17}"#)), None);
+        assert_eq!(updated_at(&raw(r#"{"id":1}"#)), None);
+        assert_eq!(updated_at(&raw("[1,2]")), None);
+    }
 
     #[test]
     fn query_values_are_encoded() {
