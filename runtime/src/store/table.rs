@@ -120,6 +120,8 @@ impl StreamTable {
                 kind: ColumnKind::from_schema(def),
             });
         }
+        // row_from_value merges fields into columns in name order.
+        columns.sort_by(|a, b| a.name.cmp(&b.name));
         let mut pk = Vec::with_capacity(primary_key.len());
         for field in primary_key {
             let idx = columns
@@ -156,14 +158,23 @@ impl StreamTable {
     /// On failure the reason comes back with `raw`, so callers can
     /// quarantine the record without having cloned it up front.
     pub fn row_from_value(&self, value: Value, raw: String) -> Result<Row, (String, String)> {
-        let Value::Object(mut obj) = value else {
+        let Value::Object(obj) = value else {
             return Err(("not a JSON object".into(), raw));
         };
+        // Columns are sorted by name and a JSON object's fields iterate in
+        // key order (serde_json's map is a BTreeMap; a test below keeps it
+        // so): one merge pass moves each column's value out, with no
+        // per-column lookups or removals.
         let mut values = Vec::with_capacity(self.columns.len());
+        let mut fields = obj.into_iter().peekable();
         for col in &self.columns {
-            values.push(match obj.remove(&col.name) {
-                None | Some(Value::Null) => SqlValue::Null,
-                Some(v) => to_sql(col.kind, v),
+            while fields
+                .next_if(|(k, _)| k.as_str() < col.name.as_str())
+                .is_some()
+            {}
+            values.push(match fields.next_if(|(k, _)| *k == col.name) {
+                None | Some((_, Value::Null)) => SqlValue::Null,
+                Some((_, v)) => to_sql(col.kind, v),
             });
         }
         for &i in &self.primary_key {
@@ -220,6 +231,45 @@ mod tests {
                 SqlValue::Text("[\"a\"]".into()),
                 SqlValue::Real(1.0)
             ]
+        );
+    }
+
+    #[test]
+    fn json_objects_iterate_in_key_order() {
+        // row_from_value's merge relies on it. serde_json's
+        // `preserve_order` feature (turned on by any crate in the build)
+        // would break it: this test says so before a wrong row is stored.
+        let v: Value = serde_json::from_str(r#"{"b":1,"a":2,"ab":3,"B":4}"#).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["B", "a", "ab", "b"]);
+    }
+
+    #[test]
+    fn fields_map_to_columns_whatever_their_order_and_extras() {
+        let t = StreamTable::from_spec(
+            "t",
+            r#"{"properties":{"z":{"type":"string"},"a":{"type":"integer"},"m":{"type":"number"},"aa":{"type":"boolean"}}}"#,
+            &["a".to_string()],
+        )
+        .unwrap();
+        let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "aa", "m", "z"]);
+        let row = t
+            .row(r#"{"zz":0,"z":"last","_":1,"m":null,"a":5,"ab":"x","aa":true}"#.into())
+            .unwrap();
+        assert_eq!(
+            row.values,
+            vec![
+                SqlValue::Integer(5),
+                SqlValue::Integer(1),
+                SqlValue::Null,
+                SqlValue::Text("last".into())
+            ]
+        );
+        let row = t.row(r#"{"a":1}"#.into()).unwrap();
+        assert_eq!(
+            row.values[1..],
+            [SqlValue::Null, SqlValue::Null, SqlValue::Null]
         );
     }
 
