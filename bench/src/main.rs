@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sluice::limits::Limits;
 use sluice::{pipeline, Runtime, RuntimeOptions};
-use sluice_fixture::items::{router, ItemsConfig};
+use sluice_fixture::items::{self, router, ItemsConfig};
 use sluice_fixture::Running;
 
 /// Records served when `--records` is not given: the whole default run
@@ -95,43 +95,77 @@ struct Measured {
     stderr: String,
 }
 
-/// Run `cmd` to the end; wall time and peak RSS (wait4's ru_maxrss).
+/// Environment variable through which [`measure`] tells its helper where
+/// to write the child's figures.
+const RUSAGE_OUT_ENV: &str = "SLUICE_BENCH_RUSAGE_OUT";
+/// First argument that makes this binary the measuring helper.
+const RUSAGE_HELPER_ARG: &str = "--rusage-of";
+
+/// Run `cmd` to the end; wall time and peak RSS.
+///
+/// Linux carries a process's peak RSS (`ru_maxrss`) across `exec`, and a
+/// child spawned straight from this process would start from *this*
+/// process's peak (which holds the fixture's pre-rendered pages). So a
+/// fresh, small copy of this binary (`--rusage-of`) spawns the command,
+/// reaps it with wait4 and writes its wall time and peak RSS to a file:
+/// the command's figures are its own.
+fn measure(cmd: &mut Command) -> Measured {
+    let out_file = tempfile::NamedTempFile::new().expect("rusage file");
+    let mut helper = Command::new(std::env::current_exe().expect("current exe"));
+    helper
+        .arg(RUSAGE_HELPER_ARG)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env(RUSAGE_OUT_ENV, out_file.path());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => helper.env(k, v),
+            None => helper.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        helper.current_dir(dir);
+    }
+    let out = helper
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let figures = std::fs::read_to_string(out_file.path()).unwrap_or_default();
+    let mut f = figures.split_whitespace();
+    let seconds = f.next().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
+    let max_rss_kib = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    Measured {
+        seconds,
+        max_rss_kib,
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The `--rusage-of PROGRAM ARGS…` helper: run the program with this
+/// process's stdio, then write "seconds max_rss_kib" to the file named by
+/// [`RUSAGE_OUT_ENV`] and exit with the program's status.
 // The child is reaped by wait4 (which also gives its rusage), not Child::wait.
 #[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> Measured {
+fn rusage_helper(program: &str, args: &[String]) -> ! {
+    let out = std::env::var_os(RUSAGE_OUT_ENV).expect("helper started by measure()");
     let start = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let child = Command::new(program)
+        .args(args)
+        .env_remove(RUSAGE_OUT_ENV)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
     let pid = child.id() as libc::pid_t;
-    // Drain the pipes on threads so the child never blocks on them.
-    let mut out = child.stdout.expect("stdout");
-    let mut err = child.stderr.expect("stderr");
-    let o = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).ok();
-        s
-    });
-    let e = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut err, &mut s).ok();
-        s
-    });
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: pid is our child's; status and usage point at live locals.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = start.elapsed().as_secs_f64();
-    Measured {
-        seconds,
-        max_rss_kib: usage.ru_maxrss,
-        ok: r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        stdout: o.join().unwrap_or_default(),
-        stderr: e.join().unwrap_or_default(),
-    }
+    std::fs::write(&out, format!("{seconds} {}", usage.ru_maxrss)).expect("rusage file");
+    let ok = r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    std::process::exit(if ok { 0 } else { 1 })
 }
 
 fn count_rows(db: &Path, table: &str) -> Option<i64> {
@@ -147,10 +181,20 @@ struct Row {
 }
 
 fn serve(records: u64) -> Running {
-    let (r, _) = router(ItemsConfig {
+    serve_with(records, false)
+}
+
+/// The fixture serving `records` items; with `prerender`, every page of a
+/// full read is rendered before the server starts, so the upstream (which
+/// shares the 2 cores with the contestant) costs as little as a remote one.
+fn serve_with(records: u64, prerender: bool) -> Running {
+    let (r, state) = router(ItemsConfig {
         total: records,
         ..Default::default()
     });
+    if prerender {
+        items::prerender(&state, PAGE_SIZE as usize);
+    }
     Running::start(r, 0).expect("fixture")
 }
 
@@ -196,6 +240,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(RUSAGE_HELPER_ARG) && argv.len() > 2 {
+        rusage_helper(&argv[2], &argv[3..]);
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -225,11 +273,11 @@ fn main() {
     assert!(warm.ok, "sluice spec failed: {}", warm.stderr);
 
     println!(
-        "sluice-bench: {} records of ~200 bytes, {PAGE_SIZE} per page, fixture on 127.0.0.1, {} cores",
+        "sluice-bench: {} records of ~200 bytes, {PAGE_SIZE} per page, fixture on 127.0.0.1 (pages pre-rendered), {} cores",
         args.records,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let fx = serve(args.records);
+    let fx = serve_with(args.records, true);
     let url = fx.base_url();
     let mut rows = Vec::new();
 
