@@ -33,6 +33,9 @@ const CONCURRENT_RECORDS: u64 = 2_000;
 const PAGE_SIZE: u32 = 1_000;
 /// Fuel for the big runs (the default, 20 G, covers ~600k items records).
 const BENCH_FUEL: u64 = 1_000_000_000_000;
+/// Rounds of the main comparison (`--rounds`); each contestant's median
+/// run is shown.
+const DEFAULT_ROUNDS: usize = 3;
 /// Times a short measurement is repeated (the median is shown).
 const REPEATS: usize = 21;
 /// The RSS comparison's two sizes (`--rss`).
@@ -44,6 +47,7 @@ struct Args {
     python: bool,
     rss: bool,
     concurrency: usize,
+    rounds: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -52,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         python: true,
         rss: false,
         concurrency: DEFAULT_CONCURRENCY,
+        rounds: DEFAULT_ROUNDS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,8 +70,9 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => a.concurrency = num("--concurrency")? as usize,
             "--no-python" => a.python = false,
             "--rss" => a.rss = true,
+            "--rounds" => a.rounds = (num("--rounds")? as usize).max(1),
             "-h" | "--help" => {
-                return Err("usage: sluice-bench [--records N] [--no-python] [--rss] [--concurrency N (0: skip)]".into())
+                return Err("usage: sluice-bench [--records N] [--rounds N] [--no-python] [--rss] [--concurrency N (0: skip)]".into())
             }
             other => return Err(format!("unknown argument {other} (try --help)")),
         }
@@ -279,69 +285,118 @@ fn main() {
     );
     let fx = serve_with(args.records, true);
     let url = fx.base_url();
-    let mut rows = Vec::new();
-
-    let db = dir.join("sluice.db");
-    let m = sluice_run(&fx, dir, &db, &cache);
-    rows.push(Row {
-        name: "sluice (items.wasm in the sandbox)",
-        records: count_rows(&db, "items"),
-        m,
-    });
-
-    let db = dir.join("native.db");
-    let m = measure(
-        Command::new(sibling("native-pipeline"))
-            .arg(&url)
-            .arg(&db)
-            .arg(PAGE_SIZE.to_string()),
-    );
-    rows.push(Row {
-        name: "native Rust pipeline (no sandbox)",
-        records: count_rows(&db, "items"),
-        m,
-    });
-
     let python = repo().join(".tools/bench-venv/bin/python");
-    if args.python && python.exists() {
-        let db = dir.join("dlt.db");
-        let m = measure(
-            Command::new(&python)
-                .arg(repo().join("bench/peers/dlt_pipeline.py"))
-                .arg(&url)
-                .arg(&db)
-                .arg(dir.join("dlt-work"))
-                .arg(PAGE_SIZE.to_string())
-                .env("PYTHONWARNINGS", "ignore"),
-        );
-        // dlt's sqlalchemy destination keeps each dataset in its own file.
-        rows.push(Row {
-            name: "dlt rest_api → sqlalchemy/SQLite",
-            records: count_rows(&dir.join("dlt__bench.db"), "items"),
-            m,
-        });
-        let db = dir.join("seed.db");
-        let m = measure(
-            Command::new(&python)
-                .arg(repo().join("bench/peers/seed_pipeline.py"))
-                .arg(&url)
-                .arg(&db)
-                .arg(PAGE_SIZE.to_string()),
-        );
-        rows.push(Row {
-            name: "seed-style Python (requests+pydantic+SQLAlchemy)",
-            records: count_rows(&db, "items"),
-            m,
-        });
-    } else {
+    let with_python = args.python && python.exists();
+    if !args.python {
+        println!("(Python peers skipped: --no-python)");
+    } else if !with_python {
         println!(
             "(Python peers skipped: {} is missing; scripts/bench.sh installs them)",
             python.display()
         );
     }
+    // Each contestant: its name, and how to run it once into a directory
+    // (its figures and the rows it stored).
+    type Contestant<'a> = (
+        &'static str,
+        Box<dyn Fn(&Path) -> (Measured, Option<i64>) + 'a>,
+    );
+    let mut contestants: Vec<Contestant> = vec![
+        (
+            "sluice (items.wasm in the sandbox)",
+            Box::new(|d: &Path| {
+                let db = d.join("sluice.db");
+                let m = sluice_run(&fx, d, &db, &cache);
+                (m, count_rows(&db, "items"))
+            }),
+        ),
+        (
+            "native Rust pipeline (no sandbox)",
+            Box::new(|d: &Path| {
+                let db = d.join("native.db");
+                let m = measure(
+                    Command::new(sibling("native-pipeline"))
+                        .arg(&url)
+                        .arg(&db)
+                        .arg(PAGE_SIZE.to_string()),
+                );
+                (m, count_rows(&db, "items"))
+            }),
+        ),
+    ];
+    if with_python {
+        contestants.push((
+            "dlt rest_api → sqlalchemy/SQLite",
+            Box::new(|d: &Path| {
+                let m = measure(
+                    Command::new(&python)
+                        .arg(repo().join("bench/peers/dlt_pipeline.py"))
+                        .arg(&url)
+                        .arg(d.join("dlt.db"))
+                        .arg(d.join("dlt-work"))
+                        .arg(PAGE_SIZE.to_string())
+                        .env("PYTHONWARNINGS", "ignore"),
+                );
+                // dlt's sqlalchemy destination keeps each dataset in its own file.
+                (m, count_rows(&d.join("dlt__bench.db"), "items"))
+            }),
+        ));
+        contestants.push((
+            "seed-style Python (requests+pydantic+SQLAlchemy)",
+            Box::new(|d: &Path| {
+                let db = d.join("seed.db");
+                let m = measure(
+                    Command::new(&python)
+                        .arg(repo().join("bench/peers/seed_pipeline.py"))
+                        .arg(&url)
+                        .arg(&db)
+                        .arg(PAGE_SIZE.to_string()),
+                );
+                (m, count_rows(&db, "items"))
+            }),
+        ));
+    }
+    // Rounds interleave the contestants, so a load that comes and goes
+    // falls on all of them; each run starts from an empty database.
+    let mut runs: Vec<Vec<(Measured, Option<i64>)>> =
+        contestants.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for (i, (_, run)) in contestants.iter().enumerate() {
+            let d = dir.join(format!("round{round}-{i}"));
+            std::fs::create_dir_all(&d).expect("round dir");
+            runs[i].push(run(&d));
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+    let rows: Vec<Row> = contestants
+        .iter()
+        .zip(runs)
+        .map(|((name, _), mut r)| {
+            // The median run by time; RSS is the largest of all runs; a
+            // failed run or a wrong row count in any round shows.
+            let failed = r
+                .iter()
+                .position(|(m, n)| !m.ok || *n != Some(args.records as i64));
+            let max_rss_kib = r.iter().map(|(m, _)| m.max_rss_kib).max().unwrap_or(0);
+            let (mut m, records) = match failed {
+                Some(i) => r.swap_remove(i),
+                None => {
+                    r.sort_by(|a, b| a.0.seconds.total_cmp(&b.0.seconds));
+                    let mid = r.len() / 2;
+                    r.swap_remove(mid)
+                }
+            };
+            m.max_rss_kib = max_rss_kib;
+            Row { name, records, m }
+        })
+        .collect();
 
     let sluice_rps = rows[0].records.unwrap_or(0) as f64 / rows[0].m.seconds;
     println!();
+    println!(
+        "median of {} interleaved rounds (peak RSS: the largest of them)",
+        args.rounds
+    );
     println!(
         "{:<50} {:>9} {:>9} {:>11} {:>9} {:>14}",
         "contestant", "records", "seconds", "records/s", "RSS MiB", "sluice ÷ this"
@@ -365,6 +420,7 @@ fn main() {
             sluice_rps / rps.max(f64::MIN_POSITIVE),
         );
     }
+    drop(contestants);
     drop(fx);
 
     // Warm start, in-process: a Runtime over the warm disk cache.
