@@ -299,6 +299,17 @@ fn spec_problems(spec: &types::ConnectorSpec) -> Vec<String> {
     problems
 }
 
+/// The verdict on a spec's config schema: JSON, a JSON Schema that
+/// compiles, of `type` object.
+fn config_schema_verdict(text: &str) -> Result<String, String> {
+    let schema: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err("its `type` is not \"object\"".into());
+    }
+    Ok("compiles; type object".into())
+}
+
 /// A config the config schema rejects, derived from `valid`: a required
 /// property removed, else a property of the wrong type, else not an object.
 pub fn invalid_config(schema: &Value, valid: &Value) -> (Value, String) {
@@ -488,16 +499,7 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
     let config_schema: Option<Value> = serde_json::from_str(&spec.config_schema).ok();
     let schema_ok = report.result(
         "config schema is a valid JSON Schema",
-        match &config_schema {
-            None => Err("not JSON".into()),
-            Some(s) => match jsonschema::validator_for(s) {
-                Err(e) => Err(e.to_string()),
-                Ok(_) if s.get("type").and_then(Value::as_str) != Some("object") => {
-                    Err("its `type` is not \"object\"".into())
-                }
-                Ok(_) => Ok("compiles; type object".into()),
-            },
-        },
+        config_schema_verdict(&spec.config_schema),
     );
     let config_ok = report.result(
         "config matches the config schema",
@@ -1034,6 +1036,61 @@ mod tests {
         assert!(p[0].contains("primary key field \"uuid\""), "{p:?}");
         let p = stream_problems(&stream(schema, &["id"], Some("updated")));
         assert!(p[0].contains("cursor field"), "{p:?}");
+    }
+
+    #[test]
+    fn config_schemas_must_compile_and_describe_an_object() {
+        assert!(
+            config_schema_verdict(r#"{"type":"object","properties":{"a":{"type":"string"}}}"#)
+                .is_ok()
+        );
+        assert!(config_schema_verdict("{").unwrap_err().contains("not JSON"));
+        // Not a JSON Schema: `type` must name a type.
+        assert!(config_schema_verdict(r#"{"type":"objekt"}"#).is_err());
+        assert!(config_schema_verdict(r#"{"type":"object","minProperties":"x"}"#).is_err());
+        assert!(config_schema_verdict(r#"{"type":"array"}"#)
+            .unwrap_err()
+            .contains("object"));
+    }
+
+    #[test]
+    fn spec_problems_name_the_connector_version_and_streams() {
+        let schema = json!({"type": "object", "properties": {"id": {"type": "integer"}}});
+        let good = types::ConnectorSpec {
+            name: "items".into(),
+            version: "0.1.0".into(),
+            description: "test".into(),
+            config_schema: "{}".into(),
+            streams: vec![stream(schema.clone(), &["id"], None)],
+        };
+        assert!(
+            spec_problems(&good).is_empty(),
+            "{:?}",
+            spec_problems(&good)
+        );
+        let bad = types::ConnectorSpec {
+            name: "Items".into(),
+            version: "1.0".into(),
+            streams: vec![
+                stream(schema.clone(), &["id"], None),
+                stream(schema, &[], None),
+            ],
+            ..good.clone()
+        };
+        let p = spec_problems(&bad).join("; ");
+        for want in [
+            "name \"Items\"",
+            "version \"1.0\" is not semver",
+            "declared twice",
+            "no primary key",
+        ] {
+            assert!(p.contains(want), "{want:?} in {p}");
+        }
+        let empty = types::ConnectorSpec {
+            streams: vec![],
+            ..good
+        };
+        assert_eq!(spec_problems(&empty), ["no streams"]);
     }
 
     #[test]
