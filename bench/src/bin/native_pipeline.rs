@@ -1,7 +1,7 @@
 //! The sandbox-free baseline of `just bench`: the same fetch → parse →
 //! validate → upsert the `items` connector and Sluice's pipeline do, in
 //! plain native Rust. HTTP keep-alive (reqwest), serde_json, a compiled
-//! JSON Schema (jsonschema, the connector's schema), and SQLite (WAL,
+//! JSON Schema (jsonschema, the connector's schema), and SQLite (16 KiB pages, WAL,
 //! `synchronous=NORMAL`, a prepared upsert, one transaction per page with
 //! the cursor) into the same table layout Sluice writes.
 //!
@@ -49,7 +49,7 @@ async fn run(base: &str, db: &str, page_size: usize) -> Result<u64, Box<dyn std:
     let validator = jsonschema::validator_for(&schema())?;
     let mut conn = rusqlite::Connection::open(db)?;
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+        "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
          CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, updated_at TEXT, name TEXT,
              email TEXT, amount REAL, active INTEGER, tags TEXT, version INTEGER, note TEXT,
              _record TEXT NOT NULL, _run_id TEXT NOT NULL, _synced_at TEXT NOT NULL);
