@@ -520,6 +520,7 @@ async fn drive(
         counters: Mutex::default(),
         progress: req.progress.clone(),
         in_flight: Mutex::default(),
+        active: crate::host::sink::ActiveRead::start(),
     });
     *channel_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
     sandbox.attach_run(channel.clone());

@@ -99,6 +99,8 @@ pub struct RunChannel {
     /// written). At most one is in flight: the next commit, and the end of
     /// the run, wait for it first.
     pub in_flight: std::sync::Mutex<Option<crate::store::PendingCommit>>,
+    /// Counts this read among the process's running reads.
+    pub active: sink::ActiveRead,
 }
 
 /// Records so far of one run, readable while it runs (e.g. by a progress

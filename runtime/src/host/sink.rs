@@ -2,16 +2,17 @@
 //! stream's table shape on the host, queued on the database writer for the
 //! run's next commit.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::component::{HasSelf, Linker};
 
 use serde_json::Value;
 
-use super::{HostAbort, RunChannel};
+use super::{HostAbort, RunChannel, RunStream};
 use crate::bindings::sink::{self, SinkError};
-use crate::schema::{self, RecordError, Verdict};
-use crate::store::{Pending, QuarantinedRecord};
+use crate::schema::{self, DriftObservation, RecordError, Verdict};
+use crate::store::{Pending, QuarantinedRecord, Row};
 
 /// Per-store state of the `sink` capability: present only during `read`.
 #[derive(Default)]
@@ -57,38 +58,18 @@ impl sink::Host for SinkCtx {
         let mut rows = Vec::with_capacity(records.len());
         let mut pending = Pending::default();
         let mut drift = Vec::new();
-        for (i, raw) in records.into_iter().enumerate() {
-            // A record that is not a JSON object breaks the contract: the
-            // whole batch is refused and the connector told why.
-            let value: Value = match serde_json::from_str(&raw) {
-                Ok(v @ Value::Object(_)) => v,
-                Ok(_) => return Ok(Err(invalid(i, "not a JSON object".into()))),
-                Err(e) => return Ok(Err(invalid(i, format!("not valid JSON: {e}")))),
-            };
-            // A record that breaks the stream's schema is quarantined.
-            match target.schema.check(value) {
-                Verdict::Valid { record, drift: d } => {
-                    schema::aggregate(&mut drift, d);
-                    match target.table.row_from_value(record, raw) {
-                        Ok(row) => rows.push(row),
-                        Err((message, raw)) => pending.quarantine.push(QuarantinedRecord {
-                            stream: stream.clone(),
-                            record: raw,
-                            errors: vec![RecordError {
-                                path: String::new(),
-                                message,
-                            }],
-                        }),
-                    }
-                }
-                Verdict::Invalid { errors, drift: d } => {
-                    schema::aggregate(&mut drift, d);
-                    pending.quarantine.push(QuarantinedRecord {
-                        stream: stream.clone(),
-                        record: raw,
-                        errors,
-                    });
-                }
+        let split = split_checks(records.len());
+        for (i, (outcome, d)) in check_batch(target, &stream, records, split)
+            .into_iter()
+            .enumerate()
+        {
+            schema::aggregate(&mut drift, d);
+            match outcome {
+                // A record that is not a JSON object breaks the contract: the
+                // whole batch is refused and the connector told why.
+                Outcome::Refused(reason) => return Ok(Err(invalid(i, reason))),
+                Outcome::Row(row) => rows.push(row),
+                Outcome::Quarantined(q) => pending.quarantine.push(q),
             }
         }
         let over = run.update(|c| {
@@ -130,6 +111,117 @@ impl sink::Host for SinkCtx {
     }
 }
 
+/// Batches at least this long are checked on two threads (the caller's
+/// and one more), in two halves, while the process has cores to spare
+/// (see [`ActiveRead`]); shorter ones on the caller's alone.
+pub const PARALLEL_CHECK_MIN_RECORDS: usize = 256;
+
+/// Reads running in this process now.
+static ACTIVE_READS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one running read for as long as it lives. A batch is split
+/// across two threads only while fewer reads run than the machine has
+/// cores: one `sluice run` gains a core for its record checks, while many
+/// concurrent runs (which keep every core busy already) do not pay for
+/// extra threads.
+#[derive(Debug)]
+pub struct ActiveRead(());
+
+impl ActiveRead {
+    pub fn start() -> Self {
+        ACTIVE_READS.fetch_add(1, Ordering::Relaxed);
+        ActiveRead(())
+    }
+}
+
+impl Drop for ActiveRead {
+    fn drop(&mut self) {
+        ACTIVE_READS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a batch of `len` records should be checked on two threads.
+fn split_checks(len: usize) -> bool {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    len >= PARALLEL_CHECK_MIN_RECORDS && ACTIVE_READS.load(Ordering::Relaxed) < cores
+}
+
+/// What the host makes of one emitted record.
+enum Outcome {
+    Row(Row),
+    Quarantined(QuarantinedRecord),
+    /// Not a JSON object: the batch is refused.
+    Refused(String),
+}
+
+/// Parse, validate and turn into rows every record of a batch, in order;
+/// with `split`, the second half on a thread of its own.
+fn check_batch(
+    target: &RunStream,
+    stream: &str,
+    mut records: Vec<String>,
+    split: bool,
+) -> Vec<(Outcome, Vec<DriftObservation>)> {
+    if !split || records.len() < 2 {
+        return records
+            .into_iter()
+            .map(|r| check_one(target, stream, r))
+            .collect();
+    }
+    let second = records.split_off(records.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| {
+            second
+                .into_iter()
+                .map(|r| check_one(target, stream, r))
+                .collect::<Vec<_>>()
+        });
+        let mut out: Vec<_> = records
+            .into_iter()
+            .map(|r| check_one(target, stream, r))
+            .collect();
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
+fn check_one(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<DriftObservation>) {
+    let value: Value = match serde_json::from_str(&raw) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return (Outcome::Refused("not a JSON object".into()), Vec::new()),
+        Err(e) => return (Outcome::Refused(format!("not valid JSON: {e}")), Vec::new()),
+    };
+    // A record that breaks the stream's schema is quarantined.
+    match target.schema.check(value) {
+        Verdict::Valid { record, drift } => match target.table.row_from_value(record, raw) {
+            Ok(row) => (Outcome::Row(row), drift),
+            Err((message, raw)) => (
+                Outcome::Quarantined(QuarantinedRecord {
+                    stream: stream.to_string(),
+                    record: raw,
+                    errors: vec![RecordError {
+                        path: String::new(),
+                        message,
+                    }],
+                }),
+                drift,
+            ),
+        },
+        Verdict::Invalid { errors, drift } => (
+            Outcome::Quarantined(QuarantinedRecord {
+                stream: stream.to_string(),
+                record: raw,
+                errors,
+            }),
+            drift,
+        ),
+    }
+}
+
 fn invalid(index: usize, reason: String) -> SinkError {
     SinkError::InvalidRecord((u32::try_from(index).unwrap_or(u32::MAX), reason))
 }
@@ -140,4 +232,91 @@ pub fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> &mut SinkCtx,
 ) -> wasmtime::Result<()> {
     sink::add_to_linker::<T, HasSelf<SinkCtx>>(linker, get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::StreamSchema;
+    use crate::store::StreamTable;
+
+    const SCHEMA: &str = r#"{"type":"object","required":["id"],"properties":{"id":{"type":"integer"},"name":{"type":"string"}}}"#;
+
+    fn target() -> RunStream {
+        RunStream {
+            table: Arc::new(StreamTable::from_spec("s", SCHEMA, &["id".to_string()]).unwrap()),
+            schema: StreamSchema::compile("s", SCHEMA).unwrap(),
+            full_refresh: false,
+        }
+    }
+
+    /// Record `i` of a test batch: every 7th has a wrong type, every 11th a
+    /// new field; the rest are plain.
+    fn record(i: usize) -> String {
+        if i % 7 == 3 {
+            format!(r#"{{"id":"{i}"}}"#)
+        } else if i % 11 == 5 {
+            format!(r#"{{"id":{i},"extra":true}}"#)
+        } else {
+            format!(r#"{{"id":{i},"name":"n{i}"}}"#)
+        }
+    }
+
+    /// What a batch comes to, as text: one line per record, in order.
+    fn summary(out: &[(Outcome, Vec<DriftObservation>)]) -> Vec<String> {
+        out.iter()
+            .map(|(o, d)| {
+                let drift: Vec<&str> = d.iter().map(|d| d.path.as_str()).collect();
+                match o {
+                    Outcome::Row(r) => format!("row {:?} {drift:?}", r.values),
+                    Outcome::Quarantined(q) => format!("quarantined {} {drift:?}", q.record),
+                    Outcome::Refused(why) => format!("refused {why}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_checked_on_two_threads_comes_out_as_one_checked_in_order() {
+        let t = target();
+        let n = PARALLEL_CHECK_MIN_RECORDS * 2 + 3;
+        let batch: Vec<String> = (0..n).map(record).collect();
+        let two = summary(&check_batch(&t, "s", batch.clone(), true));
+        // The same records checked on one thread, a few at a time.
+        let one: Vec<String> = batch
+            .chunks(PARALLEL_CHECK_MIN_RECORDS - 1)
+            .flat_map(|c| summary(&check_batch(&t, "s", c.to_vec(), false)))
+            .collect();
+        assert_eq!(two.len(), n);
+        assert_eq!(two, one);
+        assert!(
+            two[3].starts_with("quarantined {\"id\":\"3\"}"),
+            "{}",
+            two[3]
+        );
+        // The second half (checked on the other thread) keeps its place.
+        let last = n - 1;
+        assert_eq!(
+            two[last],
+            summary(&check_batch(&t, "s", vec![record(last)], false))[0]
+        );
+        assert!(two[5].contains("/extra"), "{}", two[5]);
+    }
+
+    #[test]
+    fn the_first_record_that_is_not_an_object_names_its_index() {
+        let t = target();
+        let mut batch: Vec<String> = (0..PARALLEL_CHECK_MIN_RECORDS * 2).map(record).collect();
+        let late = PARALLEL_CHECK_MIN_RECORDS + 10;
+        batch[late] = "[1]".into();
+        batch[late + 5] = "{".into();
+        let out = check_batch(&t, "s", batch, true);
+        let refused: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, (o, _))| matches!(o, Outcome::Refused(_)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(refused, [late, late + 5]);
+    }
 }
