@@ -169,21 +169,30 @@ fn check_batch(
             .map(|r| check_one(target, stream, r))
             .collect();
     }
-    let second = records.split_off(records.len() / 2);
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| {
-            second
-                .into_iter()
-                .map(|r| check_one(target, stream, r))
-                .collect::<Vec<_>>()
-        });
-        let mut out: Vec<_> = records
+    let second = std::sync::Mutex::new(records.split_off(records.len() / 2));
+    let check_all = |batch: Vec<String>| -> Vec<_> {
+        batch
             .into_iter()
             .map(|r| check_one(target, stream, r))
-            .collect();
-        match other.join() {
-            Ok(rest) => out.extend(rest),
-            Err(panic) => std::panic::resume_unwind(panic),
+            .collect()
+    };
+    let take_second = || std::mem::take(&mut *second.lock().unwrap_or_else(|e| e.into_inner()));
+    std::thread::scope(|scope| {
+        // The second half on its own thread; should no thread be had, on
+        // this one after the first.
+        let other = std::thread::Builder::new()
+            .name("sluice-check".into())
+            .spawn_scoped(scope, || check_all(take_second()));
+        let mut out = check_all(records);
+        match other {
+            Ok(handle) => match handle.join() {
+                Ok(rest) => out.extend(rest),
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "no thread for the record checks");
+                out.extend(check_all(take_second()));
+            }
         }
         out
     })
