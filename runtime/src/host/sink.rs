@@ -163,19 +163,16 @@ fn check_batch(
     mut records: Vec<String>,
     split: bool,
 ) -> Vec<(Outcome, Vec<DriftObservation>)> {
-    if !split || records.len() < 2 {
-        return records
-            .into_iter()
-            .map(|r| check_one(target, stream, r))
-            .collect();
-    }
-    let second = std::sync::Mutex::new(records.split_off(records.len() / 2));
     let check_all = |batch: Vec<String>| -> Vec<_> {
         batch
             .into_iter()
             .map(|r| check_one(target, stream, r))
             .collect()
     };
+    if !split || records.len() < 2 {
+        return check_all(records);
+    }
+    let second = std::sync::Mutex::new(records.split_off(records.len() / 2));
     let take_second = || std::mem::take(&mut *second.lock().unwrap_or_else(|e| e.into_inner()));
     std::thread::scope(|scope| {
         // The second half on its own thread; should no thread be had, on
