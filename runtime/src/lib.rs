@@ -14,6 +14,7 @@ pub mod bindings;
 pub mod config;
 pub mod conformance;
 pub mod engine;
+pub mod flat;
 pub mod host;
 pub mod limits;
 pub mod pipeline;

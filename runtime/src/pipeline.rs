@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::bindings::types::{self, ConfiguredStream, SyncMode};
 use crate::engine::{CacheOutcome, Loaded, Runtime, RuntimeError};
+use crate::flat::FlatCheck;
 use crate::host::http::{HostGrant, HttpStats};
 use crate::host::secrets::Secrets;
 pub use crate::host::RunProgress;
@@ -474,9 +475,11 @@ async fn drive(
         let schema =
             StreamSchema::compile(&s.name, &s.json_schema).map_err(|e| invalid(e.to_string()))?;
         let full_refresh = req.full_refresh || !s.sync_modes.contains(&SyncMode::Incremental);
+        let flat = FlatCheck::new(&s.name, schema.schema(), &table);
         let run_stream = RunStream {
             table: Arc::new(table),
             schema,
+            flat,
             full_refresh,
         };
         if streams.insert(s.name.clone(), run_stream).is_some() {

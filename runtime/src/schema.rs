@@ -120,12 +120,12 @@ pub fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn sample(v: &Value) -> String {
+pub(crate) fn sample(v: &Value) -> String {
     let text = v.to_string();
     crate::host::log::truncate(&text, MAX_DRIFT_SAMPLE_BYTES).to_string()
 }
 
-fn pointer_escape(key: &str) -> String {
+pub(crate) fn pointer_escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
@@ -144,6 +144,11 @@ impl StreamSchema {
             schema,
             validator,
         })
+    }
+
+    /// The schema, parsed.
+    pub fn schema(&self) -> &Value {
+        &self.schema
     }
 
     /// Fields of `record` the schema does not declare, as drift.

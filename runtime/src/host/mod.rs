@@ -71,6 +71,8 @@ fn types_instance_name() -> &'static str {
 pub struct RunStream {
     pub table: std::sync::Arc<crate::store::StreamTable>,
     pub schema: crate::schema::StreamSchema,
+    /// The one-pass check, when the schema is flat (see [`crate::flat`]).
+    pub flat: Option<crate::flat::FlatCheck>,
     /// Full refresh: the host hides saved state and, at the end of a
     /// successful run, removes rows the run did not write.
     pub full_refresh: bool,

@@ -196,6 +196,10 @@ fn check_batch(
 }
 
 fn check_one(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<DriftObservation>) {
+    // Flat schemas: one pass, for records it can vouch for.
+    if let Some((values, drift)) = target.flat.as_ref().and_then(|f| f.check(&raw)) {
+        return (Outcome::Row(Row { values, raw }), drift);
+    }
     let value: Value = match serde_json::from_str(&raw) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return (Outcome::Refused("not a JSON object".into()), Vec::new()),
@@ -249,9 +253,14 @@ mod tests {
     const SCHEMA: &str = r#"{"type":"object","required":["id"],"properties":{"id":{"type":"integer"},"name":{"type":"string"}}}"#;
 
     fn target() -> RunStream {
+        let table = StreamTable::from_spec("s", SCHEMA, &["id".to_string()]).unwrap();
+        let schema = StreamSchema::compile("s", SCHEMA).unwrap();
+        let flat = crate::flat::FlatCheck::new("s", schema.schema(), &table);
+        assert!(flat.is_some());
         RunStream {
-            table: Arc::new(StreamTable::from_spec("s", SCHEMA, &["id".to_string()]).unwrap()),
-            schema: StreamSchema::compile("s", SCHEMA).unwrap(),
+            table: Arc::new(table),
+            schema,
+            flat,
             full_refresh: false,
         }
     }
