@@ -47,3 +47,4 @@ test: lint build-connectors build
     scripts/test-js-sdk.sh
     cargo test --workspace
     cd connectors && cargo test --target x86_64-unknown-linux-gnu
+    cd connectors && cargo test --target x86_64-unknown-linux-gnu -p sluice-sdk

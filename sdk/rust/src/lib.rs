@@ -36,6 +36,7 @@ pub use serde_json::{json, Value};
 
 pub mod http;
 pub mod log;
+pub mod raw;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -268,11 +269,19 @@ impl Reader {
     /// object). Sent to the host when the stream's batch is full.
     pub fn emit<T: Serialize + ?Sized>(&mut self, stream: &str, record: &T) -> Result<(), Error> {
         let text = serde_json::to_string(record)?;
-        let full = {
-            let buf = self.buffers.entry(stream.to_string()).or_default();
-            buf.push(text);
-            buf.len() >= self.batch_size
+        self.emit_raw(stream, text)
+    }
+
+    /// Emit one record of `stream` given as JSON text (an object), e.g. an
+    /// upstream record kept as `serde_json::value::RawValue`: no copy, no
+    /// re-serialisation. The host checks that it is JSON.
+    pub fn emit_raw(&mut self, stream: &str, record: String) -> Result<(), Error> {
+        let buf = match self.buffers.get_mut(stream) {
+            Some(buf) => buf,
+            None => self.buffers.entry(stream.to_string()).or_default(),
         };
+        buf.push(record);
+        let full = buf.len() >= self.batch_size;
         self.emitted += 1;
         if full {
             self.flush_stream(stream)?;
