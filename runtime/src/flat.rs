@@ -16,6 +16,7 @@
 //! below compares the two on generated records.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
 use rusqlite::types::Value as SqlValue;
@@ -87,22 +88,6 @@ impl Types {
     fn has(self, bits: u8) -> bool {
         self.0 & bits != 0
     }
-
-    /// Whether a parsed value certainly has one of these types. Floats
-    /// count only as `number` (whether `1.0` is an `integer` depends on
-    /// the draft: the full check decides), integers past `i64` not at all.
-    fn certainly_admit(self, v: &Value) -> bool {
-        match v {
-            Value::Null => self.has(Self::NULL),
-            Value::Bool(_) => self.has(Self::BOOLEAN),
-            Value::Number(n) if n.is_i64() => self.has(Self::INTEGER | Self::NUMBER),
-            Value::Number(n) if n.is_u64() => false,
-            Value::Number(_) => self.has(Self::NUMBER),
-            Value::String(_) => self.has(Self::STRING),
-            Value::Array(_) => self.has(Self::ARRAY),
-            Value::Object(_) => self.has(Self::OBJECT),
-        }
-    }
 }
 
 /// What a flat schema says of one property (one column).
@@ -142,8 +127,8 @@ impl Field {
 #[derive(Debug, Clone)]
 pub struct FlatCheck {
     stream: String,
-    /// Column names, sorted (the table's order): looked up by binary search.
-    names: Vec<String>,
+    /// Column index by name (a fast hash: one lookup per record field).
+    columns: HashMap<String, usize, foldhash::fast::FixedState>,
     fields: Vec<Field>,
     required: Vec<usize>,
     primary_key: Vec<usize>,
@@ -182,26 +167,23 @@ impl FlatCheck {
         if props.len() != table.columns.len() {
             return None;
         }
-        let mut names = Vec::with_capacity(props.len());
+        let mut columns = HashMap::with_capacity_and_hasher(props.len(), Default::default());
         let mut fields = Vec::with_capacity(props.len());
-        for col in &table.columns {
+        for (i, col) in table.columns.iter().enumerate() {
             fields.push(Field::from_schema(props.get(&col.name)?, col.kind)?);
-            names.push(col.name.clone());
-        }
-        if !names.windows(2).all(|w| w[0] < w[1]) {
-            return None;
+            columns.insert(col.name.clone(), i);
         }
         let required = match root.get("required") {
             None => Vec::new(),
             Some(Value::Array(req)) => req
                 .iter()
-                .map(|r| names.binary_search(&r.as_str()?.to_string()).ok())
+                .map(|r| columns.get(r.as_str()?).copied())
                 .collect::<Option<Vec<usize>>>()?,
             Some(_) => return None,
         };
         Some(FlatCheck {
             stream: stream.to_string(),
-            names,
+            columns,
             fields,
             required,
             primary_key: table.primary_key.clone(),
@@ -239,9 +221,7 @@ impl FlatCheck {
     }
 
     fn column(&self, key: &str) -> Option<usize> {
-        self.names
-            .binary_search_by(|name| name.as_str().cmp(key))
-            .ok()
+        self.columns.get(key).copied()
     }
 }
 
@@ -342,20 +322,9 @@ impl FieldSeed<'_> {
         }
     }
 
-    /// An array or object: kept as JSON text, elements checked against
-    /// `items`.
-    fn nested<E: de::Error>(&self, v: Value) -> Result<SqlValue, E> {
-        let bits = if v.is_array() {
-            Types::ARRAY
-        } else {
-            Types::OBJECT
-        };
-        if let (Some(items), Value::Array(elements)) = (self.0.items, &v) {
-            if !elements.iter().all(|e| items.certainly_admit(e)) {
-                return Err(E::custom(StepAside));
-            }
-        }
-        self.admit(bits, SqlValue::Text(v.to_string()))
+    /// An object: kept as JSON text (keys in order, as `Value` has them).
+    fn object<E: de::Error>(&self, v: Value) -> Result<SqlValue, E> {
+        self.admit(Types::OBJECT, SqlValue::Text(v.to_string()))
     }
 }
 
@@ -409,12 +378,103 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
         self.admit(Types::STRING, SqlValue::Text(v))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<SqlValue, A::Error> {
-        self.nested(Value::deserialize(SeqAccessDeserializer::new(seq))?)
+    /// An array: re-encoded element by element into the compact JSON text
+    /// `Value::to_string` would give (the same serializer), with no `Value`
+    /// built for scalar elements.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SqlValue, A::Error> {
+        if !self.0.types.has(Types::ARRAY) {
+            return Err(de::Error::custom(StepAside));
+        }
+        let mut out = vec![b'['];
+        let items = self.0.items.unwrap_or(Types::ANY);
+        while seq
+            .next_element_seed(ElementSeed {
+                out: &mut out,
+                items,
+            })?
+            .is_some()
+        {}
+        out.push(b']');
+        let text = String::from_utf8(out).map_err(|_| de::Error::custom(StepAside))?;
+        Ok(SqlValue::Text(text))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SqlValue, A::Error> {
-        self.nested(Value::deserialize(MapAccessDeserializer::new(map))?)
+        self.object(Value::deserialize(MapAccessDeserializer::new(map))?)
+    }
+}
+
+/// One array element: checked against `items` and appended to `out` as
+/// compact JSON (after a comma unless it is the first).
+struct ElementSeed<'o> {
+    out: &'o mut Vec<u8>,
+    items: Types,
+}
+
+impl ElementSeed<'_> {
+    fn write<E: de::Error, T: serde::Serialize + ?Sized>(self, bits: u8, v: &T) -> Result<(), E> {
+        if !self.items.has(bits) {
+            return Err(E::custom(StepAside));
+        }
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        serde_json::to_writer(&mut *self.out, v).map_err(|_| E::custom(StepAside))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElementSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.write(Types::NULL, &())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.write(Types::BOOLEAN, &v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.write(Types::INTEGER | Types::NUMBER, &v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        match i64::try_from(v) {
+            Ok(i) => self.visit_i64(i),
+            Err(_) => Err(E::custom(StepAside)),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.write(Types::NUMBER, &v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.write(Types::STRING, v)
+    }
+
+    /// Nested arrays and objects go through `Value`, which orders object
+    /// keys the way the full check's text has them.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        let v = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        self.write(Types::ARRAY, &v)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let v = Value::deserialize(MapAccessDeserializer::new(map))?;
+        self.write(Types::OBJECT, &v)
     }
 }
 
