@@ -2,6 +2,7 @@
 //! the small [`Store`] trait (SQLite today; Postgres can sit beside it), and
 //! the per-database [`writer`] thread that owns the one write connection.
 
+pub mod checkpoint;
 mod sqlite;
 mod table;
 pub mod writer;

@@ -8,6 +8,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use rusqlite::types::Value as SqlValue;
 
+use super::checkpoint::{Checkpointer, BACKSTOP_CHECKPOINT_PAGES};
 use super::table::quote_ident;
 use super::{
     CommitRequest, CommitStats, DriftEvent, QuarantineEntry, QuarantineFilter, ReplayPlan, Row,
@@ -158,6 +159,8 @@ const QUARANTINE_COLUMNS: &str =
 
 /// SQLite behind the [`Store`] trait.
 pub struct SqliteStore {
+    /// Declared first: dropped (its thread stopped) before `conn` closes.
+    checkpointer: Checkpointer,
     conn: Connection,
 }
 
@@ -181,7 +184,19 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         add_run_columns(&conn).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-        Ok(SqliteStore { conn })
+        // Checkpoints run in the background (see checkpoint.rs); this
+        // connection's own are a backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)
+            .map_err(open_err)?;
+        Ok(SqliteStore {
+            checkpointer: Checkpointer::new(path),
+            conn,
+        })
+    }
+
+    /// Background checkpoints run so far (for tests).
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpointer.checkpoints()
     }
 
     /// The underlying connection (for tests and read-only tooling).
@@ -437,6 +452,7 @@ impl Store for SqliteStore {
             )? as u64;
         }
         tx.commit()?;
+        self.checkpointer.nudge();
         Ok(stats)
     }
 
@@ -706,6 +722,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Pending;
 
     fn page_size(conn: &Connection) -> u32 {
         conn.query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -734,5 +751,62 @@ mod tests {
             .query_row("SELECT x FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(x, 1);
+    }
+
+    #[test]
+    fn commits_are_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let schema = r#"{"properties":{"id":{"type":"integer"},"text":{"type":"string"}}}"#;
+        let table =
+            std::sync::Arc::new(StreamTable::from_spec("t", schema, &["id".to_string()]).unwrap());
+        store.ensure_table(&table).unwrap();
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let before = db_len();
+        // ~2 MB over ten commits: far below the writer's own (backstop)
+        // checkpoint threshold, so only the background checkpoints can move
+        // these pages into the database file.
+        let text = "x".repeat(1_000);
+        for c in 0..10 {
+            let rows = (0..200)
+                .map(|i| Row {
+                    values: vec![SqlValue::Integer(c * 200 + i), SqlValue::Text(text.clone())],
+                    raw: "{}".into(),
+                })
+                .collect();
+            let pending = Pending {
+                batches: vec![(table.clone(), rows)],
+                ..Pending::default()
+            };
+            store
+                .commit(&CommitRequest {
+                    run_id: "r",
+                    connector: "c",
+                    connector_version: "1",
+                    pending: &pending,
+                    state: None,
+                    sweep: &[],
+                })
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db_len() < before + 1_000_000 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(store.checkpoints() > 0);
+        assert!(db_len() >= before + 1_000_000, "{} -> {}", before, db_len());
+        let n: i64 = store
+            .connection()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2_000);
+        // Closing stops the checkpoint thread; the data stays whole.
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2_000);
     }
 }
