@@ -9,7 +9,6 @@
 //! the config (`schema`), e.g. to accept a type the upstream started sending.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use sluice_sdk::{http, json, raw, Connector, Error, Reader, Spec, Stream, SyncMode, Value};
 
 /// Page size asked for when the config names none.
@@ -36,17 +35,6 @@ struct State {
     updated_at: Option<String>,
 }
 
-/// One page. Records stay the upstream's JSON text (`RawValue`): the host
-/// parses and validates each record anyway, so the connector re-encodes
-/// nothing and reads only the cursor field out of each.
-#[derive(Debug, Deserialize)]
-struct Page {
-    items: Vec<Box<RawValue>>,
-    next_page_token: Option<String>,
-}
-
-/// The one field the connector needs from a record; every other field is
-/// skipped without being decoded.
 fn default_schema() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -136,21 +124,40 @@ impl Connector for Items {
             if let Some(t) = &token {
                 url.push_str(&format!("&page_token={}", http::encode(t)));
             }
-            let page: Page = sluice_sdk::http::get_json(&url)?;
-            let more = !page.items.is_empty();
-            for item in page.items {
-                // The cursor is read from the raw record: no parse of it.
-                if let Some(u) = raw::string_field(item.get(), "updated_at") {
-                    if state.updated_at.as_deref().is_none_or(|c| *u > *c) {
-                        state.updated_at = Some(u.into_owned());
+            let body = http::Request::get(&url).send()?.error_for_status()?.body;
+            let body = String::from_utf8(body)
+                .map_err(|_| Error::Upstream("the page is not UTF-8".into()))?;
+            // Records stay the upstream's JSON text (the host parses and
+            // validates each anyway): one scan of the page finds them and
+            // each one's cursor, decoding nothing else.
+            let page = raw::Page::parse(&body, "items", "updated_at").ok_or_else(|| {
+                Error::Upstream("the page is not a JSON object with an `items` array".into())
+            })?;
+            let mut newest: Option<&str> = None;
+            for record in &page.records {
+                if let Some(u) = record.cursor.as_deref() {
+                    if newest.is_none_or(|n| u > n) {
+                        newest = Some(u);
                     }
                 }
-                reader.emit_raw(STREAM, Box::<str>::from(item).into_string())?;
+                reader.emit_raw(STREAM, record.text.to_string())?;
+            }
+            if let Some(u) = newest {
+                if state.updated_at.as_deref().is_none_or(|c| u > c) {
+                    state.updated_at = Some(u.to_string());
+                }
             }
             // The page and the cursor past it become durable together.
             reader.commit(STREAM, &state)?;
-            match page.next_page_token {
-                Some(t) if more => token = Some(t),
+            let next =
+                match page.field("next_page_token") {
+                    None | Some("null") => None,
+                    Some(_) => Some(page.string_field("next_page_token").ok_or_else(|| {
+                        Error::Upstream("`next_page_token` is not a string".into())
+                    })?),
+                };
+            match next {
+                Some(t) if !page.records.is_empty() => token = Some(t.into_owned()),
                 _ => break,
             }
         }
