@@ -291,11 +291,24 @@ fn upsert_rows(
     now: &str,
 ) -> Result<u64, StoreError> {
     let mut stmt = tx.prepare_cached(&SqliteStore::upsert_sql(table))?;
+    let n = table.columns.len();
+    // Parameters: the columns, then `_record`, `_run_id`, `_synced_at`. The
+    // run id and time are the same for every row, so they are bound once:
+    // SQLite keeps a statement's bindings from one execution to the next.
+    stmt.raw_bind_parameter(n + 2, run_id)?;
+    stmt.raw_bind_parameter(n + 3, now)?;
     for row in rows {
-        // Bind the record text, run id and time by reference: no copy per row.
-        let meta: [&dyn rusqlite::ToSql; 3] = [&row.raw, &run_id, &now];
-        let values = row.values.iter().map(|v| v as &dyn rusqlite::ToSql);
-        stmt.execute(params_from_iter(values.chain(meta)))?;
+        if row.values.len() != n {
+            return Err(StoreError::InvalidStream {
+                stream: table.name.clone(),
+                reason: format!("a row has {} values for {n} columns", row.values.len()),
+            });
+        }
+        for (i, v) in row.values.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, v)?;
+        }
+        stmt.raw_bind_parameter(n + 1, &row.raw)?;
+        stmt.raw_execute()?;
     }
     Ok(rows.len() as u64)
 }
