@@ -822,4 +822,45 @@ mod tests {
             .unwrap();
         assert_eq!(n, 2_000);
     }
+
+    #[test]
+    fn a_row_with_the_wrong_number_of_values_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("rows.db")).unwrap();
+        let schema = r#"{"properties":{"id":{"type":"integer"},"text":{"type":"string"}}}"#;
+        let table =
+            std::sync::Arc::new(StreamTable::from_spec("t", schema, &["id".to_string()]).unwrap());
+        store.ensure_table(&table).unwrap();
+        let row = |values: Vec<SqlValue>| Row {
+            values,
+            raw: "{}".into(),
+        };
+        let pending = Pending {
+            batches: vec![(
+                table.clone(),
+                vec![
+                    row(vec![SqlValue::Integer(1), SqlValue::Text("a".into())]),
+                    row(vec![SqlValue::Integer(2)]),
+                ],
+            )],
+            ..Pending::default()
+        };
+        let err = store
+            .commit(&CommitRequest {
+                run_id: "r",
+                connector: "c",
+                connector_version: "1",
+                pending: &pending,
+                state: Some(("t", "{}")),
+                sweep: &[],
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("1 values for 2 columns"), "{err}");
+        let n: i64 = store
+            .connection()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "nothing of the failed commit is stored");
+        assert_eq!(store.get_state("c", "t").unwrap(), None);
+    }
 }
