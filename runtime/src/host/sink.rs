@@ -3,7 +3,7 @@
 //! run's next commit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wasmtime::component::{HasSelf, Linker};
 
@@ -112,8 +112,9 @@ impl sink::Host for SinkCtx {
 }
 
 /// Batches at least this long are checked on two threads (the caller's
-/// and one more), in two halves, while the process has cores to spare
-/// (see [`ActiveRead`]); shorter ones on the caller's alone.
+/// and one more, sharing the batch in chunks of [`CHECK_CHUNK_RECORDS`]),
+/// while the process has cores to spare (see [`ActiveRead`]); shorter ones
+/// on the caller's alone.
 pub const PARALLEL_CHECK_MIN_RECORDS: usize = 256;
 
 /// Reads running in this process now.
@@ -155,44 +156,65 @@ enum Outcome {
     Refused(String),
 }
 
+/// Records one thread takes at a time from a batch checked on two.
+pub const CHECK_CHUNK_RECORDS: usize = 64;
+
+/// What a batch's records come to, in order.
+type Checked = Vec<(Outcome, Vec<DriftObservation>)>;
+
 /// Parse, validate and turn into rows every record of a batch, in order;
-/// with `split`, the second half on a thread of its own.
-fn check_batch(
-    target: &RunStream,
-    stream: &str,
-    mut records: Vec<String>,
-    split: bool,
-) -> Vec<(Outcome, Vec<DriftObservation>)> {
-    let check_all = |batch: Vec<String>| -> Vec<_> {
+/// with `split`, on this thread and one more. The two take chunks of
+/// [`CHECK_CHUNK_RECORDS`] in turn from a shared counter, so when the
+/// other thread starts late (or the machine has no core for it just then)
+/// this one simply checks more chunks instead of waiting for a fixed half.
+fn check_batch(target: &RunStream, stream: &str, records: Vec<String>, split: bool) -> Checked {
+    let check_all = |batch: Vec<String>| -> Checked {
         batch
             .into_iter()
             .map(|r| check_one(target, stream, r))
             .collect()
     };
-    if !split || records.len() < 2 {
+    if !split || records.len() <= CHECK_CHUNK_RECORDS {
         return check_all(records);
     }
-    let second = std::sync::Mutex::new(records.split_off(records.len() / 2));
-    let take_second = || std::mem::take(&mut *second.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut rest = records;
+    let mut chunks = Vec::with_capacity(rest.len().div_ceil(CHECK_CHUNK_RECORDS));
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(CHECK_CHUNK_RECORDS));
+        chunks.push(Mutex::new((std::mem::replace(&mut rest, tail), None)));
+    }
+    let next = AtomicUsize::new(0);
+    // Take chunks until none are left; each chunk's outcome goes back into
+    // its own slot, so the order is the batch's whoever checked it.
+    let work = || loop {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = chunks.get(k) else { return };
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let records = std::mem::take(&mut slot.0);
+        slot.1 = Some(check_all(records));
+    };
     std::thread::scope(|scope| {
-        // The second half on its own thread; should no thread be had, on
-        // this one after the first.
         let other = std::thread::Builder::new()
             .name("sluice-check".into())
-            .spawn_scoped(scope, || check_all(take_second()));
-        let mut out = check_all(records);
-        match other {
-            Ok(handle) => match handle.join() {
-                Ok(rest) => out.extend(rest),
-                Err(panic) => std::panic::resume_unwind(panic),
-            },
-            Err(e) => {
-                tracing::debug!(error = %e, "no thread for the record checks");
-                out.extend(check_all(take_second()));
+            .spawn_scoped(scope, work);
+        if let Err(e) = &other {
+            // No thread to be had: this one takes every chunk.
+            tracing::debug!(error = %e, "no thread for the record checks");
+        }
+        work();
+        if let Ok(handle) = other {
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
             }
         }
-        out
-    })
+    });
+    chunks
+        .into_iter()
+        .flat_map(|slot| {
+            let (_, checked) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            checked.unwrap_or_default()
+        })
+        .collect()
 }
 
 fn check_one(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<DriftObservation>) {
