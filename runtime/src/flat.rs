@@ -144,14 +144,6 @@ impl fmt::Display for StepAside {
     }
 }
 
-impl std::error::Error for StepAside {}
-
-impl de::Error for StepAside {
-    fn custom<T: fmt::Display>(_: T) -> Self {
-        StepAside
-    }
-}
-
 impl FlatCheck {
     /// The fast check of `schema` (the stream's JSON Schema) for `table`
     /// (built from the same schema), or `None` if the schema is not flat.

@@ -177,11 +177,14 @@ fn check_batch(target: &RunStream, stream: &str, records: Vec<String>, split: bo
     if !split || records.len() <= CHECK_CHUNK_RECORDS {
         return check_all(records);
     }
-    let mut rest = records;
-    let mut chunks = Vec::with_capacity(rest.len().div_ceil(CHECK_CHUNK_RECORDS));
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(CHECK_CHUNK_RECORDS));
-        chunks.push(Mutex::new((std::mem::replace(&mut rest, tail), None)));
+    let mut chunks = Vec::with_capacity(records.len().div_ceil(CHECK_CHUNK_RECORDS));
+    let mut records = records.into_iter();
+    loop {
+        let chunk: Vec<String> = records.by_ref().take(CHECK_CHUNK_RECORDS).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(Mutex::new((chunk, None)));
     }
     let next = AtomicUsize::new(0);
     // Take chunks until none are left; each chunk's outcome goes back into
