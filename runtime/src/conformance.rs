@@ -299,11 +299,16 @@ fn spec_problems(spec: &types::ConnectorSpec) -> Vec<String> {
     problems
 }
 
-/// The verdict on a spec's config schema: JSON, a JSON Schema that
-/// compiles, of `type` object.
-fn config_schema_verdict(text: &str) -> Result<String, String> {
-    let schema: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
+/// A spec's config schema, parsed, or why it is not JSON.
+fn parse_config_schema(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// The verdict on a spec's config schema (as [`parse_config_schema`] read
+/// it): JSON, a JSON Schema that compiles, of `type` object.
+fn config_schema_verdict(parsed: &Result<Value, String>) -> Result<String, String> {
+    let schema = parsed.as_ref().map_err(Clone::clone)?;
+    jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
     if schema.get("type").and_then(Value::as_str) != Some("object") {
         return Err("its `type` is not \"object\"".into());
     }
@@ -496,11 +501,12 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
             Err(problems.join("; "))
         },
     );
-    let config_schema: Option<Value> = serde_json::from_str(&spec.config_schema).ok();
+    let parsed_schema = parse_config_schema(&spec.config_schema);
     let schema_ok = report.result(
         "config schema is a valid JSON Schema",
-        config_schema_verdict(&spec.config_schema),
+        config_schema_verdict(&parsed_schema),
     );
+    let config_schema: Option<Value> = parsed_schema.ok();
     let config_ok = report.result(
         "config matches the config schema",
         pipeline::check_config_json(&req.config)
@@ -1040,15 +1046,13 @@ mod tests {
 
     #[test]
     fn config_schemas_must_compile_and_describe_an_object() {
-        assert!(
-            config_schema_verdict(r#"{"type":"object","properties":{"a":{"type":"string"}}}"#)
-                .is_ok()
-        );
-        assert!(config_schema_verdict("{").unwrap_err().contains("not JSON"));
+        let verdict = |text: &str| config_schema_verdict(&parse_config_schema(text));
+        assert!(verdict(r#"{"type":"object","properties":{"a":{"type":"string"}}}"#).is_ok());
+        assert!(verdict("{").unwrap_err().contains("not JSON"));
         // Not a JSON Schema: `type` must name a type.
-        assert!(config_schema_verdict(r#"{"type":"objekt"}"#).is_err());
-        assert!(config_schema_verdict(r#"{"type":"object","minProperties":"x"}"#).is_err());
-        assert!(config_schema_verdict(r#"{"type":"array"}"#)
+        assert!(verdict(r#"{"type":"objekt"}"#).is_err());
+        assert!(verdict(r#"{"type":"object","minProperties":"x"}"#).is_err());
+        assert!(verdict(r#"{"type":"array"}"#)
             .unwrap_err()
             .contains("object"));
     }

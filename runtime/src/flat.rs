@@ -95,8 +95,9 @@ impl Types {
 struct Field {
     kind: ColumnKind,
     types: Types,
-    /// For arrays: the types every element must have (`items`).
-    items: Option<Types>,
+    /// For arrays: the types every element must have (`items`; every
+    /// type when the schema says nothing).
+    items: Types,
 }
 
 /// Whether `schema` holds only `allowed` keywords and annotations.
@@ -114,8 +115,8 @@ impl Field {
         }
         let types = Types::of(def)?;
         let items = match def.get("items") {
-            None => None,
-            Some(Value::Object(item)) if only_keywords(item, &["type"]) => Some(Types::of(item)?),
+            None => Types::ANY,
+            Some(Value::Object(item)) if only_keywords(item, &["type"]) => Types::of(item)?,
             Some(_) => return None,
         };
         Some(Field { kind, types, items })
@@ -378,11 +379,10 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
             return Err(de::Error::custom(StepAside));
         }
         let mut out = vec![b'['];
-        let items = self.0.items.unwrap_or(Types::ANY);
         while seq
             .next_element_seed(ElementSeed {
                 out: &mut out,
-                items,
+                items: self.0.items,
             })?
             .is_some()
         {}

@@ -54,6 +54,14 @@ struct Shared {
     done: AtomicU64,
 }
 
+impl Shared {
+    /// Set a flag of the signal and wake the thread.
+    fn raise(&self, set: impl FnOnce(&mut Signal)) {
+        set(&mut self.signal.lock().unwrap_or_else(|e| e.into_inner()));
+        self.wake.notify_one();
+    }
+}
+
 /// The background checkpoints of one database, started at the first
 /// [`Checkpointer::nudge`]; dropping it stops the thread (the store's own
 /// connection then closes and checkpoints the remainder).
@@ -88,12 +96,7 @@ impl Checkpointer {
                 }
             }
         }
-        self.shared
-            .signal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .dirty = true;
-        self.shared.wake.notify_one();
+        self.shared.raise(|s| s.dirty = true);
     }
 
     /// Checkpoints run so far.
@@ -105,12 +108,7 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            self.shared
-                .signal
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .stop = true;
-            self.shared.wake.notify_one();
+            self.shared.raise(|s| s.stop = true);
             let _ = thread.join();
         }
     }

@@ -766,15 +766,47 @@ mod tests {
         assert_eq!(x, 1);
     }
 
-    #[test]
-    fn commits_are_checkpointed_in_the_background() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ckpt.db");
-        let mut store = SqliteStore::open(&path).unwrap();
+    /// A store at `path` with table `t` (`id` integer key, `text`).
+    fn store_with_table(path: &Path) -> (SqliteStore, std::sync::Arc<StreamTable>) {
+        let mut store = SqliteStore::open(path).unwrap();
         let schema = r#"{"properties":{"id":{"type":"integer"},"text":{"type":"string"}}}"#;
         let table =
             std::sync::Arc::new(StreamTable::from_spec("t", schema, &["id".to_string()]).unwrap());
         store.ensure_table(&table).unwrap();
+        (store, table)
+    }
+
+    /// Commit `rows` into `table` (and `state` of stream `t`) for run `r`.
+    fn commit_rows(
+        store: &mut SqliteStore,
+        table: &std::sync::Arc<StreamTable>,
+        rows: Vec<Row>,
+        state: Option<(&str, &str)>,
+    ) -> Result<CommitStats, StoreError> {
+        let pending = Pending {
+            batches: vec![(table.clone(), rows)],
+            ..Pending::default()
+        };
+        store.commit(&CommitRequest {
+            run_id: "r",
+            connector: "c",
+            connector_version: "1",
+            pending: &pending,
+            state,
+            sweep: &[],
+        })
+    }
+
+    fn rows_in_t(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn commits_are_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.db");
+        let (mut store, table) = store_with_table(&path);
         let db_len = || std::fs::metadata(&path).unwrap().len();
         let before = db_len();
         // ~2 MB over ten commits: far below the writer's own (backstop)
@@ -788,20 +820,7 @@ mod tests {
                     raw: "{}".into(),
                 })
                 .collect();
-            let pending = Pending {
-                batches: vec![(table.clone(), rows)],
-                ..Pending::default()
-            };
-            store
-                .commit(&CommitRequest {
-                    run_id: "r",
-                    connector: "c",
-                    connector_version: "1",
-                    pending: &pending,
-                    state: None,
-                    sweep: &[],
-                })
-                .unwrap();
+            commit_rows(&mut store, &table, rows, None).unwrap();
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         // (The file grows while the checkpoint runs; it is counted after.)
@@ -812,58 +831,31 @@ mod tests {
         }
         assert!(store.checkpoints() > 0);
         assert!(db_len() >= before + 1_000_000, "{} -> {}", before, db_len());
-        let n: i64 = store
-            .connection()
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2_000);
+        assert_eq!(rows_in_t(store.connection()), 2_000);
         // Closing stops the checkpoint thread; the data stays whole.
         drop(store);
-        let conn = Connection::open(&path).unwrap();
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2_000);
+        assert_eq!(rows_in_t(&Connection::open(&path).unwrap()), 2_000);
     }
 
     #[test]
     fn a_row_with_the_wrong_number_of_values_is_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(&dir.path().join("rows.db")).unwrap();
-        let schema = r#"{"properties":{"id":{"type":"integer"},"text":{"type":"string"}}}"#;
-        let table =
-            std::sync::Arc::new(StreamTable::from_spec("t", schema, &["id".to_string()]).unwrap());
-        store.ensure_table(&table).unwrap();
+        let (mut store, table) = store_with_table(&dir.path().join("rows.db"));
         let row = |values: Vec<SqlValue>| Row {
             values,
             raw: "{}".into(),
         };
-        let pending = Pending {
-            batches: vec![(
-                table.clone(),
-                vec![
-                    row(vec![SqlValue::Integer(1), SqlValue::Text("a".into())]),
-                    row(vec![SqlValue::Integer(2)]),
-                ],
-            )],
-            ..Pending::default()
-        };
-        let err = store
-            .commit(&CommitRequest {
-                run_id: "r",
-                connector: "c",
-                connector_version: "1",
-                pending: &pending,
-                state: Some(("t", "{}")),
-                sweep: &[],
-            })
-            .unwrap_err();
+        let rows = vec![
+            row(vec![SqlValue::Integer(1), SqlValue::Text("a".into())]),
+            row(vec![SqlValue::Integer(2)]),
+        ];
+        let err = commit_rows(&mut store, &table, rows, Some(("t", "{}"))).unwrap_err();
         assert!(err.to_string().contains("1 values for 2 columns"), "{err}");
-        let n: i64 = store
-            .connection()
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 0, "nothing of the failed commit is stored");
+        assert_eq!(
+            rows_in_t(store.connection()),
+            0,
+            "nothing of the failed commit is stored"
+        );
         assert_eq!(store.get_state("c", "t").unwrap(), None);
     }
 }
