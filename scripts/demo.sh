@@ -52,8 +52,8 @@ echo
 python3 - "$db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
-n, keys = db.execute("SELECT count(*), count(DISTINCT location || time) FROM hourly_weather").fetchone()
-print(f"hourly_weather: {n} rows, {keys} distinct (location, time) keys")
-for row in db.execute("SELECT location, time, temperature_2m, wind_speed_10m FROM hourly_weather ORDER BY time, location LIMIT 3"):
+n, keys = db.execute("SELECT count(*), count(DISTINCT location || time) FROM open_meteo__hourly_weather").fetchone()
+print(f"open_meteo__hourly_weather: {n} rows, {keys} distinct (location, time) keys")
+for row in db.execute("SELECT location, time, temperature_2m, wind_speed_10m FROM open_meteo__hourly_weather ORDER BY time, location LIMIT 3"):
     print("  ", row)
 PY

@@ -44,6 +44,8 @@ const UNCOMMITTED: u64 = 7;
 
 fn request(component: PathBuf, db: PathBuf, config: String, limits: Limits) -> RunRequest {
     RunRequest {
+        instance: sluice::instance::default_instance(&component).unwrap(),
+        tables: Default::default(),
         component,
         config,
         db,
@@ -51,7 +53,6 @@ fn request(component: PathBuf, db: PathBuf, config: String, limits: Limits) -> R
         secrets: Default::default(),
         limits,
         full_refresh: false,
-        instance: None,
         progress: None,
     }
 }
@@ -122,7 +123,7 @@ fn assert_store_as_of_last_commit(s: &Scratch) {
         .unwrap_or(Some(0))
         .expect("state.last is a number");
     let (rows, max): (i64, Option<i64>) = conn
-        .query_row("SELECT count(*), max(id) FROM items", [], |r| {
+        .query_row("SELECT count(*), max(id) FROM misbehave__items", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap_or((0, None));
@@ -806,7 +807,7 @@ async fn wat_wasi_guest_sees_no_environment_arguments_cwd_or_directories() {
 fn items(db: &std::path::Path) -> Vec<(i64, i64, String)> {
     let conn = common::db(db);
     let mut stmt = conn
-        .prepare("SELECT id, n, label FROM items ORDER BY id")
+        .prepare("SELECT id, n, label FROM misbehave__items ORDER BY id")
         .unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
@@ -1160,4 +1161,435 @@ async fn wat_wasi_sleep_loop_hits_the_deadline() {
         started.elapsed()
     );
     assert_host_serves().await;
+}
+
+// ------------------------------------------------- host work for the guest
+
+/// A run of the misbehave guest as `instance` into `db`.
+fn misbehave_as(instance: &str, db: PathBuf, config: String, limits: Limits) -> RunRequest {
+    let mut req = request(guest("misbehave"), db, config, limits);
+    req.instance = instance.to_string();
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_bombs_end_at_their_deadline_and_do_not_starve_a_neighbour() {
+    // Three guests emit batch after batch of 100 records with 500 fields
+    // no other record has (~0.7 MB a batch, 50,000 new drift paths), on a
+    // runtime with two worker threads. The host checks a batch in slices
+    // and yields between them, so a neighbour gets its turn and finishes
+    // while the bombs still run, and each bomb ends at its own deadline.
+    let rt = runtime();
+    let s = Scratch::new();
+    let bomb = serde_json::json!({"behaviour": "drift_bomb", "commit_every": 1}).to_string();
+    let bomb_limits = Limits {
+        timeout: Duration::from_secs(6),
+        ..Limits::default()
+    };
+    let mut bombs = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let req = misbehave_as(
+            "bomb",
+            s.path(&format!("bomb{i}.db")),
+            bomb.clone(),
+            bomb_limits.clone(),
+        );
+        let rt = rt.clone();
+        bombs.spawn(async move { (pipeline::run(&rt, &req).await.unwrap(), Instant::now()) });
+    }
+    // Let the bombs get going first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let good = serde_json::json!({"behaviour": "ok", "committed": 300}).to_string();
+    let neighbour = misbehave_as("good", s.path("good.db"), good, Limits::default());
+    let started = Instant::now();
+    let report = pipeline::run(&rt, &neighbour).await.unwrap();
+    let neighbour_done = Instant::now();
+    assert_eq!(
+        report.record.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        report.record.error
+    );
+    assert_eq!(report.record.records_upserted, 300);
+    eprintln!(
+        "neighbour took {:?} while 3 drift bombs ran",
+        neighbour_done - started
+    );
+    while let Some(done) = bombs.join_next().await {
+        let (report, ended) = done.unwrap();
+        assert!(
+            ended > neighbour_done,
+            "a bomb ended before its neighbour did: the neighbour waited for it"
+        );
+        assert_eq!(
+            report.record.status,
+            RunStatus::Deadline,
+            "{:?}",
+            report.record.error
+        );
+        assert!(report.record.commits > 0, "the bomb made progress");
+        let error = report.record.error.unwrap_or_default();
+        assert!(!error.contains('\n'), "{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_records_at_most_the_drift_path_cap_and_counts_the_rest() {
+    let s = Scratch::new();
+    let bomb =
+        serde_json::json!({"behaviour": "drift_bomb", "size": 2, "fields": 600, "commit_every": 1})
+            .to_string();
+    let report = hostile(&s, bomb, Limits::default()).await;
+    assert_eq!(
+        report.record.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        report.record.error
+    );
+    let conn = common::db(&s.path("sluice.db"));
+    let stored = common::count(&conn, "SELECT count(*) FROM _sluice_drift");
+    assert_eq!(stored as usize, sluice::schema::MAX_DRIFT_PATHS_PER_RUN);
+    let distinct_seen = 2 * 100 * 600;
+    let unrecorded = distinct_seen - sluice::schema::MAX_DRIFT_PATHS_PER_RUN;
+    assert!(
+        report
+            .record
+            .drift
+            .iter()
+            .any(|l| l.starts_with(&format!("{unrecorded} more drift observations"))),
+        "{:?}",
+        report.record.drift
+    );
+    assert_eq!(report.record.records_upserted, 200);
+}
+
+// ----------------------------------------------------------- poison records
+
+/// The misbehave guest's `raw` behaviour: `records` (JSON text) to
+/// `stream`, then a commit.
+fn raw(stream: &str, records: &[&str]) -> String {
+    serde_json::json!({"behaviour": "raw", "stream": stream, "records": records}).to_string()
+}
+
+/// Quarantined records of a database: (record, error messages).
+fn quarantined(db: &std::path::Path) -> Vec<(String, String)> {
+    let conn = common::db(db);
+    let mut stmt = conn
+        .prepare("SELECT record, errors FROM _sluice_quarantine ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_keys_past_i64_are_quarantined_and_the_cursor_moves_on() {
+    let s = Scratch::new();
+    let poison = [
+        r#"{"id":9223372036854775808,"label":"2^63"}"#,
+        r#"{"id":18446744073709551615,"label":"2^64-1"}"#,
+        r#"{"id":-9223372036854775809,"label":"-2^63-1"}"#,
+        r#"{"id":1180591620717411303424,"label":"2^70"}"#,
+        r#"{"id":1,"n":9223372036854775808,"label":"big n"}"#,
+    ];
+    let mut records = poison.to_vec();
+    records.push(r#"{"id":9223372036854775807,"label":"i64::MAX"}"#);
+    for round in 0..2 {
+        let report = hostile(&s, raw("items", &records), Limits::default()).await;
+        assert_eq!(
+            report.record.status,
+            RunStatus::Succeeded,
+            "round {round}: {:?}",
+            report.record.error
+        );
+        assert_eq!(report.record.records_quarantined, 5, "round {round}");
+        assert_eq!(report.record.records_upserted, 1, "round {round}");
+    }
+    let conn = common::db(&s.path("sluice.db"));
+    let max: i64 = conn
+        .query_row("SELECT max(id) FROM misbehave__items", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(max, i64::MAX);
+    let q = quarantined(&s.path("sluice.db"));
+    assert_eq!(q.len(), 10);
+    for (record, errors) in &q {
+        assert!(
+            errors.contains("64-bit range") || errors.contains("stored exactly"),
+            "{record}: {errors}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_different_types_in_an_untyped_key_stay_different_rows() {
+    let s = Scratch::new();
+    let records = [
+        r#"{"k":true,"v":"bool"}"#,
+        r#"{"k":1,"v":"number"}"#,
+        r#"{"k":"1","v":"string"}"#,
+        r#"{"k":1.5,"v":"float"}"#,
+        r#"{"k":[1],"v":"array"}"#,
+    ];
+    let report = hostile(&s, raw("loose", &records), Limits::default()).await;
+    assert_eq!(
+        report.record.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        report.record.error
+    );
+    assert_eq!(report.record.records_upserted, 5);
+    let conn = common::db(&s.path("sluice.db"));
+    let mut stmt = conn
+        .prepare("SELECT k, v FROM misbehave__loose ORDER BY v")
+        .unwrap();
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("[1]", "\"array\""),
+            ("true", "\"bool\""),
+            ("1.5", "\"float\""),
+            ("1", "\"number\""),
+            ("\"1\"", "\"string\""),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_with_repeated_keys_are_quarantined_not_half_stored() {
+    let s = Scratch::new();
+    let records = [
+        r#"{"id":1,"n":1,"n":2,"label":"top"}"#,
+        r#"{"id":2,"label":"nested","meta":{"a":[{"b":1,"b":2}]}}"#,
+        r#"{"id":3,"label":"escaped","l\u0061bel":"twice"}"#,
+        r#"{"id":4,"n":4,"label":"fine"}"#,
+    ];
+    let report = hostile(&s, raw("items", &records), Limits::default()).await;
+    assert_eq!(
+        report.record.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        report.record.error
+    );
+    assert_eq!(report.record.records_upserted, 1);
+    assert_eq!(report.record.records_quarantined, 3);
+    let q = quarantined(&s.path("sluice.db"));
+    let paths: Vec<&str> = ["/n", "/meta/a/0/b", "/label"].to_vec();
+    for ((record, errors), path) in q.iter().zip(paths) {
+        assert!(
+            errors.contains(&format!("\"path\":\"{path}\"")) && errors.contains("more than once"),
+            "{record}: {errors}"
+        );
+    }
+    // The record is kept exactly as emitted.
+    assert_eq!(q[0].0, records[0]);
+}
+
+// ------------------------------------------------------ instance namespaces
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_with_the_same_names_cannot_touch_another_instances_rows_or_state() {
+    let rt = runtime();
+    let s = Scratch::new();
+    let db = s.path("shared.db");
+    let real = misbehave_as(
+        "real",
+        db.clone(),
+        serde_json::json!({"behaviour": "ok", "committed": 500}).to_string(),
+        Limits::default(),
+    );
+    let report = pipeline::run(&rt, &real).await.unwrap();
+    assert_eq!(report.record.status, RunStatus::Succeeded);
+    assert_eq!(report.tables["items"], "real__items");
+
+    // The same component (same spec name, same stream), another instance,
+    // with a full refresh that would sweep every row it did not write.
+    let mut impostor = misbehave_as(
+        "impostor",
+        db.clone(),
+        serde_json::json!({"behaviour": "ok", "committed": 1}).to_string(),
+        Limits::default(),
+    );
+    impostor.full_refresh = true;
+    let report = pipeline::run(&rt, &impostor).await.unwrap();
+    assert_eq!(report.record.status, RunStatus::Succeeded);
+    let conn = common::db(&db);
+    assert_eq!(
+        common::count(&conn, "SELECT count(*) FROM real__items"),
+        500
+    );
+    assert_eq!(
+        common::count(&conn, "SELECT count(*) FROM impostor__items"),
+        1
+    );
+    let state = |instance: &str| -> String {
+        conn.query_row(
+            "SELECT value FROM _sluice_state WHERE connector = ?1 AND stream = 'items'",
+            [instance],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(state("real"), r#"{"last":500}"#);
+
+    // Naming the other instance's table outright is refused, and nothing
+    // of the real instance changes.
+    let mut hijack = impostor.clone();
+    hijack.tables = [("items".to_string(), "real__items".to_string())].into();
+    let report = pipeline::run(&rt, &hijack).await.unwrap();
+    assert_eq!(report.record.status, RunStatus::StoreError);
+    let error = report.record.error.unwrap();
+    assert!(error.contains("belongs to instance \"real\""), "{error}");
+    assert_eq!(
+        common::count(&conn, "SELECT count(*) FROM real__items"),
+        500
+    );
+    assert_eq!(state("real"), r#"{"last":500}"#);
+
+    // A table nobody owns (the operator's own) is not written either.
+    conn.execute_batch("CREATE TABLE mine (id INTEGER PRIMARY KEY, x TEXT)")
+        .unwrap();
+    hijack.tables = [("items".to_string(), "mine".to_string())].into();
+    let report = pipeline::run(&rt, &hijack).await.unwrap();
+    assert_eq!(report.record.status, RunStatus::StoreError);
+    assert!(
+        report
+            .record
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no Sluice instance owns it"),
+        "{:?}",
+        report.record.error
+    );
+
+    // An operator-chosen table of its own is fine.
+    hijack.tables = [("items".to_string(), "impostor_items".to_string())].into();
+    let report = pipeline::run(&rt, &hijack).await.unwrap();
+    assert_eq!(report.record.status, RunStatus::Succeeded);
+    assert_eq!(
+        common::count(&conn, "SELECT count(*) FROM impostor_items"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_component_for_an_instance_is_recorded_as_a_change() {
+    let rt = runtime();
+    let s = Scratch::new();
+    let db = s.path("sluice.db");
+    let first = misbehave_as(
+        "x",
+        db.clone(),
+        config("ok", serde_json::json!({})),
+        Limits::default(),
+    );
+    let report = pipeline::run(&rt, &first).await.unwrap();
+    assert_eq!(report.record.component_change, None);
+    let report = pipeline::run(&rt, &first).await.unwrap();
+    assert_eq!(report.record.component_change, None, "same component");
+    // Another component under the same instance name (its config is wrong
+    // for it, so the run fails; the change is recorded all the same).
+    let mut other = request(
+        guest("open_meteo"),
+        db.clone(),
+        "{}".into(),
+        Limits::default(),
+    );
+    other.instance = "x".into();
+    let report = pipeline::run(&rt, &other).await.unwrap();
+    let change = report.record.component_change.expect("a change");
+    assert!(
+        change.starts_with("misbehave 0.1.0 (") && change.contains(" -> open-meteo "),
+        "{change}"
+    );
+    let conn = common::db(&db);
+    let stored: String = conn
+        .query_row(
+            "SELECT component_change FROM _sluice_runs WHERE id = ?1",
+            [&report.record.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, change);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_before_instances_owned_tables_is_migrated() {
+    let s = Scratch::new();
+    let db = s.path("old.db");
+    {
+        // The layout of the last release: tables named by stream, shared.
+        let conn = common::db(&db);
+        conn.execute_batch(
+            r#"
+            CREATE TABLE _sluice_streams (connector TEXT NOT NULL, stream TEXT NOT NULL,
+                connector_version TEXT NOT NULL, json_schema TEXT NOT NULL,
+                primary_key TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (connector, stream));
+            CREATE TABLE _sluice_state (connector TEXT NOT NULL, stream TEXT NOT NULL,
+                value TEXT NOT NULL, run_id TEXT NOT NULL, updated_at TEXT NOT NULL,
+                PRIMARY KEY (connector, stream));
+            CREATE TABLE "items" ("id" INTEGER, "label" TEXT, "n" INTEGER, "_record" TEXT NOT NULL,
+                "_run_id" TEXT NOT NULL, "_synced_at" TEXT NOT NULL, PRIMARY KEY ("id"));
+            INSERT INTO _sluice_streams VALUES
+                ('legacy', 'items', '0.1.0', '{}', '["id"]', '2026-01-02T00:00:00Z'),
+                ('older', 'items', '0.1.0', '{}', '["id"]', '2026-01-01T00:00:00Z');
+            INSERT INTO _sluice_state VALUES ('legacy', 'items', '{"last":100}', 'r0', '2026-01-02T00:00:00Z');
+            "#,
+        )
+        .unwrap();
+        for id in 0..100 {
+            conn.execute(
+                "INSERT INTO items VALUES (?1, 'old', 0, '{}', 'r0', '2026-01-02T00:00:00Z')",
+                [id],
+            )
+            .unwrap();
+        }
+    }
+    let req = misbehave_as(
+        "legacy",
+        db.clone(),
+        serde_json::json!({"behaviour": "ok", "committed": 0, "uncommitted": 0}).to_string(),
+        Limits::default(),
+    );
+    let report = pipeline::run(&runtime(), &req).await.unwrap();
+    assert_eq!(
+        report.record.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        report.record.error
+    );
+    let conn = common::db(&db);
+    // The table moved into the instance that declared the stream last,
+    // with its rows and the instance's state.
+    assert_eq!(
+        common::count(&conn, "SELECT count(*) FROM legacy__items"),
+        100
+    );
+    assert_eq!(
+        common::count(
+            &conn,
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('items', 'older__items')"
+        ),
+        0
+    );
+    assert_eq!(
+        common::stream_table(&conn, "items"),
+        "legacy__items",
+        "owned by the instance"
+    );
+    let state: String = conn
+        .query_row(
+            "SELECT value FROM _sluice_state WHERE connector = 'legacy'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, r#"{"last":100}"#);
 }

@@ -56,7 +56,7 @@ fn assert_values_match_fixture(conn: &rusqlite::Connection) {
     let mut stmt = conn
         .prepare(
             "SELECT location, latitude, longitude, time, temperature_2m, relative_humidity_2m, \
-             precipitation, wind_speed_10m, _record, _run_id FROM hourly_weather",
+             precipitation, wind_speed_10m, _record, _run_id FROM open_meteo__hourly_weather",
         )
         .unwrap();
     let mut n = 0;
@@ -121,7 +121,7 @@ fn open_meteo_lands_in_sqlite_and_a_second_run_is_idempotent() {
 
     let conn = db(&s.path("sluice.db"));
     let cols: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('hourly_weather') ORDER BY name")
+        .prepare("SELECT name FROM pragma_table_info('open_meteo__hourly_weather') ORDER BY name")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -143,7 +143,10 @@ fn open_meteo_lands_in_sqlite_and_a_second_run_is_idempotent() {
             "wind_speed_10m"
         ]
     );
-    assert_eq!(count(&conn, "SELECT count(*) FROM hourly_weather"), 384);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM open_meteo__hourly_weather"),
+        384
+    );
     assert_values_match_fixture(&conn);
 
     // Second run, upstream unchanged: it resumes from the committed cursor
@@ -151,17 +154,20 @@ fn open_meteo_lands_in_sqlite_and_a_second_run_is_idempotent() {
     let second = report(&run_open_meteo(&s, &fx, &config));
     assert_eq!(second["status"], "succeeded");
     assert_eq!(second["records_emitted"], 2 * 7 * 24, "resumed from state");
-    assert_eq!(count(&conn, "SELECT count(*) FROM hourly_weather"), 384);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM open_meteo__hourly_weather"),
+        384
+    );
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM (SELECT DISTINCT location, time FROM hourly_weather)"
+            "SELECT count(*) FROM (SELECT DISTINCT location, time FROM open_meteo__hourly_weather)"
         ),
         384
     );
     let cursor: String = conn
         .query_row(
-            "SELECT value FROM _sluice_state WHERE connector = 'open-meteo' AND stream = 'hourly_weather'",
+            "SELECT value FROM _sluice_state WHERE connector = 'open_meteo' AND stream = 'hourly_weather'",
             [],
             |r| r.get(0),
         )
@@ -193,7 +199,7 @@ fn open_meteo_picks_up_new_hours_and_backfills_gaps() {
     assert_eq!(r["http_requests"], 2);
     let conn = db(&s.path("sluice.db"));
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM hourly_weather"),
+        count(&conn, "SELECT count(*) FROM open_meteo__hourly_weather"),
         384 + 48
     );
 
@@ -212,13 +218,15 @@ fn open_meteo_picks_up_new_hours_and_backfills_gaps() {
     );
     // No hour is missing between the first and the last.
     let (first, last): (String, String) = conn
-        .query_row("SELECT min(time), max(time) FROM hourly_weather", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT min(time), max(time) FROM open_meteo__hourly_weather",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     let hours = parse_hour(&last).unwrap() - parse_hour(&first).unwrap() + 1;
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM hourly_weather"),
+        count(&conn, "SELECT count(*) FROM open_meteo__hourly_weather"),
         2 * hours
     );
     assert_values_match_fixture(&conn);
@@ -257,14 +265,14 @@ fn assert_failed_with(
     );
     let conn = db(&s.path("sluice.db"));
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM items"),
+        count(&conn, "SELECT count(*) FROM misbehave__items"),
         committed,
         "rows past the last commit leaked"
     );
     assert_eq!(
         count(
             &conn,
-            &format!("SELECT count(*) FROM items WHERE id >= {committed}")
+            &format!("SELECT count(*) FROM misbehave__items WHERE id >= {committed}")
         ),
         0
     );
@@ -418,7 +426,7 @@ fn a_failed_run_leaves_earlier_data_untouched() {
     let conn = db(&s.path("sluice.db"));
     let snapshot = |c: &rusqlite::Connection| -> String {
         c.query_row(
-            "SELECT group_concat(location || time || _record, '|') FROM (SELECT * FROM hourly_weather ORDER BY location, time)",
+            "SELECT group_concat(location || time || _record, '|') FROM (SELECT * FROM open_meteo__hourly_weather ORDER BY location, time)",
             [],
             |r| r.get(0),
         )
@@ -432,7 +440,7 @@ fn a_failed_run_leaves_earlier_data_untouched() {
     );
     assert!(!out.ok);
     assert_eq!(snapshot(&conn), before);
-    assert_eq!(count(&conn, "SELECT count(*) FROM items"), 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM misbehave__items"), 0);
 }
 
 #[test]
@@ -661,7 +669,10 @@ fn limit_flags_trip_their_own_statuses() {
     let committed = r["records_upserted"].as_i64().unwrap();
     assert!(committed >= 300 && committed % 100 == 0, "{committed}");
     let conn = db(&s.path("sluice.db"));
-    assert_eq!(count(&conn, "SELECT count(*) FROM items"), committed);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM misbehave__items"),
+        committed
+    );
 }
 
 #[test]

@@ -58,7 +58,7 @@ fn tables(path: &Path) -> (Vec<String>, Vec<String>, Option<String>) {
     let rows = conn
         .prepare(
             "SELECT json_array(id, updated_at, name, email, amount, active, tags, version, note, _record) \
-             FROM items ORDER BY id",
+             FROM items__items ORDER BY id",
         )
         .unwrap()
         .query_map([], |r| r.get(0))
@@ -88,7 +88,7 @@ fn assert_consistent(path: &Path, valid_upto: &dyn Fn(&str) -> (i64, i64)) {
     let conn = db(path);
     let tables_exist = count(
         &conn,
-        "SELECT count(*) FROM sqlite_master WHERE name = 'items'",
+        "SELECT count(*) FROM sqlite_master WHERE name = 'items__items'",
     ) == 1;
     let state: Option<String> = conn
         .query_row(
@@ -105,7 +105,7 @@ fn assert_consistent(path: &Path, valid_upto: &dyn Fn(&str) -> (i64, i64)) {
     });
     let (rows, quarantined) = if tables_exist {
         (
-            count(&conn, "SELECT count(*) FROM items"),
+            count(&conn, "SELECT count(*) FROM items__items"),
             count(&conn, "SELECT count(*) FROM _sluice_quarantine"),
         )
     } else {
@@ -119,7 +119,7 @@ fn assert_consistent(path: &Path, valid_upto: &dyn Fn(&str) -> (i64, i64)) {
             assert_eq!(quarantined, invalid, "quarantine vs committed cursor {c}");
             let beyond: i64 = conn
                 .query_row(
-                    "SELECT count(*) FROM items WHERE updated_at > ?1",
+                    "SELECT count(*) FROM items__items WHERE updated_at > ?1",
                     [&c],
                     |r| r.get(0),
                 )

@@ -75,7 +75,11 @@ fn report(out: &common::Out) -> Value {
 /// `_synced_at`, with `_record` parsed (key order may differ by language).
 fn table(path: &Path) -> Vec<Vec<Value>> {
     let conn = db(path);
-    let mut stmt = conn.prepare("SELECT * FROM issues ORDER BY id").unwrap();
+    let sql = format!(
+        "SELECT * FROM {} ORDER BY id",
+        common::stream_table(&conn, "issues")
+    );
+    let mut stmt = conn.prepare(&sql).unwrap();
     let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
     stmt.query_map([], |r| {
         let mut row = Vec::new();
@@ -109,9 +113,11 @@ fn table(path: &Path) -> Vec<Vec<Value>> {
 /// Every row of `path` is the fixture's issue, field by field.
 fn assert_rows_match_fixture(path: &Path, cfg: &GithubConfig) {
     let conn = db(path);
-    let mut stmt = conn
-        .prepare("SELECT number, _record, title, user_login, labels, is_pull_request, closed_at FROM issues ORDER BY number")
-        .unwrap();
+    let sql = format!(
+        "SELECT number, _record, title, user_login, labels, is_pull_request, closed_at FROM {} ORDER BY number",
+        common::stream_table(&conn, "issues")
+    );
+    let mut stmt = conn.prepare(&sql).unwrap();
     // number, _record, title, user_login, labels, is_pull_request, closed_at
     type Row = (
         u64,
@@ -186,7 +192,7 @@ fn every_build_stores_every_issue_and_resumes_from_its_cursor() {
         let cursor: String = db(&dbp)
             .query_row(
                 "SELECT value FROM _sluice_state WHERE connector = ?1 AND stream = 'issues'",
-                [name],
+                [stem],
                 |r| r.get(0),
             )
             .unwrap();
@@ -245,7 +251,7 @@ fn every_build_stores_every_issue_and_resumes_from_its_cursor() {
         assert!(since_start < 250);
         // The rows the refresh did not write (older than start_date) are gone.
         assert_eq!(
-            common::count(&db(&dbp), "SELECT count(*) FROM issues") as usize,
+            common::count(&db(&dbp), &format!("SELECT count(*) FROM {stem}__issues")) as usize,
             since_start as usize,
             "{name}"
         );

@@ -79,12 +79,12 @@ fn invalid_records_are_quarantined_drift_is_recorded_and_replay_moves_them_after
     let dbp = s.path("sluice.db");
     let dbs = dbp.to_str().unwrap();
     let conn = db(&dbp);
-    assert_eq!(count(&conn, "SELECT count(*) FROM items"), 986);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items__items"), 986);
     // The drifting field is kept in the record JSON.
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM items WHERE json_extract(_record, '$.region') IS NOT NULL"
+            "SELECT count(*) FROM items__items WHERE json_extract(_record, '$.region') IS NOT NULL"
         ),
         100 - 2 // 900..999 less 998 (no name) and 999 (wrong type), quarantined
     );
@@ -141,7 +141,7 @@ fn invalid_records_are_quarantined_drift_is_recorded_and_replay_moves_them_after
         (rep["examined"].as_u64(), rep["replayed"].as_u64()),
         (Some(14), Some(0))
     );
-    assert_eq!(count(&conn, "SELECT count(*) FROM items"), 986);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items__items"), 986);
 
     // The operator accepts string amounts: the connector now declares the
     // relaxed schema (a run records it), and replay moves those records in.
@@ -161,11 +161,11 @@ fn invalid_records_are_quarantined_drift_is_recorded_and_replay_moves_them_after
     let rep = cli_json(&["quarantine", "replay", "--db", dbs, "--json"]);
     assert_eq!(rep["replayed"], 10);
     assert_eq!(rep["still_invalid"], 4);
-    assert_eq!(count(&conn, "SELECT count(*) FROM items"), 996);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items__items"), 996);
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM items WHERE _run_id LIKE 'replay-%'"
+            "SELECT count(*) FROM items__items WHERE _run_id LIKE 'replay-%'"
         ),
         10,
         "replayed rows carry the replay id"
@@ -208,7 +208,9 @@ fn invalid_records_are_quarantined_drift_is_recorded_and_replay_moves_them_after
         (Some(1), Some(1))
     );
     let name: String = conn
-        .query_row("SELECT name FROM items WHERE id = 248", [], |r| r.get(0))
+        .query_row("SELECT name FROM items__items WHERE id = 248", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(name, "fixed by hand");
     let audit: (String, String) = conn
@@ -243,7 +245,7 @@ fn full_refresh_removes_rows_that_vanished_upstream_and_incremental_keeps_them()
     let config = json!({"base_url": fx.base_url(), "page_size": 200});
     run_items(&s, &fx, &config, &[]);
     let conn = db(&s.path("sluice.db"));
-    assert_eq!(count(&conn, "SELECT count(*) FROM items"), 500);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items__items"), 500);
 
     // Upstream deletes 20 records and updates 5.
     {
@@ -257,12 +259,12 @@ fn full_refresh_removes_rows_that_vanished_upstream_and_incremental_keeps_them()
         "incremental reads only what changed"
     );
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM items"),
+        count(&conn, "SELECT count(*) FROM items__items"),
         500,
         "incremental keeps vanished rows"
     );
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM items WHERE version = 1"),
+        count(&conn, "SELECT count(*) FROM items__items WHERE version = 1"),
         5
     );
 
@@ -273,19 +275,19 @@ fn full_refresh_removes_rows_that_vanished_upstream_and_incremental_keeps_them()
         "full refresh ignores saved state"
     );
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM items"),
+        count(&conn, "SELECT count(*) FROM items__items"),
         480,
         "vanished rows removed"
     );
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM items WHERE id BETWEEN 100 AND 119"
+            "SELECT count(*) FROM items__items WHERE id BETWEEN 100 AND 119"
         ),
         0
     );
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM items WHERE version = 1"),
+        count(&conn, "SELECT count(*) FROM items__items WHERE version = 1"),
         5
     );
 
@@ -302,7 +304,7 @@ fn full_refresh_removes_rows_that_vanished_upstream_and_incremental_keeps_them()
         "--full-refresh",
     ]);
     assert!(!out.ok);
-    assert_eq!(count(&conn, "SELECT count(*) FROM items"), 480);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items__items"), 480);
 }
 
 #[test]

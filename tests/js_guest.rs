@@ -190,5 +190,10 @@ fn js_thrown_exception_is_a_clean_failed_run() {
         ),
         3
     );
-    assert_eq!(common::count(&db(&dbp), "SELECT count(*) FROM issues"), 0);
+    let conn = db(&dbp);
+    let table = common::stream_table(&conn, "issues");
+    assert_eq!(
+        common::count(&conn, &format!("SELECT count(*) FROM {table}")),
+        0
+    );
 }

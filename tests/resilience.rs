@@ -63,7 +63,8 @@ fn request(s: &Scratch, db: &str, fx: &Running, page_size: u32, http: HttpPolicy
             ..Limits::default()
         },
         full_refresh: false,
-        instance: None,
+        instance: "items".into(),
+        tables: Default::default(),
         progress: None,
     }
 }
@@ -72,7 +73,7 @@ fn request(s: &Scratch, db: &str, fx: &Running, page_size: u32, http: HttpPolicy
 fn items_table(s: &Scratch, db: &str) -> Vec<(i64, String)> {
     let conn = common::db(&s.path(db));
     let mut stmt = conn
-        .prepare("SELECT id, _record FROM items ORDER BY id")
+        .prepare("SELECT id, _record FROM items__items ORDER BY id")
         .unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()

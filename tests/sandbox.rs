@@ -20,7 +20,8 @@ fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
         secrets: Default::default(),
         limits,
         full_refresh: false,
-        instance: None,
+        instance: "misbehave".into(),
+        tables: Default::default(),
         progress: None,
     }
 }
@@ -67,7 +68,10 @@ async fn one_host_survives_runaway_guests_and_keeps_serving() {
     let again = pipeline::run(&runtime, &good).await.unwrap();
     assert_eq!(again.record.status, RunStatus::Succeeded);
     let conn = common::db(&s.path("sluice.db"));
-    assert_eq!(common::count(&conn, "SELECT count(*) FROM items"), 100);
+    assert_eq!(
+        common::count(&conn, "SELECT count(*) FROM misbehave__items"),
+        100
+    );
     assert_eq!(common::count(&conn, "SELECT count(*) FROM _sluice_runs"), 4);
 }
 

@@ -96,18 +96,24 @@ fn runs_and_resumes(s: &Scratch, component: &Path, name: &str) {
     let third = run_with(Some(25));
     assert_eq!(third["records_emitted"], 0, "{name}");
     let conn = db(&dbp);
-    assert_eq!(common::count(&conn, "SELECT count(*) FROM records"), 25);
+    let table = common::stream_table(&conn, "records");
+    assert_eq!(
+        common::count(&conn, &format!("SELECT count(*) FROM {table}")),
+        25
+    );
     assert_eq!(
         common::count(
             &conn,
-            "SELECT count(*) FROM records WHERE name = 'record ' || id"
+            &format!("SELECT count(*) FROM {table} WHERE name = 'record ' || id")
         ),
         25
     );
+    // The instance is the component file's name.
+    let instance = sluice::instance::default_instance(component).unwrap();
     let state: String = conn
         .query_row(
             "SELECT value FROM _sluice_state WHERE connector = ?1",
-            [name],
+            [instance],
             |r| r.get(0),
         )
         .unwrap();

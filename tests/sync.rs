@@ -35,12 +35,13 @@ fn json(out: &common::Out) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
 }
 
-/// Every row of `items` in `path` is what the fixture serves for its id, and
-/// there are exactly `total` of them.
-fn assert_items(path: &Path, total: u64) {
+/// Every row of `instance`'s `items` table in `path` is what the fixture
+/// serves for its id, and there are exactly `total` of them.
+fn assert_items(path: &Path, instance: &str, total: u64) {
     let conn = db(path);
+    let table = sluice::instance::default_table(instance, "items");
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM items") as u64,
+        count(&conn, &format!("SELECT count(*) FROM {table}")) as u64,
         total,
         "{}",
         path.display()
@@ -50,7 +51,9 @@ fn assert_items(path: &Path, total: u64) {
         ..Default::default()
     };
     let mut stmt = conn
-        .prepare("SELECT id, name, email, updated_at, _record FROM items")
+        .prepare(&format!(
+            "SELECT id, name, email, updated_at, _record FROM {table}"
+        ))
         .unwrap();
     let rows = stmt
         .query_map([], |r| {
@@ -115,7 +118,8 @@ fn sync_runs_twenty_instances_four_at_a_time_and_a_failure_stays_alone() {
             fx.base_url(),
             page_sizes[i % 4]
         ));
-        // The last two share the default database (and its `items` table).
+        // The last two share the default database (each with its own
+        // `items` table).
         if i < 18 {
             toml.push_str(&format!("db = \"db/{name}.db\"\n"));
         }
@@ -190,7 +194,7 @@ fn sync_runs_twenty_instances_four_at_a_time_and_a_failure_stays_alone() {
     // keyed by its instance name, and its state under that name.
     for (name, total) in &expected[..18] {
         let path = s.path(&format!("db/{name}.db"));
-        assert_items(&path, *total);
+        assert_items(&path, name, *total);
         assert_eq!(
             run_rows(&path),
             [(name.clone(), *total as i64, "succeeded".to_string())]
@@ -242,12 +246,16 @@ fn sync_runs_twenty_instances_four_at_a_time_and_a_failure_stays_alone() {
 
     // The failing guest's committed records are there, and only those.
     let panic_db = db(&s.path("db/broken-panic.db"));
-    assert_eq!(count(&panic_db, "SELECT count(*) FROM items"), 30);
+    assert_eq!(
+        count(&panic_db, "SELECT count(*) FROM broken_panic__items"),
+        30
+    );
 
-    // Two instances of one connector in one database: one table (rows of
-    // both fixtures are functions of the id), but a run and a state each.
+    // Two instances of one connector in one database: a table, a run and
+    // a state each.
     let shared = s.path("shared.db");
-    assert_items(&shared, 700);
+    assert_items(&shared, "item-18", 120);
+    assert_items(&shared, "item-19", 700);
     let mut runs = run_rows(&shared);
     runs.sort();
     assert_eq!(
@@ -389,7 +397,7 @@ fn run_accepts_a_registered_name() {
     assert_eq!(report["status"], "succeeded");
     assert_eq!(report["connector"], "items");
     assert_eq!(report["records_upserted"], 250);
-    assert_items(&db_path, 250);
+    assert_items(&db_path, "items", 250);
 
     // An unknown name says which names there are.
     let out = sluice([

@@ -19,6 +19,7 @@
 //! secrets = { API_KEY = "env:CRM_API_KEY" }
 //! secret_hosts = { API_KEY = ["https://api.example.com"] }
 //! limits = { fuel = 5_000_000_000, memory = "128MiB", timeout = "10m" }
+//! tables = { contacts = "crm_contacts" }  # default: crm__contacts
 //! ```
 //!
 //! Every table refuses unknown keys. Relative paths (`db`, `config_file`,
@@ -36,7 +37,7 @@ use serde::Deserialize;
 
 use crate::host::http::HostGrant;
 use crate::host::secrets::{SecretError, SecretHost, SecretSpec, Secrets};
-use crate::limits::{self, Limits, MAX_INSTANCE_NAME_BYTES};
+use crate::limits::{self, Limits};
 
 /// The config file read when none is named (`--config-file`).
 pub const DEFAULT_CONFIG_FILE: &str = "sluice.toml";
@@ -131,6 +132,10 @@ pub struct InstanceConfig {
     /// Ignore saved state and replace each table with this run's rows.
     #[serde(default)]
     pub full_refresh: bool,
+    /// `STREAM = "TABLE"`: the destination table of a stream (default
+    /// `<instance>__<stream>`), as for `--table`.
+    #[serde(default)]
+    pub tables: BTreeMap<String, String>,
 }
 
 /// An instance's `limits` table; unset limits keep their defaults.
@@ -220,6 +225,8 @@ pub struct Instance {
     pub secrets: Secrets,
     pub limits: Limits,
     pub full_refresh: bool,
+    /// Destination tables the operator chose, by stream.
+    pub tables: BTreeMap<String, String>,
 }
 
 impl OperatorConfig {
@@ -265,18 +272,11 @@ impl OperatorConfig {
 
     /// Checks that need no I/O: the name, config vs. config_file, secrets.
     fn check_instance(&self, name: &str, inst: &InstanceConfig) -> Result<(), ConfigError> {
-        if name.is_empty()
-            || name.len() > MAX_INSTANCE_NAME_BYTES
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        {
-            return Err(self.instance_error(
-                name,
-                format!(
-                    "instance names are 1 to {MAX_INSTANCE_NAME_BYTES} letters, digits, _ - and ."
-                ),
-            ));
+        crate::instance::check_instance_name(name).map_err(|e| self.instance_error(name, e))?;
+        for (stream, table) in &inst.tables {
+            crate::instance::check_table_name(table).map_err(|e| {
+                self.instance_error(name, format!("tables: stream {stream:?}: {e}"))
+            })?;
         }
         if inst.config.is_some() && inst.config_file.is_some() {
             return Err(self.instance_error(name, "set `config` or `config_file`, not both"));
@@ -462,6 +462,7 @@ impl OperatorConfig {
             secrets,
             limits,
             full_refresh: inst.full_refresh,
+            tables: inst.tables.clone(),
         })
     }
 }

@@ -630,7 +630,8 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
         secrets: req.secrets.clone(),
         limits: req.limits.clone(),
         full_refresh,
-        instance: None,
+        instance: KIT_INSTANCE.to_string(),
+        tables: BTreeMap::new(),
         progress: None,
     };
     let first = pipeline::run(runtime, &run_req(false)).await?;
@@ -709,11 +710,16 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
     let tables = |db: &Path| -> BTreeMap<String, Vec<Vec<String>>> {
         streams
             .iter()
-            .map(|s| (s.name.clone(), snapshot(db, &s.name).unwrap_or_default()))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    snapshot(db, &kit_table(&s.name)).unwrap_or_default(),
+                )
+            })
             .collect()
     };
     let after_first = tables(&db);
-    let state = saved_state(&db, &spec.name);
+    let state = saved_state(&db, KIT_INSTANCE);
     let mut before: BTreeMap<String, (Option<rusqlite::types::Value>, &'static str)> =
         BTreeMap::new();
     for s in &incremental {
@@ -722,7 +728,9 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
         let cursor = match from_state {
             Some(v) => (Some(v), "the saved cursor"),
             None => (
-                cursor_range(&db, &s.name, c, None).ok().and_then(|r| r.1),
+                cursor_range(&db, &kit_table(&s.name), c, None)
+                    .ok()
+                    .and_then(|r| r.1),
                 "the largest stored",
             ),
         };
@@ -759,7 +767,7 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
             let (cursor, source) = before.get(&s.name).cloned().unwrap_or((None, ""));
             match (
                 cursor,
-                cursor_range(&db, &s.name, c, Some(&second.record.id)),
+                cursor_range(&db, &kit_table(&s.name), c, Some(&second.record.id)),
             ) {
                 (Some(cursor), Ok((min_now, _, n))) if n > 0 => {
                     if min_now.as_ref().is_some_and(|m| sql_lt(m, &cursor)) {
@@ -897,6 +905,14 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
         },
     );
     Ok(report)
+}
+
+/// The instance the kit's reads run as (in its scratch database).
+pub const KIT_INSTANCE: &str = "conformance";
+
+/// The kit's table of `stream`.
+fn kit_table(stream: &str) -> String {
+    crate::instance::default_table(KIT_INSTANCE, stream)
 }
 
 /// The checks that need a read, in report order.

@@ -20,12 +20,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 use rusqlite::types::Value as SqlValue;
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::schema::{json_type, pointer_escape, sample, DriftKind, DriftObservation};
+use crate::schema::{json_type, pointer_escape, sample, DriftKind, DriftObservation, UniqueValue};
 use crate::store::{ColumnKind, StreamTable};
 
 /// Keywords that only annotate: they never change a verdict.
@@ -98,6 +96,9 @@ struct Field {
     /// For arrays: the types every element must have (`items`; every
     /// type when the schema says nothing).
     items: Types,
+    /// A primary-key column: floats are left to the full check (which
+    /// refuses a key it cannot store exactly).
+    key: bool,
 }
 
 /// Whether `schema` holds only `allowed` keywords and annotations.
@@ -119,7 +120,12 @@ impl Field {
             Some(Value::Object(item)) if only_keywords(item, &["type"]) => Types::of(item)?,
             Some(_) => return None,
         };
-        Some(Field { kind, types, items })
+        Some(Field {
+            kind,
+            types,
+            items,
+            key: false,
+        })
     }
 }
 
@@ -163,7 +169,9 @@ impl FlatCheck {
         let mut columns = HashMap::with_capacity_and_hasher(props.len(), Default::default());
         let mut fields = Vec::with_capacity(props.len());
         for (i, col) in table.columns.iter().enumerate() {
-            fields.push(Field::from_schema(props.get(&col.name)?, col.kind)?);
+            let mut field = Field::from_schema(props.get(&col.name)?, col.kind)?;
+            field.key = table.primary_key.contains(&i);
+            fields.push(field);
             columns.insert(col.name.clone(), i);
         }
         let required = match root.get("required") {
@@ -197,8 +205,12 @@ impl FlatCheck {
         {
             return None;
         }
-        // The full check reports new fields in key order.
+        // The full check reports new fields in key order; a key seen
+        // twice is left to it (it refuses the record).
         extra.sort_by(|a, b| a.0.cmp(&b.0));
+        if extra.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
         let drift = extra
             .into_iter()
             .map(|(key, v)| DriftObservation {
@@ -251,10 +263,9 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     values[i] = Some(map.next_value_seed(FieldSeed(&plan.fields[i]))?);
                 }
                 None => {
-                    if extra.iter().any(|(k, _)| *k == *key) {
-                        return Err(de::Error::custom(StepAside));
-                    }
-                    let v: Value = map.next_value()?;
+                    // A repeated undeclared key is found after the sort
+                    // in `check` (no search per field here).
+                    let v: Value = map.next_value_seed(UniqueValue::new())?;
                     extra.push((key.into_owned(), v));
                 }
             }
@@ -315,6 +326,23 @@ impl FieldSeed<'_> {
         }
     }
 
+    /// A scalar: its JSON text in a JSON column (as the full check keeps
+    /// it), else `plain`.
+    fn scalar<E: de::Error, T: serde::Serialize + ?Sized>(
+        &self,
+        bits: u8,
+        v: &T,
+        plain: impl FnOnce() -> SqlValue,
+    ) -> Result<SqlValue, E> {
+        let value = match self.0.kind {
+            ColumnKind::Json => {
+                SqlValue::Text(serde_json::to_string(v).map_err(|_| E::custom(StepAside))?)
+            }
+            _ => plain(),
+        };
+        self.admit(bits, value)
+    }
+
     /// An object: kept as JSON text (keys in order, as `Value` has them).
     fn object<E: de::Error>(&self, v: Value) -> Result<SqlValue, E> {
         self.admit(Types::OBJECT, SqlValue::Text(v.to_string()))
@@ -341,15 +369,14 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<SqlValue, E> {
-        self.admit(Types::BOOLEAN, SqlValue::Integer(v.into()))
+        self.scalar(Types::BOOLEAN, &v, || SqlValue::Integer(v.into()))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<SqlValue, E> {
-        let value = match self.0.kind {
+        self.scalar(Types::INTEGER | Types::NUMBER, &v, || match self.0.kind {
             ColumnKind::Real => SqlValue::Real(v as f64),
             _ => SqlValue::Integer(v),
-        };
-        self.admit(Types::INTEGER | Types::NUMBER, value)
+        })
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<SqlValue, E> {
@@ -360,15 +387,21 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<SqlValue, E> {
-        self.admit(Types::NUMBER, SqlValue::Real(v))
+        if self.0.key {
+            return Err(E::custom(StepAside));
+        }
+        self.scalar(Types::NUMBER, &v, || SqlValue::Real(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<SqlValue, E> {
-        self.admit(Types::STRING, SqlValue::Text(v.to_string()))
+        self.scalar(Types::STRING, v, || SqlValue::Text(v.to_string()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<SqlValue, E> {
-        self.admit(Types::STRING, SqlValue::Text(v))
+        match self.0.kind {
+            ColumnKind::Json => self.visit_str(&v),
+            _ => self.admit(Types::STRING, SqlValue::Text(v)),
+        }
     }
 
     /// An array: re-encoded element by element into the compact JSON text
@@ -392,7 +425,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SqlValue, A::Error> {
-        self.object(Value::deserialize(MapAccessDeserializer::new(map))?)
+        self.object(UniqueValue::new().visit_map(map)?)
     }
 }
 
@@ -460,12 +493,12 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
     /// Nested arrays and objects go through `Value`, which orders object
     /// keys the way the full check's text has them.
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        let v = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        let v = UniqueValue::new().visit_seq(seq)?;
         self.write(Types::ARRAY, &v)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let v = Value::deserialize(MapAccessDeserializer::new(map))?;
+        let v = UniqueValue::new().visit_map(map)?;
         self.write(Types::OBJECT, &v)
     }
 }
@@ -590,6 +623,8 @@ mod tests {
             format!(r#"{{"id":1,"id":2,{base}}}"#), // repeated key
             format!(r#"{{"id":1,"\u0069d":2,{base}}}"#), // repeated, escaped
             format!(r#"{{"id":1,"x":1,"x":2,{base}}}"#), // repeated new field
+            format!(r#"{{"id":1,"x":{{"a":1,"a":2}},{base}}}"#), // repeated inside a new field
+            format!(r#"{{"id":1,"x":[{{"a":1,"a":2}}],{base}}}"#), // … deeper
             r#"{"id":1,"name":"n"}"#.to_string(), // required field missing
             format!(r#"{{"id":1,"tags":["a",2],{base}}}"#), // bad array element
             format!(r#"{{"id":1,{base}}} x"#), // trailing text

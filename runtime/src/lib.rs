@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod engine;
 pub mod flat;
 pub mod host;
+pub mod instance;
 pub mod limits;
 pub mod pipeline;
 pub mod registry;

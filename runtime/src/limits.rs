@@ -19,6 +19,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// of wall-clock interruption of a running guest.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Epoch ticks a guest runs before it yields its thread to other runs
+/// (and the host looks at its deadline): 2 ticks, about 20 ms of guest
+/// execution at a time.
+pub const GUEST_SLICE_TICKS: u64 = 2;
+
 /// Timeout of one outbound HTTP request attempt (connect + response);
 /// `--http-timeout`. Retries each get their own.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);

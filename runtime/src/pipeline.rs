@@ -17,7 +17,7 @@ pub use crate::host::RunProgress;
 use crate::host::{RunChannel, RunCounters, RunStream};
 use crate::limits::Limits;
 use crate::sandbox::{GuestError, Sandbox};
-use crate::schema::{DriftKind, RecordError, StreamSchema, Verdict};
+use crate::schema::{DriftKind, ParseFailure, RecordError, StreamSchema, Verdict};
 use crate::store::{
     now_rfc3339, QuarantineFilter, ReplayPlan, RunRecord, RunStatus, SqliteStore, Store,
     StoreError, StreamDef, StreamTable, WriterHandle,
@@ -192,18 +192,24 @@ pub struct RunRequest {
     /// Read every stream in full-refresh mode: saved state is ignored and,
     /// when the run succeeds, rows it did not write are removed.
     pub full_refresh: bool,
-    /// The instance name (from `sluice.toml`) that keys the run's state,
-    /// run record, quarantine and drift rows (`connector` columns). `None`
-    /// keys them by the connector's spec name.
-    pub instance: Option<String>,
+    /// The instance (see [`crate::instance`]): its name keys the run's
+    /// state, run record, quarantine and drift rows (`connector` columns)
+    /// and prefixes its tables. Never the component's own name.
+    pub instance: String,
+    /// Destination tables the operator chose, by stream; the others are
+    /// [`crate::instance::default_table`].
+    pub tables: std::collections::BTreeMap<String, String>,
     /// Live record counters the pipeline updates as the run goes.
     pub progress: Option<Arc<RunProgress>>,
 }
 
 impl RunRequest {
-    /// The key of the run's rows: the instance name, else `spec_name`.
-    pub fn key<'a>(&'a self, spec_name: &'a str) -> &'a str {
-        self.instance.as_deref().unwrap_or(spec_name)
+    /// The destination table of `stream`.
+    pub fn table_of(&self, stream: &str) -> String {
+        self.tables
+            .get(stream)
+            .cloned()
+            .unwrap_or_else(|| crate::instance::default_table(&self.instance, stream))
     }
 }
 
@@ -214,6 +220,8 @@ pub struct RunReport {
     pub record: RunRecord,
     /// The streams the run read.
     pub selected_streams: Vec<String>,
+    /// The destination table of each stream read.
+    pub tables: std::collections::BTreeMap<String, String>,
     pub http_failed: u64,
     /// Requests failed fast because an upstream's circuit breaker was open.
     pub http_circuit_open: u64,
@@ -287,8 +295,31 @@ async fn run_with_writer(
     )
     .await?;
     let spec = sandbox.spec().await?;
-    let key = req.key(&spec.name).to_string();
+    let key = req.instance.clone();
     sandbox.set_connector(&key);
+    // The instance may run another component than last time (a new
+    // version, or another connector): allowed, and recorded in the run.
+    let (instance, hash) = (key.clone(), loaded.hash.clone());
+    let (name, version) = (spec.name.clone(), spec.version.clone());
+    let previous = writer
+        .call(move |s| s.note_component(&instance, &hash, &name, &version))
+        .await??;
+    let component_change = previous.and_then(|p| {
+        (p.component_hash != loaded.hash).then(|| {
+            format!(
+                "{} {} ({}) -> {} {} ({})",
+                p.connector,
+                p.connector_version,
+                short_hash(&p.component_hash),
+                spec.name,
+                spec.version,
+                short_hash(&loaded.hash)
+            )
+        })
+    });
+    if let Some(change) = &component_change {
+        tracing::info!(instance = %key, %change, "the instance runs another component than last time");
+    }
 
     let mut record = RunRecord {
         id: run_id.clone(),
@@ -315,12 +346,13 @@ async fn run_with_writer(
         fuel_used: 0,
         peak_memory_bytes: 0,
         error: None,
+        component_change,
     };
     let inserted = record.clone();
     writer.call(move |s| s.insert_run(&inserted)).await??;
 
     let channel: Arc<Mutex<Option<Arc<RunChannel>>>> = Arc::default();
-    let mut streams = Vec::new();
+    let mut streams = std::collections::BTreeMap::new();
     let outcome = drive(
         &mut sandbox,
         &spec,
@@ -377,7 +409,8 @@ async fn run_with_writer(
     writer.call(move |s| s.update_run(&updated)).await??;
     Ok(RunReport {
         record,
-        selected_streams: streams,
+        selected_streams: streams.keys().cloned().collect(),
+        tables: streams,
         http_failed: http.failed,
         http_circuit_open: http.circuit_open,
         log_lines_suppressed: log_suppressed,
@@ -390,9 +423,15 @@ async fn run_with_writer(
     })
 }
 
+/// The first 12 hex digits of a component digest, for messages.
+fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 /// "3 new fields in stream X" lines for the run summary.
 fn drift_lines(drift: &crate::schema::DriftSummary) -> Vec<String> {
-    drift
+    let mut lines: Vec<String> = drift
+        .paths
         .iter()
         .map(|((stream, kind), paths)| {
             let n = paths.len();
@@ -408,7 +447,16 @@ fn drift_lines(drift: &crate::schema::DriftSummary) -> Vec<String> {
             let more = if n > 5 { ", …" } else { "" };
             format!("{n} {what} in stream {stream} ({}{more})", list.join(", "))
         })
-        .collect()
+        .collect();
+    if drift.unrecorded > 0 {
+        lines.push(format!(
+            "{} more drift observations of further paths counted, not recorded \
+             (a run records at most {} distinct drift paths)",
+            drift.unrecorded,
+            crate::schema::MAX_DRIFT_PATHS_PER_RUN
+        ));
+    }
+    lines
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -450,9 +498,9 @@ async fn drive(
     writer: &crate::store::Writer,
     run_id: &str,
     channel_slot: &Mutex<Option<Arc<RunChannel>>>,
-    stream_names: &mut Vec<String>,
+    stream_tables: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<(), Failure> {
-    let key = req.key(&spec.name);
+    let key = req.instance.as_str();
     check_config_schema(spec, &req.config).map_err(|e| Failure {
         status: RunStatus::Failed,
         message: e.to_string(),
@@ -469,9 +517,23 @@ async fn drive(
     let mut configured = Vec::new();
     let mut defs = Vec::new();
     let mut sweep = Vec::new();
+    if let Some(unknown) = req
+        .tables
+        .keys()
+        .find(|t| !discovered.iter().any(|s| &s.name == *t))
+    {
+        return Err(Failure {
+            status: RunStatus::Failed,
+            message: format!(
+                "a table is named for stream {unknown:?}, which connector {} does not declare",
+                spec.name
+            ),
+        });
+    }
     for s in &discovered {
         let table = StreamTable::from_spec(&s.name, &s.json_schema, &s.primary_key)
-            .map_err(|e| invalid(e.to_string()))?;
+            .map_err(|e| invalid(e.to_string()))?
+            .in_table(req.table_of(&s.name));
         let schema =
             StreamSchema::compile(&s.name, &s.json_schema).map_err(|e| invalid(e.to_string()))?;
         let full_refresh = req.full_refresh || !s.sync_modes.contains(&SyncMode::Incremental);
@@ -494,7 +556,7 @@ async fn drive(
             },
         });
         if full_refresh {
-            sweep.push(s.name.clone());
+            sweep.push(req.table_of(&s.name));
         }
         defs.push(StreamDef {
             connector: key.to_string(),
@@ -503,11 +565,17 @@ async fn drive(
             json_schema: s.json_schema.clone(),
             primary_key: s.primary_key.clone(),
         });
-        stream_names.push(s.name.clone());
+        stream_tables.insert(s.name.clone(), req.table_of(&s.name));
     }
     for s in streams.values() {
-        let t = s.table.clone();
-        writer.call(move |st| st.ensure_table(&t)).await??;
+        let (t, instance) = (s.table.clone(), key.to_string());
+        // The table must be this instance's (or no one's yet).
+        writer
+            .call(move |st| {
+                st.claim_table(&instance, &t)?;
+                st.ensure_table(&t)
+            })
+            .await??;
     }
     writer.call(move |st| st.record_streams(&defs)).await??;
     let channel = Arc::new(RunChannel {
@@ -520,6 +588,7 @@ async fn drive(
         max_state_bytes: req.limits.max_state_bytes,
         max_emit_bytes: req.limits.max_emit_bytes,
         max_record_bytes: req.limits.max_record_bytes,
+        deadline: sandbox.deadline(),
         counters: Mutex::default(),
         progress: req.progress.clone(),
         in_flight: Mutex::default(),
@@ -572,8 +641,14 @@ pub fn replay(
         if !targets.contains_key(&key) {
             let target = match store.stream_def(&e.connector, &e.stream)? {
                 Some(def) => {
+                    // The table the instance's runs write this stream to.
+                    let name = store
+                        .table_of(&e.connector, &e.stream)?
+                        .unwrap_or_else(|| crate::instance::default_table(&e.connector, &e.stream));
                     let table =
-                        StreamTable::from_spec(&def.stream, &def.json_schema, &def.primary_key)?;
+                        StreamTable::from_spec(&def.stream, &def.json_schema, &def.primary_key)?
+                            .in_table(name);
+                    store.claim_table(&e.connector, &table)?;
                     store.ensure_table(&table)?;
                     let schema = StreamSchema::compile(&def.stream, &def.json_schema)
                         .map_err(|err| PipelineError::Config(err.to_string()))?;
@@ -596,14 +671,20 @@ pub fn replay(
             ));
             continue;
         };
-        let value = match serde_json::from_str::<serde_json::Value>(&e.record) {
+        // The boundary's own parse: an edited record with a repeated key
+        // stays in quarantine.
+        let value = match crate::schema::parse_record(&e.record) {
             Ok(v) => v,
-            Err(err) => {
+            Err(ParseFailure::DuplicateKey(error)) => {
+                plan.rejected.push((e.id, vec![error]));
+                continue;
+            }
+            Err(ParseFailure::NotARecord(message)) => {
                 plan.rejected.push((
                     e.id,
                     vec![RecordError {
                         path: String::new(),
-                        message: format!("not valid JSON: {err}"),
+                        message,
                     }],
                 ));
                 continue;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -19,7 +19,7 @@ use crate::host::secrets::Secrets;
 use crate::host::sink::SinkCtx;
 use crate::host::state::StateCtx;
 use crate::host::{HostAbort, RunChannel};
-use crate::limits::{Limits, EPOCH_TICK, MAX_WASI_STDIO_BYTES};
+use crate::limits::{Limits, GUEST_SLICE_TICKS, MAX_WASI_STDIO_BYTES};
 use crate::store::RunStatus;
 
 /// A resource limit the guest tried to exceed (raised as a trap).
@@ -329,9 +329,18 @@ impl Sandbox {
                 })?;
         }
         if runtime.epoch_interruption() {
-            let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis().max(1)) as u64 + 1;
-            store.set_epoch_deadline(ticks);
-            store.epoch_deadline_trap();
+            // Every GUEST_SLICE_TICKS epochs of guest execution the guest
+            // yields to the other runs on its thread (a guest computing
+            // for its whole fuel allowance cannot hold a thread that
+            // neighbours need); past the deadline it traps.
+            store.set_epoch_deadline(GUEST_SLICE_TICKS);
+            store.epoch_deadline_callback(move |_| {
+                if Instant::now() >= sandbox_deadline {
+                    Err(Trap::Interrupt.into())
+                } else {
+                    Ok(UpdateDeadline::Yield(GUEST_SLICE_TICKS))
+                }
+            });
         }
         let source = match tokio::time::timeout_at(
             sandbox_deadline.into(),
@@ -379,6 +388,11 @@ impl Sandbox {
             .get_fuel()
             .map(|left| self.fuel.saturating_sub(left))
             .unwrap_or(0)
+    }
+
+    /// The run's wall-clock deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// Time since the sandbox was created.

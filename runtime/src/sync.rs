@@ -100,7 +100,8 @@ pub fn prepare(
         secrets: inst.secrets,
         limits: inst.limits,
         full_refresh: inst.full_refresh,
-        instance: Some(inst.name),
+        instance: inst.name,
+        tables: inst.tables,
         progress: None,
     })
 }

@@ -123,3 +123,14 @@ pub fn runs(db: &rusqlite::Connection) -> Vec<(String, Option<String>, i64, i64,
     .collect::<Result<_, _>>()
     .unwrap()
 }
+
+/// The destination table of `stream` in a database that one instance
+/// wrote (each instance owns its tables: `_sluice_tables`).
+pub fn stream_table(db: &rusqlite::Connection, stream: &str) -> String {
+    db.query_row(
+        "SELECT name FROM _sluice_tables WHERE stream = ?1",
+        [stream],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|e| panic!("no table of stream {stream}: {e}"))
+}

@@ -88,6 +88,15 @@ enum Command {
         /// (rows that vanished upstream are removed when the run succeeds).
         #[arg(long)]
         full_refresh: bool,
+        /// The instance this run belongs to: it owns the run's state,
+        /// history and tables (default: the connector's registry name or
+        /// the component file's name without extension).
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// The destination table of a stream (default
+        /// `<instance>__<stream>`); repeatable.
+        #[arg(long = "table", value_name = "STREAM=TABLE", value_parser = parse_table_arg)]
+        tables: Vec<(String, String)>,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
@@ -436,6 +445,15 @@ fn connectors_dir(cli: &Cli, from_file: Option<PathBuf>) -> PathBuf {
 
 /// A component argument: an existing file or anything path-like is a path;
 /// a bare name that is not a file is looked up in the registry.
+/// `STREAM=TABLE` of `--table`.
+fn parse_table_arg(text: &str) -> std::result::Result<(String, String), String> {
+    let (stream, table) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected STREAM=TABLE, got {text:?}"))?;
+    sluice::instance::check_table_name(table)?;
+    Ok((stream.to_string(), table.to_string()))
+}
+
 async fn resolve_component(cli: &Cli, rt: &Runtime, arg: &Path) -> Result<PathBuf> {
     let bare = arg.to_str().is_some_and(is_bare_name);
     if !bare || arg.exists() {
@@ -502,10 +520,23 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             access,
             db,
             full_refresh,
+            instance,
+            tables,
             json,
         } => {
+            let instance = match instance {
+                Some(name) => {
+                    sluice::instance::check_instance_name(name).map_err(anyhow::Error::msg)?;
+                    name.clone()
+                }
+                None => {
+                    sluice::instance::default_instance(component).map_err(anyhow::Error::msg)?
+                }
+            };
             let rt = runtime(&cli)?;
             let req = RunRequest {
+                instance,
+                tables: tables.iter().cloned().collect(),
                 component: resolve_component(&cli, &rt, component).await?,
                 config: access.config_text()?,
                 db: db.clone(),
@@ -513,7 +544,6 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 secrets: access.secrets()?,
                 limits: access.limits()?,
                 full_refresh: *full_refresh,
-                instance: None,
                 progress: None,
             };
             let report = pipeline::run(&rt, &req).await?;

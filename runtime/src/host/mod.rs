@@ -16,6 +16,10 @@ pub enum HostAbort {
     UncommittedLimit { limit: u64 },
     #[error("the store failed: {0}")]
     Store(String),
+    #[error(
+        "the run's wall-clock deadline passed (while the host checked the connector's records)"
+    )]
+    Deadline,
     #[error("the run's HTTP request budget of {limit} requests is spent")]
     HttpBudget { limit: u64 },
     #[error("the run's responses exceed {limit} bytes in all")]
@@ -45,6 +49,7 @@ impl HostAbort {
         match self {
             HostAbort::UncommittedLimit { .. } => RunStatus::UncommittedLimit,
             HostAbort::Store(_) => RunStatus::StoreError,
+            HostAbort::Deadline => RunStatus::Deadline,
             HostAbort::HttpBudget { .. } => RunStatus::HttpBudget,
             HostAbort::HttpBytes { .. } => RunStatus::HttpBytesLimit,
             HostAbort::EmitBytes { .. } => RunStatus::EmitBytesLimit,
@@ -93,6 +98,8 @@ pub struct RunChannel {
     pub max_emit_bytes: u64,
     /// Largest single record.
     pub max_record_bytes: u64,
+    /// The run's wall-clock deadline: host work for the guest stops there.
+    pub deadline: std::time::Instant,
     pub counters: std::sync::Mutex<RunCounters>,
     /// Live counters for a progress display, if the caller asked for them.
     pub progress: Option<std::sync::Arc<RunProgress>>,

@@ -4,14 +4,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use serde_json::Value;
-
 use super::{HostAbort, RunChannel, RunStream};
 use crate::bindings::sink::{self, SinkError};
-use crate::schema::{self, DriftObservation, RecordError, Verdict};
+use crate::schema::{self, DriftBatch, DriftObservation, ParseFailure, RecordError, Verdict};
 use crate::store::{Pending, QuarantinedRecord, Row};
 
 /// Per-store state of the `sink` capability: present only during `read`.
@@ -57,19 +56,42 @@ impl sink::Host for SinkCtx {
         let n = records.len() as u64;
         let mut rows = Vec::with_capacity(records.len());
         let mut pending = Pending::default();
-        let mut drift = Vec::new();
+        let mut drift = DriftBatch::default();
         let split = split_checks(records.len());
-        for (i, (outcome, d)) in check_batch(target, &stream, records, split)
-            .into_iter()
-            .enumerate()
-        {
-            schema::aggregate(&mut drift, d);
-            match outcome {
-                // A record that is not a JSON object breaks the contract: the
-                // whole batch is refused and the connector told why.
-                Outcome::Refused(reason) => return Ok(Err(invalid(i, reason))),
-                Outcome::Row(row) => rows.push(row),
-                Outcome::Quarantined(q) => pending.quarantine.push(q),
+        // The host's work for the guest goes in slices of at most
+        // HOST_WORK_SLICE_BYTES of records. Between slices it yields to the
+        // other runs on this thread, and the run's deadline can end it:
+        // a batch built to be costly to check neither outlives the run's
+        // deadline nor starves its neighbours.
+        let mut records = records.into_iter().peekable();
+        let mut index = 0usize;
+        while records.peek().is_some() {
+            let mut slice_bytes = 0usize;
+            let slice: Vec<String> = std::iter::from_fn(|| {
+                if slice_bytes >= HOST_WORK_SLICE_BYTES {
+                    return None;
+                }
+                let r = records.next()?;
+                slice_bytes += r.len();
+                Some(r)
+            })
+            .collect();
+            for (outcome, d) in check_batch(target, &stream, slice, split) {
+                drift.extend(d);
+                match outcome {
+                    // A record that is not a JSON object breaks the contract:
+                    // the whole batch is refused and the connector told why.
+                    Outcome::Refused(reason) => return Ok(Err(invalid(index, reason))),
+                    Outcome::Row(row) => rows.push(row),
+                    Outcome::Quarantined(q) => pending.quarantine.push(q),
+                }
+                index += 1;
+            }
+            if records.peek().is_some() {
+                if Instant::now() >= run.deadline {
+                    return Err(HostAbort::Deadline.into());
+                }
+                tokio::task::yield_now().await;
             }
         }
         let over = run.update(|c| {
@@ -83,7 +105,7 @@ impl sink::Host for SinkCtx {
             .into());
         }
         let (valid, quarantined) = (rows.len() as u64, pending.quarantine.len() as u64);
-        run.update(|c| {
+        let drift = run.update(|c| {
             c.emitted += n;
             c.valid += valid;
             c.quarantined += quarantined;
@@ -92,12 +114,9 @@ impl sink::Host for SinkCtx {
             s.emitted += n;
             s.valid += valid;
             s.quarantined += quarantined;
-            for d in &drift {
-                c.drift
-                    .entry((d.stream.clone(), d.kind))
-                    .or_default()
-                    .insert(d.path.clone());
-            }
+            // The run records at most MAX_DRIFT_PATHS_PER_RUN distinct
+            // paths; observations of others are counted only.
+            c.drift.admit_all(drift)
         });
         if !rows.is_empty() {
             pending.batches.push((target.table.clone(), rows));
@@ -110,6 +129,12 @@ impl sink::Host for SinkCtx {
         Ok(Ok(()))
     }
 }
+
+/// Most bytes of records the host checks for a guest in one go: a larger
+/// batch is checked in slices this size, yielding to other runs and
+/// looking at the run's deadline between them. Ordinary pages fit in one
+/// slice.
+pub const HOST_WORK_SLICE_BYTES: usize = 256 * 1024;
 
 /// Batches at least this long are checked on two threads (the caller's
 /// and one more, sharing the batch in chunks of [`CHECK_CHUNK_RECORDS`]),
@@ -225,10 +250,19 @@ fn check_one(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<Dri
     if let Some((values, drift)) = target.flat.as_ref().and_then(|f| f.check(&raw)) {
         return (Outcome::Row(Row { values, raw }), drift);
     }
-    let value: Value = match serde_json::from_str(&raw) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return (Outcome::Refused("not a JSON object".into()), Vec::new()),
-        Err(e) => return (Outcome::Refused(format!("not valid JSON: {e}")), Vec::new()),
+    let value = match schema::parse_record(&raw) {
+        Ok(v) => v,
+        Err(ParseFailure::NotARecord(why)) => return (Outcome::Refused(why), Vec::new()),
+        Err(ParseFailure::DuplicateKey(error)) => {
+            return (
+                Outcome::Quarantined(QuarantinedRecord {
+                    stream: stream.to_string(),
+                    record: raw,
+                    errors: vec![error],
+                }),
+                Vec::new(),
+            )
+        }
     };
     // A record that breaks the stream's schema is quarantined.
     match target.schema.check(value) {

@@ -42,6 +42,24 @@ pub enum StoreError {
     QuarantineNotFound(i64),
     #[error("{0}")]
     Invalid(String),
+    #[error("table {table:?} belongs to instance {owner:?} (stream {owner_stream:?}); instance {instance:?} cannot write stream {stream:?} into it: name another table with --table or `tables` in sluice.toml")]
+    TableTaken {
+        table: String,
+        owner: String,
+        owner_stream: String,
+        instance: String,
+        stream: String,
+    },
+    #[error("table {table:?} exists but no Sluice instance owns it; instance {instance:?} will not write into it: name another table with --table or `tables` in sluice.toml")]
+    TableForeign { table: String, instance: String },
+}
+
+/// The component an instance ran last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentSeen {
+    pub component_hash: String,
+    pub connector: String,
+    pub connector_version: String,
 }
 
 /// How a run ended (or that it is still running).
@@ -192,6 +210,8 @@ pub struct RunRecord {
     pub fuel_used: u64,
     pub peak_memory_bytes: u64,
     pub error: Option<String>,
+    /// "old -> new" when the instance ran another component last time.
+    pub component_change: Option<String>,
 }
 
 /// What one commit wrote.
@@ -222,7 +242,7 @@ pub struct QuarantinedRecord {
 pub struct Pending {
     pub batches: Vec<Batch>,
     pub quarantine: Vec<QuarantinedRecord>,
-    pub drift: Vec<crate::schema::DriftObservation>,
+    pub drift: crate::schema::DriftBatch,
 }
 
 impl Pending {
@@ -235,7 +255,7 @@ impl Pending {
             }
         }
         self.quarantine.extend(more.quarantine);
-        crate::schema::aggregate(&mut self.drift, more.drift);
+        self.drift.extend(more.drift);
     }
 
     pub fn records(&self) -> usize {
@@ -326,6 +346,21 @@ pub struct DriftEvent {
 pub trait Store: Send + 'static {
     /// Create the stream's table, or add columns the stream gained.
     fn ensure_table(&mut self, table: &StreamTable) -> Result<(), StoreError>;
+    /// Make `table`'s destination table `instance`'s (for its stream), or
+    /// refuse if another instance or stream owns it, or if it exists and
+    /// no instance does.
+    fn claim_table(&mut self, instance: &str, table: &StreamTable) -> Result<(), StoreError>;
+    /// The destination table of `instance`'s `stream`, if it has one.
+    fn table_of(&mut self, instance: &str, stream: &str) -> Result<Option<String>, StoreError>;
+    /// Record that `instance` runs the component `hash` (`connector`
+    /// `version`); returns the one it ran before, if any.
+    fn note_component(
+        &mut self,
+        instance: &str,
+        hash: &str,
+        connector: &str,
+        version: &str,
+    ) -> Result<Option<ComponentSeen>, StoreError>;
     /// The committed state of (`connector`, `stream`).
     fn get_state(&mut self, connector: &str, stream: &str) -> Result<Option<String>, StoreError>;
     /// Write a commit (records, quarantine, drift, state, sweeps) in ONE

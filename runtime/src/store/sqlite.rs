@@ -11,8 +11,8 @@ use rusqlite::types::Value as SqlValue;
 use super::checkpoint::{Checkpointer, BACKSTOP_CHECKPOINT_PAGES};
 use super::table::quote_ident;
 use super::{
-    CommitRequest, CommitStats, DriftEvent, QuarantineEntry, QuarantineFilter, ReplayPlan, Row,
-    RunRecord, RunStatus, Store, StoreError, StreamDef, StreamTable,
+    CommitRequest, CommitStats, ComponentSeen, DriftEvent, QuarantineEntry, QuarantineFilter,
+    ReplayPlan, Row, RunRecord, RunStatus, Store, StoreError, StreamDef, StreamTable,
 };
 
 /// How long a connection waits for another's lock before failing.
@@ -110,10 +110,83 @@ CREATE TABLE IF NOT EXISTS _sluice_drift (
 );
 ";
 
+/// Who owns each destination table, and what each instance ran last. A
+/// database made before instances owned their tables gets these (and its
+/// tables renamed) when first opened: see [`migrate_tables`].
+const INSTANCE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS _sluice_tables (
+    name       TEXT PRIMARY KEY,
+    instance   TEXT NOT NULL,
+    stream     TEXT NOT NULL,
+    claimed_at TEXT NOT NULL,
+    UNIQUE (instance, stream)
+);
+CREATE TABLE IF NOT EXISTS _sluice_instances (
+    instance          TEXT PRIMARY KEY,
+    component_hash    TEXT NOT NULL,
+    connector         TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    updated_at        TEXT NOT NULL
+);
+";
+
+/// Whether `conn` has a table named `name`.
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// Give each instance of a database made before instances owned their
+/// tables its own: every stream table (named by the stream alone, and
+/// written by every connector that declared the stream) is renamed to its
+/// instance's default name and recorded as that instance's. Where several
+/// instances declared one stream, the one that declared it last gets the
+/// table; the others start a new one (their rows were mixed into it).
+/// One transaction: another process opening the database at the same time
+/// waits and then finds nothing left to do.
+fn migrate_tables(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if has_table(&tx, "_sluice_tables")? {
+        return Ok(());
+    }
+    tx.execute_batch(INSTANCE_SCHEMA)?;
+    let declared: Vec<(String, String)> = tx
+        .prepare("SELECT connector, stream FROM _sluice_streams ORDER BY updated_at DESC")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let now = super::now_rfc3339();
+    for (instance, stream) in declared {
+        // Gone already (a later declaration of the stream took it), or
+        // never made.
+        if !has_table(&tx, &stream)? {
+            continue;
+        }
+        let table = crate::instance::default_table(&instance, &stream);
+        if has_table(&tx, &table)? {
+            continue;
+        }
+        tx.execute_batch(&format!(
+            "ALTER TABLE {} RENAME TO {}",
+            quote_ident(&stream),
+            quote_ident(&table)
+        ))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO _sluice_tables (name, instance, stream, claimed_at) VALUES (?1, ?2, ?3, ?4)",
+            params![table, instance, stream, now],
+        )?;
+        tracing::info!(%instance, %stream, %table, "moved the stream's table into its instance's namespace");
+    }
+    tx.commit()
+}
+
 const RUN_COLUMNS: &str = "id, connector, connector_version, component_hash, started_at, ended_at, \
     duration_ms, status, records_emitted, records_upserted, commits, http_requests, http_denied, \
     http_bytes, fuel_used, peak_memory_bytes, error, records_valid, records_quarantined, stream_counts, drift, \
-    http_retries, http_throttled_ms, http_breaker_trips";
+    http_retries, http_throttled_ms, http_breaker_trips, component_change";
 
 /// Columns `_sluice_runs` gained after its first release, with their
 /// declarations: added to databases created before them when opened.
@@ -121,6 +194,7 @@ const RUN_COLUMNS_ADDED: &[(&str, &str)] = &[
     ("http_retries", "INTEGER NOT NULL DEFAULT 0"),
     ("http_throttled_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("http_breaker_trips", "INTEGER NOT NULL DEFAULT 0"),
+    ("component_change", "TEXT"),
 ];
 
 /// Names of `table`'s columns.
@@ -183,6 +257,10 @@ impl SqliteStore {
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         add_run_columns(&conn).map_err(open_err)?;
+        let mut conn = conn;
+        if !has_table(&conn, "_sluice_tables").map_err(open_err)? {
+            migrate_tables(&mut conn).map_err(open_err)?;
+        }
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         // Checkpoints run in the background (see checkpoint.rs); this
         // connection's own are a backstop.
@@ -210,7 +288,7 @@ impl SqliteStore {
         let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
         let mut sql = format!(
             "INSERT INTO {} ({}) VALUES ({})",
-            quote_ident(&table.name),
+            quote_ident(&table.table),
             cols.join(", "),
             placeholders.join(", ")
         );
@@ -264,6 +342,7 @@ fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         http_retries: u(21)?,
         http_throttled_ms: u(22)?,
         http_breaker_trips: u(23)?,
+        component_change: row.get(24)?,
     })
 }
 
@@ -327,7 +406,7 @@ impl Store for SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let existing: Vec<(String, i64)> = tx
             .prepare("SELECT name, pk FROM pragma_table_info(?1)")?
-            .query_map([&table.name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([&table.table], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         if existing.is_empty() {
             let mut defs: Vec<String> = table
@@ -350,7 +429,7 @@ impl Store for SqliteStore {
             }
             tx.execute_batch(&format!(
                 "CREATE TABLE {} ({})",
-                quote_ident(&table.name),
+                quote_ident(&table.table),
                 defs.join(", ")
             ))?;
             tx.commit()?;
@@ -370,7 +449,7 @@ impl Store for SqliteStore {
             .collect();
         if existing_pk != declared_pk {
             return Err(StoreError::PrimaryKeyMismatch {
-                table: table.name.clone(),
+                table: table.table.clone(),
                 existing: existing_pk.join(", "),
                 declared: declared_pk.join(", "),
             });
@@ -379,7 +458,7 @@ impl Store for SqliteStore {
             if !existing.iter().any(|(n, _)| n == &col.name) {
                 tx.execute_batch(&format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
-                    quote_ident(&table.name),
+                    quote_ident(&table.table),
                     quote_ident(&col.name),
                     col.kind.sql_type()
                 ))?;
@@ -387,6 +466,86 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn claim_table(&mut self, instance: &str, table: &StreamTable) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let owner: Option<(String, String)> = tx
+            .prepare_cached("SELECT instance, stream FROM _sluice_tables WHERE name = ?1")?
+            .query_row([&table.table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match owner {
+            Some((i, s)) if i == instance && s == table.name => return Ok(()),
+            Some((owner, owner_stream)) => {
+                return Err(StoreError::TableTaken {
+                    table: table.table.clone(),
+                    owner,
+                    owner_stream,
+                    instance: instance.to_string(),
+                    stream: table.name.clone(),
+                })
+            }
+            None if has_table(&tx, &table.table)? => {
+                return Err(StoreError::TableForeign {
+                    table: table.table.clone(),
+                    instance: instance.to_string(),
+                })
+            }
+            None => {}
+        }
+        // The instance's stream may move to another table (the operator
+        // named one): the new claim replaces the old.
+        tx.execute(
+            "DELETE FROM _sluice_tables WHERE instance = ?1 AND stream = ?2",
+            params![instance, table.name],
+        )?;
+        tx.execute(
+            "INSERT INTO _sluice_tables (name, instance, stream, claimed_at) VALUES (?1, ?2, ?3, ?4)",
+            params![table.table, instance, table.name, super::now_rfc3339()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn table_of(&mut self, instance: &str, stream: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name FROM _sluice_tables WHERE instance = ?1 AND stream = ?2")?
+            .query_row(params![instance, stream], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn note_component(
+        &mut self,
+        instance: &str,
+        hash: &str,
+        connector: &str,
+        version: &str,
+    ) -> Result<Option<ComponentSeen>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let before = tx
+            .prepare_cached(
+                "SELECT component_hash, connector, connector_version FROM _sluice_instances WHERE instance = ?1",
+            )?
+            .query_row([instance], |r| {
+                Ok(ComponentSeen {
+                    component_hash: r.get(0)?,
+                    connector: r.get(1)?,
+                    connector_version: r.get(2)?,
+                })
+            })
+            .optional()?;
+        tx.execute(
+            "INSERT INTO _sluice_instances (instance, component_hash, connector, connector_version, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (instance) DO UPDATE SET \
+             component_hash = excluded.component_hash, connector = excluded.connector, \
+             connector_version = excluded.connector_version, updated_at = excluded.updated_at",
+            params![instance, hash, connector, version, super::now_rfc3339()],
+        )?;
+        tx.commit()?;
+        Ok(before)
     }
 
     fn get_state(&mut self, connector: &str, stream: &str) -> Result<Option<String>, StoreError> {
@@ -680,7 +839,7 @@ impl Store for SqliteStore {
              records_upserted = ?6, commits = ?7, http_requests = ?8, http_denied = ?9, http_bytes = ?10, \
              fuel_used = ?11, peak_memory_bytes = ?12, error = ?13, records_valid = ?14, \
              records_quarantined = ?15, stream_counts = ?16, drift = ?17, http_retries = ?18, \
-             http_throttled_ms = ?19, http_breaker_trips = ?20 WHERE id = ?1",
+             http_throttled_ms = ?19, http_breaker_trips = ?20, component_change = ?21 WHERE id = ?1",
             params![
                 run.id,
                 run.ended_at,
@@ -702,6 +861,7 @@ impl Store for SqliteStore {
                 i(run.http_retries),
                 i(run.http_throttled_ms),
                 i(run.http_breaker_trips),
+                run.component_change,
             ],
         )?;
         if n == 0 {

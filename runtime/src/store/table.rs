@@ -24,17 +24,27 @@ pub enum ColumnKind {
 }
 
 impl ColumnKind {
+    /// The storage class of a property: one JSON type (besides `null`)
+    /// gets its own class (`integer` with `number` is `Real`); a property
+    /// that allows several types, or any type, is stored as JSON text, so
+    /// values of different types (`1`, `"1"`, `true`) stay distinct.
     fn from_schema(prop: &Value) -> Self {
-        let ty = match prop.get("type") {
-            Some(Value::String(t)) => Some(t.as_str()),
-            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null"),
-            _ => None,
+        let types: Vec<&str> = match prop.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|t| *t != "null")
+                .collect(),
+            _ => Vec::new(),
         };
-        match ty {
-            Some("integer") => ColumnKind::Integer,
-            Some("number") => ColumnKind::Real,
-            Some("boolean") => ColumnKind::Boolean,
-            Some("string") => ColumnKind::Text,
+        let has = |t: &str| types.contains(&t);
+        match types.len() {
+            1 if has("integer") => ColumnKind::Integer,
+            1 if has("number") => ColumnKind::Real,
+            2 if has("integer") && has("number") => ColumnKind::Real,
+            1 if has("boolean") => ColumnKind::Boolean,
+            1 if has("string") => ColumnKind::Text,
             _ => ColumnKind::Json,
         }
     }
@@ -57,7 +67,11 @@ pub struct Column {
 /// A stream's table and how its records map onto it.
 #[derive(Debug, Clone)]
 pub struct StreamTable {
+    /// The stream.
     pub name: String,
+    /// The destination table (see [`crate::instance`]: each instance's
+    /// tables are its own).
+    pub table: String,
     pub columns: Vec<Column>,
     /// Indices into `columns`.
     pub primary_key: Vec<usize>,
@@ -141,9 +155,16 @@ impl StreamTable {
         }
         Ok(StreamTable {
             name: name.to_string(),
+            table: name.to_string(),
             columns,
             primary_key: pk,
         })
+    }
+
+    /// This stream's table, written to the destination table `table`.
+    pub fn in_table(mut self, table: String) -> Self {
+        self.table = table;
+        self
     }
 
     /// Turn one JSON record (text) into a row, or say why it cannot be one.
@@ -167,14 +188,26 @@ impl StreamTable {
         // per-column lookups or removals.
         let mut values = Vec::with_capacity(self.columns.len());
         let mut fields = obj.into_iter().peekable();
-        for col in &self.columns {
+        for (i, col) in self.columns.iter().enumerate() {
             while fields
                 .next_if(|(k, _)| k.as_str() < col.name.as_str())
                 .is_some()
             {}
             values.push(match fields.next_if(|(k, _)| *k == col.name) {
                 None | Some((_, Value::Null)) => SqlValue::Null,
-                Some((_, v)) => to_sql(col.kind, v),
+                Some((_, v)) => {
+                    if !exact_key(&v) && self.primary_key.contains(&i) {
+                        let message = format!(
+                            "primary-key field {:?}: the number {v} is too large to be stored exactly",
+                            col.name
+                        );
+                        return Err((message, raw));
+                    }
+                    match to_sql(col.kind, v) {
+                        Ok(v) => v,
+                        Err(why) => return Err((format!("field {:?}: {why}", col.name), raw)),
+                    }
+                }
             });
         }
         for &i in &self.primary_key {
@@ -190,18 +223,67 @@ impl StreamTable {
     }
 }
 
-fn to_sql(kind: ColumnKind, v: Value) -> SqlValue {
+/// Why a valid JSON value cannot be stored in its column without loss.
+fn out_of_range(n: &serde_json::Number) -> String {
+    format!(
+        "the integer {n} is outside the 64-bit range an integer column stores \
+         ({} to {})",
+        i64::MIN,
+        i64::MAX
+    )
+}
+
+/// Integers a binary float holds exactly: |f| < 2^53. JSON integers past
+/// the i64 range parse as floats (rounded), so a float beyond this cannot
+/// be told apart from its neighbours.
+pub const MAX_EXACT_FLOAT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// Whether the float `f` is an integer it holds exactly (`7.0`).
+fn exact_integer(f: f64) -> bool {
+    f.fract() == 0.0 && f.abs() < MAX_EXACT_FLOAT_INTEGER
+}
+
+/// Whether a key value identifies one record: a number must be an i64, a
+/// u64 or a float that is exactly itself (else `2^70` and `2^70 + 1`
+/// would be one key).
+fn exact_key(v: &Value) -> bool {
     match v {
-        Value::Null => SqlValue::Null,
-        Value::Bool(b) => SqlValue::Integer(b.into()),
-        Value::Number(n) => match (kind, n.as_i64()) {
-            (ColumnKind::Real, _) => n.as_f64().map_or(SqlValue::Null, SqlValue::Real),
-            (_, Some(i)) => SqlValue::Integer(i),
-            (_, None) => n.as_f64().map_or(SqlValue::Null, SqlValue::Real),
-        },
-        Value::String(s) => SqlValue::Text(s),
-        other @ (Value::Array(_) | Value::Object(_)) => SqlValue::Text(other.to_string()),
+        Value::Number(n) => {
+            n.is_i64()
+                || n.is_u64()
+                || n.as_f64()
+                    .is_some_and(|f| f.fract() != 0.0 || exact_integer(f))
+        }
+        _ => true,
     }
+}
+
+/// A field's value in its column. Integer columns take every JSON integer
+/// in the i64 range (`7.0` too) and refuse the rest (never a lossy REAL,
+/// which a key column would refuse at commit). JSON columns hold the
+/// value's JSON text, so `1`, `"1"` and `true` stay distinct.
+fn to_sql(kind: ColumnKind, v: Value) -> Result<SqlValue, String> {
+    Ok(match (kind, v) {
+        (_, Value::Null) => SqlValue::Null,
+        (ColumnKind::Json, v @ (Value::Bool(_) | Value::Number(_) | Value::String(_))) => {
+            SqlValue::Text(v.to_string())
+        }
+        (_, Value::Bool(b)) => SqlValue::Integer(b.into()),
+        (ColumnKind::Real, Value::Number(n)) => n.as_f64().map_or(SqlValue::Null, SqlValue::Real),
+        (ColumnKind::Integer, Value::Number(n)) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => match n.as_f64() {
+                Some(f) if exact_integer(f) => SqlValue::Integer(f as i64),
+                _ => return Err(out_of_range(&n)),
+            },
+        },
+        (_, Value::Number(n)) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => n.as_f64().map_or(SqlValue::Null, SqlValue::Real),
+        },
+        (_, Value::String(s)) => SqlValue::Text(s),
+        (_, other @ (Value::Array(_) | Value::Object(_))) => SqlValue::Text(other.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -271,6 +353,58 @@ mod tests {
             row.values[1..],
             [SqlValue::Null, SqlValue::Null, SqlValue::Null]
         );
+    }
+
+    #[test]
+    fn integers_past_i64_are_refused_never_stored_as_lossy_reals() {
+        let t = table();
+        for poison in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "-9223372036854775809",
+            "1180591620717411303424",
+            "1e300",
+        ] {
+            let err = t.row(format!(r#"{{"id":{poison}}}"#)).unwrap_err();
+            assert!(err.contains("\"id\""), "{poison}: {err}");
+        }
+        // The ends of the range and an integral float are stored exactly.
+        for (text, want) in [
+            ("9223372036854775807", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+            ("7.0", 7),
+        ] {
+            let row = t.row(format!(r#"{{"id":{text}}}"#)).unwrap();
+            assert_eq!(row.values[0], SqlValue::Integer(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn untyped_and_many_typed_columns_keep_values_of_each_type_apart() {
+        let t = StreamTable::from_spec(
+            "t",
+            r#"{"properties":{"k":{},"m":{"type":["string","integer","null"]},"n":{"type":["integer","number"]}}}"#,
+            &["k".to_string()],
+        )
+        .unwrap();
+        let kinds: Vec<ColumnKind> = t.columns.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [ColumnKind::Json, ColumnKind::Json, ColumnKind::Real]
+        );
+        let keys: Vec<SqlValue> = [r#"true"#, "1", r#""1""#, "1.5", r#"[1]"#]
+            .iter()
+            .map(|k| t.row(format!(r#"{{"k":{k},"m":{k}}}"#)).unwrap().values[0].clone())
+            .collect();
+        assert_eq!(
+            keys,
+            ["true", "1", "\"1\"", "1.5", "[1]"].map(|s| SqlValue::Text(s.into()))
+        );
+        // A key number that no float holds exactly is refused.
+        assert!(t
+            .row(r#"{"k":1180591620717411303424}"#.into())
+            .unwrap_err()
+            .contains("primary-key"));
     }
 
     #[test]

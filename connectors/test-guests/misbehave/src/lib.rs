@@ -43,6 +43,15 @@
 //!   page with serde_json (branchy code, as real connectors run).
 //! - `spin`: `size` rounds of integer hashing, then returns normally (a
 //!   CPU-bound guest for measuring what fuel metering costs).
+//! - `drift_bomb`: `size` batches (0: forever) of 100 `items` records, each
+//!   with `fields` (default 500) undeclared fields no other record has,
+//!   each batch one `sink.emit` (about 0.7 MB), committing after every
+//!   `commit_every` batches (0: never).
+//! - `raw`: emits each of `records` (JSON text, as given) to `stream`
+//!   (default `items`) in one batch, then commits.
+//!
+//! Besides `items`, the connector declares `loose`: an untyped key `k` and
+//! an untyped `v` (full refresh only).
 
 use serde::Deserialize;
 use sluice_sdk::{json, Connector, Error, Reader, Spec, Stream};
@@ -65,6 +74,12 @@ pub struct Config {
     size: u64,
     #[serde(default)]
     commit_every: u64,
+    #[serde(default)]
+    fields: Option<u64>,
+    #[serde(default)]
+    records: Vec<String>,
+    #[serde(default)]
+    stream: Option<String>,
 }
 
 /// Recurse `depth` frames deep without a tail call, in wasm locals only,
@@ -161,6 +176,13 @@ impl Connector for Misbehave {
                 )
                 .primary_key(["id"])
                 .incremental("id"),
+            )
+            .stream(
+                Stream::new(
+                    "loose",
+                    json!({"type": "object", "properties": {"k": {}, "v": {}}}),
+                )
+                .primary_key(["k"]),
             )
     }
 
@@ -294,6 +316,34 @@ impl Connector for Misbehave {
                 }
                 sluice_sdk::log::debug(&format!("churned {total}"));
                 Ok(())
+            }
+            "drift_bomb" => {
+                let fields = config.fields.unwrap_or(500);
+                let mut batch = 0u64;
+                while config.size == 0 || batch < config.size {
+                    for r in 0..100 {
+                        let id = config.committed + config.uncommitted + batch * 100 + r;
+                        let mut text = format!(r#"{{"id":{id},"n":0,"label":"bomb""#);
+                        for f in 0..fields {
+                            text.push_str(&format!(r#","f{batch}_{r}_{f}":0"#));
+                        }
+                        text.push('}');
+                        reader.emit_raw("items", text)?;
+                    }
+                    reader.flush()?;
+                    batch += 1;
+                    if config.commit_every > 0 && batch % config.commit_every == 0 {
+                        reader.commit("items", &json!({"last": batch}))?;
+                    }
+                }
+                Ok(())
+            }
+            "raw" => {
+                let stream = config.stream.as_deref().unwrap_or("items");
+                for record in &config.records {
+                    reader.emit_raw(stream, record.clone())?;
+                }
+                reader.commit(stream, &json!({"raw": config.records.len()}))
             }
             "http_forever" => loop {
                 let _ = std::hint::black_box(get(config));
