@@ -524,10 +524,12 @@ pub struct HttpCtx {
     client: reqwest::Client,
     grants: Arc<[HostGrant]>,
     secrets: Secrets,
-    /// Secrets substituted into the headers of the request in flight, which
-    /// a redirect would carry on: the redirect policy re-checks them. The
-    /// client belongs to this one run, whose requests are sequential.
-    header_secrets: Arc<Mutex<Vec<String>>>,
+    /// Every secret substituted into the request in flight, in its query
+    /// or its headers: the redirect policy re-checks each against every
+    /// hop, as a redirect carries the headers (and on 307/308 the body) on,
+    /// and the hop's URL may echo the query. The client belongs to this one
+    /// run, whose requests are sequential.
+    carried_secrets: Arc<Mutex<Vec<String>>>,
     max_requests: u64,
     max_response_bytes: u64,
     max_http_bytes: u64,
@@ -559,9 +561,9 @@ impl HttpCtx {
         deadline: Instant,
     ) -> Result<Self, reqwest::Error> {
         let grants: Arc<[HostGrant]> = grants.to_vec().into();
-        let header_secrets: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (policy_grants, policy_secrets, policy_header_secrets) =
-            (grants.clone(), secrets.clone(), header_secrets.clone());
+        let carried_secrets: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (policy_grants, policy_secrets, policy_carried_secrets) =
+            (grants.clone(), secrets.clone(), carried_secrets.clone());
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url().clone();
             let refuse = |reason: String| RedirectDenied {
@@ -574,20 +576,25 @@ impl HttpCtx {
             if let Err(denied) = egress_check(&policy_grants, &url) {
                 return attempt.error(refuse(denied.to_string()));
             }
-            let carried = policy_header_secrets
+            // A hop may only go where every secret the request carries may
+            // go: the hop gets the headers again (and the body on 307/308),
+            // and its URL may repeat the query the last host received.
+            let carried = policy_carried_secrets
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             for name in &carried {
                 if let Err(e) = policy_secrets.check_allowed(name, &url) {
-                    return attempt
-                        .error(refuse(format!("the request's headers carry a secret: {e}")));
+                    return attempt.error(refuse(format!("the request carries a secret: {e}")));
                 }
             }
             attempt.follow()
         });
         let client = reqwest::Client::builder()
             .redirect(policy)
+            // A Referer would hand the next hop the last URL, query (and
+            // the secrets substituted into it) included: never send one.
+            .referer(false)
             // A proxy would resolve and connect on our behalf, past the
             // resolved-address check: never use one (nor $HTTP_PROXY & co).
             .no_proxy()
@@ -600,7 +607,7 @@ impl HttpCtx {
             client,
             grants,
             secrets: secrets.clone(),
-            header_secrets,
+            carried_secrets,
             max_requests: limits.max_http_requests,
             max_response_bytes: limits.max_response_bytes,
             max_http_bytes: limits.max_http_bytes,
@@ -760,16 +767,14 @@ impl HttpCtx {
             .into_iter()
             .map(str::to_string)
             .collect();
-        let mut in_headers = Vec::new();
         for (_, value) in &req.headers {
-            in_headers.extend(
+            used.extend(
                 secrets::placeholders(value)
                     .map_err(use_err)?
                     .into_iter()
                     .map(str::to_string),
             );
         }
-        used.extend(in_headers.iter().cloned());
         for name in &used {
             self.secrets.check_known(name).map_err(use_err)?;
         }
@@ -818,9 +823,9 @@ impl HttpCtx {
             builder = builder.body(body);
         }
         *self
-            .header_secrets
+            .carried_secrets
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = in_headers;
+            .unwrap_or_else(|e| e.into_inner()) = used;
         let mut resp = match builder.send().await {
             Ok(r) => r,
             Err(e) => {
