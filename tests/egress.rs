@@ -877,3 +877,86 @@ fn a_followed_redirect_sends_no_referer() {
         assert_eq!(header(head, "referer"), None, "a hop got a Referer: {head}");
     }
 }
+
+/// `sluice::http` lines in a run's stderr.
+fn host_http_lines(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("sluice::http"))
+        .count()
+}
+
+#[test]
+fn denied_requests_end_the_run_with_http_denied_limit_and_a_capped_log() {
+    // The flood: a connector hammering a forbidden address. Each
+    // denial used to write one WARN line, without end, and the run went on.
+    // The defaults: the 1,001st refusal ends the run; 100 lines are
+    // written (and one saying the rest are suppressed), the rest counted.
+    let never = Untouched::new();
+    let s = Scratch::new();
+    let config = serde_json::json!({
+        "behaviour": "http_forever",
+        "url": format!("http://127.0.0.1:{}/", never.port),
+    });
+    let (out, r) = run_guest(&s, config, &[], &[]);
+    assert!(!out.ok, "{out:?}");
+    assert_eq!(r["status"], "http_denied_limit", "{}", error_of(&r));
+    let err = error_of(&r);
+    assert!(
+        err.contains("refused more than 1000") && err.contains("loopback"),
+        "{err}"
+    );
+    assert_eq!(r["http_denied"], 1001);
+    assert_eq!(r["http_requests"], 0);
+    assert_eq!(host_http_lines(&out.stderr), 101, "{}", out.stderr);
+    assert_eq!(r["http_log_lines_suppressed"], 900);
+    let history = common::runs(&db(&s.path("sluice.db")));
+    let last = history.last().unwrap();
+    assert_eq!((last.0.as_str(), last.4), ("http_denied_limit", 1001));
+    never.assert_untouched("denied flood");
+}
+
+#[test]
+fn refused_requests_spend_the_request_budget() {
+    // Denied and invalid requests both count: a budget of 20 ends a run
+    // that never sends one (which used to spin until its fuel ran out).
+    let never = Untouched::new();
+    for (url, counter) in [
+        (format!("http://127.0.0.1:{}/", never.port), "http_denied"),
+        (format!("http://2130706433:{}/", never.port), "http_invalid"),
+    ] {
+        let s = Scratch::new();
+        let config = serde_json::json!({"behaviour": "http_forever", "url": url});
+        let (out, r) = run_guest(
+            &s,
+            config,
+            &args(&["--max-http-requests", "20", "--fuel", "4000000000"]),
+            &[],
+        );
+        assert!(!out.ok, "{url}: {out:?}");
+        assert_eq!(r["status"], "http_budget", "{url}: {}", error_of(&r));
+        assert!(error_of(&r).contains("budget of 20 requests"), "{r}");
+        assert_eq!(r["http_requests"], 0, "{url}");
+        assert_eq!(r[counter], 20, "{url}");
+        never.assert_untouched(&url);
+    }
+}
+
+#[test]
+fn the_denial_threshold_is_the_operators_and_counts_invalid_requests() {
+    let never = Untouched::new();
+    for (url, counter) in [
+        (format!("http://127.0.0.1:{}/", never.port), "http_denied"),
+        (format!("http://2130706433:{}/", never.port), "http_invalid"),
+    ] {
+        let s = Scratch::new();
+        let config = serde_json::json!({"behaviour": "http_forever", "url": url});
+        let (out, r) = run_guest(&s, config, &args(&["--max-http-denied", "5"]), &[]);
+        assert!(!out.ok, "{url}: {out:?}");
+        assert_eq!(r["status"], "http_denied_limit", "{url}: {}", error_of(&r));
+        assert!(error_of(&r).contains("refused more than 5"), "{r}");
+        assert_eq!(r[counter], 6, "{url}");
+        assert_eq!(host_http_lines(&out.stderr), 5, "{}", out.stderr);
+        assert_eq!(r["http_log_lines_suppressed"], 0);
+    }
+}
