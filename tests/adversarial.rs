@@ -472,14 +472,18 @@ async fn an_oversized_response_is_an_error_the_guest_sees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ungranted_request_loop_is_denied_not_sent() {
     // Hammering a host that is not granted: every request is denied, none
-    // is sent (the budget only counts sent requests), fuel ends it.
+    // is sent, and past the denial threshold the run ends.
     let addr = serve_bytes(10);
     let s = Scratch::new();
     let extra = serde_json::json!({"url": format!("http://{addr}/page")});
-    let r = hostile(&s, config("http_forever", extra), tight_fuel()).await;
-    assert_tripped(&s, &r, RunStatus::FuelExhausted, "fuel").await;
+    let limits = Limits {
+        max_http_denied: 50,
+        ..tight_fuel()
+    };
+    let r = hostile(&s, config("http_forever", extra), limits).await;
+    assert_tripped(&s, &r, RunStatus::HttpDeniedLimit, "refused more than 50").await;
     assert_eq!(r.record.http_requests, 0);
-    assert!(r.record.http_denied > 100, "{}", r.record.http_denied);
+    assert_eq!(r.record.http_denied, 51);
 }
 
 // ------------------------------------------------------- WAT adversaries

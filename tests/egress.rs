@@ -672,3 +672,291 @@ fn bad_secret_flags_get_a_clear_error_and_a_non_zero_exit() {
         assert!(!out.stderr.contains(SECRET));
     }
 }
+
+/// The request line's target (`/path?query`) of a request head.
+fn target(head: &str) -> &str {
+    head.lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("")
+}
+
+/// Flags granting hosts `a` and `c` (`127.0.0.1:PORT` each, the way these
+/// tests model two hosts) with secret `K` bound to `a` only.
+fn two_hosts_secret_on_a(a: u16, c: u16) -> Vec<String> {
+    args(&[
+        "--allow-host",
+        &format!("127.0.0.1:{a}"),
+        "--allow-host",
+        &format!("127.0.0.1:{c}"),
+        "--secret",
+        "K=env:SLUICE_TEST_K",
+        "--secret-host",
+        &format!("K=127.0.0.1:{a}"),
+    ])
+}
+
+/// Host A (bound to `K`) answers `/r` with `status` and the `Location`
+/// `location(C's port, A's request target)`; host C answers 200. The guest
+/// sends `config` (its `url` is given A's port by `url_of`). Returns the
+/// report and the request heads A and C saw.
+fn redirect_from_a_to_c(
+    status: &'static str,
+    location: impl Fn(u16, &str) -> String + Send + 'static,
+    config: impl Fn(u16) -> serde_json::Value,
+) -> (common::Out, serde_json::Value, Vec<String>, Vec<String>) {
+    let c = Upstream::start(|_| http_response("200 OK", "", "landed"));
+    let c_port = c.port;
+    let a = Upstream::start(move |head| {
+        let to = location(c_port, target(head));
+        http_response(status, &format!("location: {to}\r\n"), "")
+    });
+    let s = Scratch::new();
+    let (out, r) = run_guest(
+        &s,
+        config(a.port),
+        &two_hosts_secret_on_a(a.port, c.port),
+        &[("SLUICE_TEST_K", SECRET)],
+    );
+    (out, r, a.requests(), c.requests())
+}
+
+/// What a refused hop must look like: the run fails with the redirect's
+/// denial, A got the key, C got nothing at all (so neither a Referer, nor
+/// headers, nor a body, nor a URL carrying the key).
+fn assert_hop_refused(
+    case: &str,
+    (out, r, a, c): &(common::Out, serde_json::Value, Vec<String>, Vec<String>),
+) {
+    assert!(!out.ok, "{case}: {out:?}");
+    let err = error_of(r);
+    assert!(
+        err.contains("redirect") && err.contains("secret K may not be sent"),
+        "{case}: {err}"
+    );
+    assert_eq!(r["http_denied"], 1, "{case}");
+    assert_eq!(a.len(), 1, "{case}: A saw {a:?}");
+    assert!(
+        a[0].contains(&secret_in_query()) || a[0].contains(SECRET),
+        "{case}: A got no key: {}",
+        a[0]
+    );
+    assert!(c.is_empty(), "{case}: C saw {c:?}");
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains(SECRET) && !text.contains(&secret_in_query()));
+    }
+}
+
+#[test]
+fn a_redirect_does_not_carry_a_query_secret_to_an_unbound_host_in_the_referer() {
+    // The case: K is bound to A, the connector may reach A and C,
+    // A redirects to C and says nothing else. Without the fix C gets
+    // `referer: http://A/r?key=<the value>`.
+    let case = redirect_from_a_to_c(
+        "302 Found",
+        |c, _| format!("http://127.0.0.1:{c}/landing"),
+        |a| http_config(&format!("http://127.0.0.1:{a}/r?key={{{{secret:K}}}}")),
+    );
+    assert_hop_refused("302 after a query secret", &case);
+}
+
+#[test]
+fn a_redirect_whose_location_echoes_the_query_is_refused() {
+    // A repeats its query (the key) in the Location: the hop's URL itself
+    // would carry the key to C.
+    let case = redirect_from_a_to_c(
+        "302 Found",
+        |c, target| {
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            format!("http://127.0.0.1:{c}/landing?{query}")
+        },
+        |a| http_config(&format!("http://127.0.0.1:{a}/r?key={{{{secret:K}}}}")),
+    );
+    assert_hop_refused("Location echoing the query", &case);
+}
+
+#[test]
+fn a_307_or_308_does_not_resend_a_request_carrying_a_secret_to_an_unbound_host() {
+    // 307 and 308 send the method and body again (and the headers, and
+    // the Referer): a POST carrying a query secret must not go on to C.
+    for status in ["307 Temporary Redirect", "308 Permanent Redirect"] {
+        let case = redirect_from_a_to_c(
+            status,
+            |c, _| format!("http://127.0.0.1:{c}/landing"),
+            |a| {
+                serde_json::json!({
+                    "behaviour": "post",
+                    "url": format!("http://127.0.0.1:{a}/r?key={{{{secret:K}}}}"),
+                    "body": "the request body",
+                })
+            },
+        );
+        assert!(
+            case.2[0].starts_with("POST "),
+            "{status}: A saw {}",
+            case.2[0]
+        );
+        assert_hop_refused(status, &case);
+    }
+}
+
+#[test]
+fn a_redirect_does_not_carry_a_query_secret_next_to_a_header_secret_bound_to_both_hosts() {
+    // The header's secret H may go to A and C, so the old header-only
+    // re-check let the hop through; the query's K may not go to C.
+    let c = Upstream::start(|_| http_response("200 OK", "", "landed"));
+    let to = format!("http://127.0.0.1:{}/landing", c.port);
+    for status in ["302 Found", "307 Temporary Redirect"] {
+        let to = to.clone();
+        let a = Upstream::start(move |_| http_response(status, &format!("location: {to}\r\n"), ""));
+        let s = Scratch::new();
+        let mut flags = two_hosts_secret_on_a(a.port, c.port);
+        flags.extend(args(&[
+            "--secret",
+            "H=env:SLUICE_TEST_H",
+            "--secret-host",
+            &format!("H=127.0.0.1:{}", a.port),
+            "--secret-host",
+            &format!("H=127.0.0.1:{}", c.port),
+        ]));
+        let config = serde_json::json!({
+            "behaviour": "http",
+            "url": format!("http://127.0.0.1:{}/r?key={{{{secret:K}}}}", a.port),
+            "headers": [["x-api-key", "{{secret:H}}"], ["authorization", "Bearer {{secret:H}}"]],
+        });
+        let (out, r) = run_guest(
+            &s,
+            config,
+            &flags,
+            &[("SLUICE_TEST_K", SECRET), ("SLUICE_TEST_H", "header-token")],
+        );
+        assert_hop_refused(status, &(out, r, a.requests(), c.requests()));
+    }
+}
+
+#[test]
+fn a_followed_redirect_sends_no_referer() {
+    // A redirect the secrets allow (A to itself, K bound to A; A to C
+    // without a secret) is followed, and the next hop learns nothing of
+    // the last URL: no Referer.
+    let c = Upstream::start(|_| http_response("200 OK", "", "landed"));
+    let c_port = c.port;
+    let a = Upstream::start(move |head| {
+        let t = target(head);
+        if t.starts_with("/to-a") {
+            http_response("302 Found", "location: /landing\r\n", "")
+        } else if t.starts_with("/to-c") {
+            let to = format!("http://127.0.0.1:{c_port}/landing");
+            http_response("302 Found", &format!("location: {to}\r\n"), "")
+        } else {
+            http_response("200 OK", "", "landed")
+        }
+    });
+    let flags = two_hosts_secret_on_a(a.port, c.port);
+    let env = [("SLUICE_TEST_K", SECRET)];
+    for (url, hop) in [
+        (
+            format!(
+                "http://127.0.0.1:{}/to-a?key={{{{secret:K}}}}&page=1",
+                a.port
+            ),
+            "A",
+        ),
+        (format!("http://127.0.0.1:{}/to-c?page=1", a.port), "C"),
+    ] {
+        let s = Scratch::new();
+        let (out, r) = run_guest(&s, http_config(&url), &flags, &env);
+        assert!(out.ok, "redirect to {hop}: {out:?}");
+        assert_eq!(r["status"], "succeeded", "redirect to {hop}");
+    }
+    let (a_seen, c_seen) = (a.requests(), c.requests());
+    assert_eq!(a_seen.len(), 3, "{a_seen:?}");
+    assert_eq!(c_seen.len(), 1, "{c_seen:?}");
+    assert!(target(&a_seen[1]).starts_with("/landing"), "{}", a_seen[1]);
+    for head in [&a_seen[1], &c_seen[0]] {
+        assert_eq!(header(head, "referer"), None, "a hop got a Referer: {head}");
+    }
+}
+
+/// `sluice::http` lines in a run's stderr.
+fn host_http_lines(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("sluice::http"))
+        .count()
+}
+
+#[test]
+fn denied_requests_end_the_run_with_http_denied_limit_and_a_capped_log() {
+    // The flood: a connector hammering a forbidden address. Each
+    // denial used to write one WARN line, without end, and the run went on.
+    // The defaults: the 1,001st refusal ends the run; 100 lines are
+    // written (and one saying the rest are suppressed), the rest counted.
+    let never = Untouched::new();
+    let s = Scratch::new();
+    let config = serde_json::json!({
+        "behaviour": "http_forever",
+        "url": format!("http://127.0.0.1:{}/", never.port),
+    });
+    let (out, r) = run_guest(&s, config, &[], &[]);
+    assert!(!out.ok, "{out:?}");
+    assert_eq!(r["status"], "http_denied_limit", "{}", error_of(&r));
+    let err = error_of(&r);
+    assert!(
+        err.contains("refused more than 1000") && err.contains("loopback"),
+        "{err}"
+    );
+    assert_eq!(r["http_denied"], 1001);
+    assert_eq!(r["http_requests"], 0);
+    assert_eq!(host_http_lines(&out.stderr), 101, "{}", out.stderr);
+    assert_eq!(r["http_log_lines_suppressed"], 900);
+    let history = common::runs(&db(&s.path("sluice.db")));
+    let last = history.last().unwrap();
+    assert_eq!((last.0.as_str(), last.4), ("http_denied_limit", 1001));
+    never.assert_untouched("denied flood");
+}
+
+#[test]
+fn refused_requests_spend_the_request_budget() {
+    // Denied and invalid requests both count: a budget of 20 ends a run
+    // that never sends one (which used to spin until its fuel ran out).
+    let never = Untouched::new();
+    for (url, counter) in [
+        (format!("http://127.0.0.1:{}/", never.port), "http_denied"),
+        (format!("http://2130706433:{}/", never.port), "http_invalid"),
+    ] {
+        let s = Scratch::new();
+        let config = serde_json::json!({"behaviour": "http_forever", "url": url});
+        let (out, r) = run_guest(
+            &s,
+            config,
+            &args(&["--max-http-requests", "20", "--fuel", "4000000000"]),
+            &[],
+        );
+        assert!(!out.ok, "{url}: {out:?}");
+        assert_eq!(r["status"], "http_budget", "{url}: {}", error_of(&r));
+        assert!(error_of(&r).contains("budget of 20 requests"), "{r}");
+        assert_eq!(r["http_requests"], 0, "{url}");
+        assert_eq!(r[counter], 20, "{url}");
+        never.assert_untouched(&url);
+    }
+}
+
+#[test]
+fn the_denial_threshold_is_the_operators_and_counts_invalid_requests() {
+    let never = Untouched::new();
+    for (url, counter) in [
+        (format!("http://127.0.0.1:{}/", never.port), "http_denied"),
+        (format!("http://2130706433:{}/", never.port), "http_invalid"),
+    ] {
+        let s = Scratch::new();
+        let config = serde_json::json!({"behaviour": "http_forever", "url": url});
+        let (out, r) = run_guest(&s, config, &args(&["--max-http-denied", "5"]), &[]);
+        assert!(!out.ok, "{url}: {out:?}");
+        assert_eq!(r["status"], "http_denied_limit", "{url}: {}", error_of(&r));
+        assert!(error_of(&r).contains("refused more than 5"), "{r}");
+        assert_eq!(r[counter], 6, "{url}");
+        assert_eq!(host_http_lines(&out.stderr), 5, "{}", out.stderr);
+        assert_eq!(r["http_log_lines_suppressed"], 0);
+    }
+}

@@ -38,8 +38,24 @@ pub const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body a guest may receive, in bytes.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 
-/// Outbound HTTP requests one run may make.
+/// Outbound HTTP requests one run may make (`--max-http-requests`). Every
+/// attempt sent counts, and so does every request the host refuses
+/// (denied, invalid) or fails fast (circuit open) without sending it.
 pub const DEFAULT_MAX_HTTP_REQUESTS: u64 = 100_000;
+
+/// Requests of one run the host may refuse (denied by the grants or a
+/// secret's hosts, or invalid) before the run ends with `http_denied_limit`
+/// (`--max-http-denied`): the refusal past this many ends it. A connector
+/// that works makes a few refused requests at most; a thousand is probing
+/// (SSRF scans, host enumeration), and is stopped long before the request
+/// budget.
+pub const DEFAULT_MAX_HTTP_DENIED: u64 = 1_000;
+
+/// `sluice::http` log lines (request failures, retries, breaker trips) the
+/// host writes about one run; later ones are counted in the run's report
+/// (`http_log_lines_suppressed`), not written, so a connector cannot flood
+/// the operator's log through the host.
+pub const MAX_HTTP_LOG_LINES: u64 = 100;
 
 /// Response body bytes one run may receive in all its requests together.
 pub const DEFAULT_MAX_HTTP_BYTES: u64 = 1024 * 1024 * 1024;
@@ -265,6 +281,8 @@ pub struct Limits {
     pub http: HttpPolicy,
     pub max_response_bytes: u64,
     pub max_http_requests: u64,
+    /// Refused requests (denied or invalid) past which the run ends.
+    pub max_http_denied: u64,
     pub max_uncommitted_bytes: u64,
     pub max_state_bytes: u64,
     pub max_log_lines: u64,
@@ -291,6 +309,7 @@ impl Default for Limits {
             http: HttpPolicy::default(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_http_requests: DEFAULT_MAX_HTTP_REQUESTS,
+            max_http_denied: DEFAULT_MAX_HTTP_DENIED,
             max_uncommitted_bytes: DEFAULT_MAX_UNCOMMITTED_BYTES,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             max_log_lines: DEFAULT_MAX_LOG_LINES,

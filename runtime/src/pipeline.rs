@@ -226,6 +226,10 @@ pub struct RunReport {
     /// Requests failed fast because an upstream's circuit breaker was open.
     pub http_circuit_open: u64,
     pub log_lines_suppressed: u64,
+    /// Requests the host refused as invalid (denied ones are `http_denied`).
+    pub http_invalid: u64,
+    /// The host's own `sluice::http` log lines about the run over the cap.
+    pub http_log_lines_suppressed: u64,
     pub component_cache: &'static str,
     pub component_load_ms: u64,
 }
@@ -414,6 +418,8 @@ async fn run_with_writer(
         http_failed: http.failed,
         http_circuit_open: http.circuit_open,
         log_lines_suppressed: log_suppressed,
+        http_invalid: http.invalid,
+        http_log_lines_suppressed: http.log_lines_suppressed,
         component_cache: match loaded.cache {
             CacheOutcome::Memory => "memory",
             CacheOutcome::Disk => "disk",

@@ -303,6 +303,10 @@ struct Access {
     /// HTTP requests the run may make [default: 100000].
     #[arg(long, value_name = "N")]
     max_http_requests: Option<u64>,
+    /// Requests the host may refuse (denied or invalid) before the run
+    /// ends with http_denied_limit [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_http_denied: Option<u64>,
     /// Response bytes the run may receive in all [default: 1GiB].
     #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
     max_http_bytes: Option<u64>,
@@ -382,6 +386,7 @@ impl Access {
             }
         };
         set(&mut l.max_http_requests, self.max_http_requests);
+        set(&mut l.max_http_denied, self.max_http_denied);
         set(&mut l.max_http_bytes, self.max_http_bytes);
         set(&mut l.max_emit_bytes, self.max_emit_bytes);
         set(&mut l.max_record_bytes, self.max_record_bytes);

@@ -143,6 +143,12 @@ pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
             report.log_lines_suppressed
         );
     }
+    if report.http_log_lines_suppressed > 0 {
+        println!(
+            "  log:      {} host HTTP lines over the cap suppressed",
+            report.http_log_lines_suppressed
+        );
+    }
     if let Some(e) = &r.error {
         println!("  error:    {e}");
     }

@@ -32,7 +32,9 @@ use super::HostAbort;
 use crate::bindings::http::{self, HttpError, Method, Request, Response};
 use crate::host::resilience::{self, Admission, ProbeGuard, Upstreams};
 use crate::host::secrets::{self, SecretUseError, Secrets};
-use crate::limits::{HttpPolicy, Limits, MAX_REDIRECTS, MIN_WILDCARD_DOMAIN_LABELS};
+use crate::limits::{
+    HttpPolicy, Limits, MAX_HTTP_LOG_LINES, MAX_REDIRECTS, MIN_WILDCARD_DOMAIN_LABELS,
+};
 
 /// The host part of a [`HostGrant`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -503,8 +505,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub struct HttpStats {
     /// Requests sent (granted and within budget).
     pub requests: u64,
-    /// Requests refused by the grants.
+    /// Requests refused by the grants or a secret's hosts (the URL, its
+    /// resolved address, or a redirect hop).
     pub denied: u64,
+    /// Requests refused as invalid (a malformed URL, header or secret
+    /// placeholder).
+    pub invalid: u64,
     /// Requests that failed in transport (timeout, connect, too large).
     pub failed: u64,
     /// Response body bytes handed to the guest.
@@ -517,6 +523,24 @@ pub struct HttpStats {
     pub breaker_trips: u64,
     /// Requests failed fast because an upstream's breaker was open.
     pub circuit_open: u64,
+    /// `sluice::http` log lines about this run over
+    /// [`MAX_HTTP_LOG_LINES`], counted and not written.
+    pub log_lines_suppressed: u64,
+}
+
+impl HttpStats {
+    /// What the run's request budget has paid for: every attempt sent,
+    /// and every request the host refused (denied, invalid) or failed fast
+    /// (circuit open) without sending it, so a connector cannot spin on a
+    /// refusal for free.
+    pub fn budget_spent(&self) -> u64 {
+        self.requests + self.denied + self.invalid + self.circuit_open
+    }
+
+    /// Requests the host refused: denied or invalid.
+    pub fn refused(&self) -> u64 {
+        self.denied + self.invalid
+    }
 }
 
 /// Per-run state of the `http` capability.
@@ -524,11 +548,17 @@ pub struct HttpCtx {
     client: reqwest::Client,
     grants: Arc<[HostGrant]>,
     secrets: Secrets,
-    /// Secrets substituted into the headers of the request in flight, which
-    /// a redirect would carry on: the redirect policy re-checks them. The
-    /// client belongs to this one run, whose requests are sequential.
-    header_secrets: Arc<Mutex<Vec<String>>>,
+    /// Every secret substituted into the request in flight, in its query
+    /// or its headers: the redirect policy re-checks each against every
+    /// hop, as a redirect carries the headers (and on 307/308 the body) on,
+    /// and the hop's URL may echo the query. The client belongs to this one
+    /// run, whose requests are sequential.
+    carried_secrets: Arc<Mutex<Vec<String>>>,
     max_requests: u64,
+    /// Refused requests (denied or invalid) past which the run ends.
+    max_refused: u64,
+    /// `sluice::http` lines written about this run so far.
+    log_lines: u64,
     max_response_bytes: u64,
     max_http_bytes: u64,
     policy: HttpPolicy,
@@ -559,9 +589,9 @@ impl HttpCtx {
         deadline: Instant,
     ) -> Result<Self, reqwest::Error> {
         let grants: Arc<[HostGrant]> = grants.to_vec().into();
-        let header_secrets: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (policy_grants, policy_secrets, policy_header_secrets) =
-            (grants.clone(), secrets.clone(), header_secrets.clone());
+        let carried_secrets: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (policy_grants, policy_secrets, policy_carried_secrets) =
+            (grants.clone(), secrets.clone(), carried_secrets.clone());
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url().clone();
             let refuse = |reason: String| RedirectDenied {
@@ -574,20 +604,25 @@ impl HttpCtx {
             if let Err(denied) = egress_check(&policy_grants, &url) {
                 return attempt.error(refuse(denied.to_string()));
             }
-            let carried = policy_header_secrets
+            // A hop may only go where every secret the request carries may
+            // go: the hop gets the headers again (and the body on 307/308),
+            // and its URL may repeat the query the last host received.
+            let carried = policy_carried_secrets
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             for name in &carried {
                 if let Err(e) = policy_secrets.check_allowed(name, &url) {
-                    return attempt
-                        .error(refuse(format!("the request's headers carry a secret: {e}")));
+                    return attempt.error(refuse(format!("the request carries a secret: {e}")));
                 }
             }
             attempt.follow()
         });
         let client = reqwest::Client::builder()
             .redirect(policy)
+            // A Referer would hand the next hop the last URL, query (and
+            // the secrets substituted into it) included: never send one.
+            .referer(false)
             // A proxy would resolve and connect on our behalf, past the
             // resolved-address check: never use one (nor $HTTP_PROXY & co).
             .no_proxy()
@@ -600,8 +635,10 @@ impl HttpCtx {
             client,
             grants,
             secrets: secrets.clone(),
-            header_secrets,
+            carried_secrets,
             max_requests: limits.max_http_requests,
+            max_refused: limits.max_http_denied,
+            log_lines: 0,
             max_response_bytes: limits.max_response_bytes,
             max_http_bytes: limits.max_http_bytes,
             policy: limits.http.clone(),
@@ -697,45 +734,66 @@ impl HttpCtx {
                 if Instant::now() + wait < self.deadline {
                     retry += 1;
                     self.stats.retries += 1;
-                    tracing::info!(
-                        target: "sluice::http",
-                        url = %shown_url,
-                        %reason,
-                        retry,
-                        of = self.policy.retries,
-                        wait_ms = wait.as_millis() as u64,
-                        retry_after = asked.is_some(),
-                        "retrying request"
-                    );
+                    if self.may_log() {
+                        tracing::info!(
+                            target: "sluice::http",
+                            url = %shown_url,
+                            %reason,
+                            retry,
+                            of = self.policy.retries,
+                            wait_ms = wait.as_millis() as u64,
+                            retry_after = asked.is_some(),
+                            "retrying request"
+                        );
+                    }
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                tracing::warn!(
-                    target: "sluice::http",
-                    url = %shown_url,
-                    %reason,
-                    wait_ms = wait.as_millis() as u64,
-                    "not retrying: the backoff would end after the run's deadline"
-                );
+                if self.may_log() {
+                    tracing::warn!(
+                        target: "sluice::http",
+                        url = %shown_url,
+                        %reason,
+                        wait_ms = wait.as_millis() as u64,
+                        "not retrying: the backoff would end after the run's deadline"
+                    );
+                }
             }
             if upstreams.record(&self.policy, &upstream, false) {
                 self.stats.breaker_trips += 1;
-                tracing::warn!(
-                    target: "sluice::http",
-                    %upstream,
-                    %reason,
-                    cooldown_s = self.policy.breaker_cooldown.as_secs_f64(),
-                    "circuit breaker opened"
-                );
+                if self.may_log() {
+                    tracing::warn!(
+                        target: "sluice::http",
+                        %upstream,
+                        %reason,
+                        cooldown_s = self.policy.breaker_cooldown.as_secs_f64(),
+                        "circuit breaker opened"
+                    );
+                }
             }
             probe.disarm();
             return outcome.map_err(SendFail::Guest);
         }
     }
 
-    fn deny(&mut self, reason: String) -> HttpError {
-        self.stats.denied += 1;
-        HttpError::Denied(reason)
+    /// Whether one more `sluice::http` line about this run may be written.
+    /// Past [`MAX_HTTP_LOG_LINES`] a line is counted in
+    /// [`HttpStats::log_lines_suppressed`] instead; the first one suppressed
+    /// says so, once.
+    fn may_log(&mut self) -> bool {
+        if self.log_lines < MAX_HTTP_LOG_LINES {
+            self.log_lines += 1;
+            return true;
+        }
+        if self.stats.log_lines_suppressed == 0 {
+            tracing::warn!(
+                target: "sluice::http",
+                limit = MAX_HTTP_LOG_LINES,
+                "further HTTP log lines about this run are suppressed (counted in the run's report)"
+            );
+        }
+        self.stats.log_lines_suppressed += 1;
+        false
     }
 
     async fn send_checked(&mut self, req: Request) -> Result<Response, SendFail> {
@@ -760,28 +818,26 @@ impl HttpCtx {
             .into_iter()
             .map(str::to_string)
             .collect();
-        let mut in_headers = Vec::new();
         for (_, value) in &req.headers {
-            in_headers.extend(
+            used.extend(
                 secrets::placeholders(value)
                     .map_err(use_err)?
                     .into_iter()
                     .map(str::to_string),
             );
         }
-        used.extend(in_headers.iter().cloned());
         for name in &used {
             self.secrets.check_known(name).map_err(use_err)?;
         }
         if let Err(denied) = egress_check(&self.grants, &url) {
-            return Err(self.deny(denied.to_string()).into());
+            return Err(HttpError::Denied(denied.to_string()).into());
         }
         for name in &used {
             if let Err(e) = self.secrets.check_allowed(name, &url) {
-                return Err(self.deny(e.to_string()).into());
+                return Err(HttpError::Denied(e.to_string()).into());
             }
         }
-        if self.stats.requests >= self.max_requests {
+        if self.stats.budget_spent() >= self.max_requests {
             // Ends the run (`http_budget`) rather than telling the guest,
             // which could otherwise spin on the refusal.
             return Err(SendFail::Abort(HostAbort::HttpBudget {
@@ -818,19 +874,10 @@ impl HttpCtx {
             builder = builder.body(body);
         }
         *self
-            .header_secrets
+            .carried_secrets
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = in_headers;
-        let mut resp = match builder.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let err = transport_error(e);
-                if matches!(err, HttpError::Denied(_)) {
-                    self.stats.denied += 1;
-                }
-                return Err(err.into());
-            }
-        };
+            .unwrap_or_else(|e| e.into_inner()) = used;
+        let mut resp = builder.send().await.map_err(transport_error)?;
         let cap = self.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > cap) {
             return Err(HttpError::TooLarge(cap).into());
@@ -926,6 +973,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl http::Host for HttpCtx {
     async fn send(&mut self, req: Request) -> wasmtime::Result<Result<Response, HttpError>> {
+        // Refused requests spend the budget too: a connector spinning on a
+        // refusal ends with `http_budget` like one spinning on answers.
+        if self.stats.budget_spent() >= self.max_requests {
+            return Err(HostAbort::HttpBudget {
+                limit: self.max_requests,
+            }
+            .into());
+        }
         let url = req.url.clone();
         // The guest never gets a secret's value from the host: transport
         // errors quote the substituted URL, so they are redacted.
@@ -935,17 +990,31 @@ impl http::Host for HttpCtx {
             Err(SendFail::Guest(e)) => Err(redact_error(&self.secrets, e)),
         };
         if let Err(e) = &result {
-            if !matches!(
-                e,
-                HttpError::Denied(_)
-                    | HttpError::InvalidRequest(_)
-                    | HttpError::BudgetExhausted
-                    | HttpError::CircuitOpen(_)
-            ) {
-                self.stats.failed += 1;
+            match e {
+                HttpError::Denied(_) => self.stats.denied += 1,
+                HttpError::InvalidRequest(_) => self.stats.invalid += 1,
+                // Counted where they are decided.
+                HttpError::BudgetExhausted | HttpError::CircuitOpen(_) => {}
+                _ => self.stats.failed += 1,
             }
-            let url = self.secrets.redact(&url);
-            tracing::warn!(target: "sluice::http", %url, error = ?e, "request failed");
+            let url = self.secrets.redact(&url).into_owned();
+            let refusal = match e {
+                HttpError::Denied(why) => Some(format!("denied: {why}")),
+                HttpError::InvalidRequest(why) => Some(format!("invalid request: {why}")),
+                _ => None,
+            };
+            if let Some(last) = refusal.filter(|_| self.stats.refused() > self.max_refused) {
+                // Past the threshold a connector is probing, not syncing:
+                // end the run (`http_denied_limit`).
+                return Err(HostAbort::HttpDeniedLimit {
+                    limit: self.max_refused,
+                    last: format!("{url}: {last}"),
+                }
+                .into());
+            }
+            if self.may_log() {
+                tracing::warn!(target: "sluice::http", %url, error = ?e, "request failed");
+            }
         }
         Ok(result)
     }

@@ -22,6 +22,8 @@ pub enum HostAbort {
     Deadline,
     #[error("the run's HTTP request budget of {limit} requests is spent")]
     HttpBudget { limit: u64 },
+    #[error("the host refused more than {limit} of the run's HTTP requests (denied or invalid); the last: {last}")]
+    HttpDeniedLimit { limit: u64, last: String },
     #[error("the run's responses exceed {limit} bytes in all")]
     HttpBytes { limit: u64 },
     #[error("the run's records exceed {limit} bytes in all")]
@@ -51,6 +53,7 @@ impl HostAbort {
             HostAbort::Store(_) => RunStatus::StoreError,
             HostAbort::Deadline => RunStatus::Deadline,
             HostAbort::HttpBudget { .. } => RunStatus::HttpBudget,
+            HostAbort::HttpDeniedLimit { .. } => RunStatus::HttpDeniedLimit,
             HostAbort::HttpBytes { .. } => RunStatus::HttpBytesLimit,
             HostAbort::EmitBytes { .. } => RunStatus::EmitBytesLimit,
             HostAbort::RecordTooLarge { .. } => RunStatus::RecordTooLarge,

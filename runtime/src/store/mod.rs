@@ -87,6 +87,9 @@ pub enum RunStatus {
     StackOverflow,
     /// The run made more HTTP requests than allowed.
     HttpBudget,
+    /// The host refused more of the run's HTTP requests (denied or
+    /// invalid) than allowed.
+    HttpDeniedLimit,
     /// The run received more response bytes in all than allowed.
     HttpBytesLimit,
     /// The run emitted more record bytes in all than allowed.
@@ -129,6 +132,7 @@ impl RunStatus {
             RunStatus::InstanceLimit => "instance_limit",
             RunStatus::StackOverflow => "stack_overflow",
             RunStatus::HttpBudget => "http_budget",
+            RunStatus::HttpDeniedLimit => "http_denied_limit",
             RunStatus::HttpBytesLimit => "http_bytes_limit",
             RunStatus::EmitBytesLimit => "emit_bytes_limit",
             RunStatus::RecordTooLarge => "record_too_large",
@@ -153,6 +157,7 @@ impl RunStatus {
             RunStatus::InstanceLimit,
             RunStatus::StackOverflow,
             RunStatus::HttpBudget,
+            RunStatus::HttpDeniedLimit,
             RunStatus::HttpBytesLimit,
             RunStatus::EmitBytesLimit,
             RunStatus::RecordTooLarge,

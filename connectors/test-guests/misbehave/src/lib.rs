@@ -17,6 +17,8 @@
 //! response header or a response body: the check that the host never gives a
 //! guest a secret's value.
 //! - `error`: returns a connector error.
+//! - `post`: like `http`, with a POST of `body` (tests/egress.rs: what a
+//!   307/308 redirect carries on).
 //!
 //! Adversarial behaviours (tests/adversarial.rs):
 //!
@@ -80,6 +82,8 @@ pub struct Config {
     records: Vec<String>,
     #[serde(default)]
     stream: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
 }
 
 /// Recurse `depth` frames deep without a tail call, in wasm locals only,
@@ -129,7 +133,25 @@ fn get(config: &Config) -> Result<sluice_sdk::http::Response, Error> {
         .url
         .as_deref()
         .ok_or_else(|| Error::Config("url required".into()))?;
-    let mut req = sluice_sdk::http::Request::get(url);
+    send(config, sluice_sdk::http::Request::get(url))
+}
+
+/// POST `body` to `url`, as [`get`].
+fn post(config: &Config) -> Result<sluice_sdk::http::Response, Error> {
+    let url = config
+        .url
+        .as_deref()
+        .ok_or_else(|| Error::Config("url required".into()))?;
+    let body = config.body.clone().unwrap_or_default().into_bytes();
+    send(config, sluice_sdk::http::Request::post(url, body))
+}
+
+/// Send `req` with the configured headers, failing if the host hands the
+/// guest `must_not_see` anywhere.
+fn send(
+    config: &Config,
+    mut req: sluice_sdk::http::Request,
+) -> Result<sluice_sdk::http::Response, Error> {
     for (name, value) in &config.headers {
         req = req.header(name.clone(), value.clone());
     }
@@ -215,6 +237,10 @@ impl Connector for Misbehave {
             "panic" => panic!("misbehave: deliberate panic"),
             "http" => {
                 get(config)?.error_for_status()?;
+                Ok(())
+            }
+            "post" => {
+                post(config)?.error_for_status()?;
                 Ok(())
             }
             "echo" => {
