@@ -24,6 +24,7 @@ pub mod scaffold;
 pub mod schema;
 pub mod store;
 pub mod sync;
+pub mod text;
 
 pub use engine::{EngineSettings, Runtime, RuntimeError, RuntimeOptions};
 pub use limits::{HttpPolicy, Limits, RateLimit};

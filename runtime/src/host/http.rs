@@ -945,7 +945,7 @@ impl http::Host for HttpCtx {
                 self.stats.failed += 1;
             }
             let url = self.secrets.redact(&url);
-            tracing::warn!(target: "sluice::http", %url, error = ?e, "request failed");
+            tracing::warn!(target: "sluice::http", url = %crate::text::escaped(&url), error = ?e, "request failed");
         }
         Ok(result)
     }
