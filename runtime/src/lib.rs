@@ -22,6 +22,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod scaffold;
 pub mod schema;
+pub mod spec_check;
 pub mod store;
 pub mod sync;
 pub mod text;
