@@ -146,6 +146,322 @@ fn tight_fuel() -> Limits {
     }
 }
 
+// ------------------------------------------- terminal text, batches, specs
+
+/// Control text a hostile connector puts in its error and log lines: a
+/// forged line, a carriage return, an OSC retitle, a screen clear and BEL.
+const HOSTILE_TEXT: &str =
+    "boom\nrun 0000 misbehave 0.1.0  succeeded\r\x1b]0;pwned\x07\x1b[2J\x07end";
+
+/// The raw bytes that must never reach a terminal from connector text.
+const RAW_CONTROLS: [char; 3] = ['\r', '\x1b', '\x07'];
+
+/// `out` (stdout or stderr of a command) holds no raw control bytes and no
+/// forged line; it does show the escaped text.
+fn assert_escaped(what: &str, out: &str) {
+    for c in RAW_CONTROLS {
+        assert!(!out.contains(c), "{what} carries raw {c:?}: {out:?}");
+    }
+    assert!(
+        !out.lines().any(|l| l.starts_with("run 0000")),
+        "{what} has a forged line: {out:?}"
+    );
+    assert!(
+        out.contains(r"boom\nrun 0000 misbehave 0.1.0  succeeded\r\x1b]0;pwned\x07\x1b[2J\x07end"),
+        "{what} does not show the text escaped: {out:?}"
+    );
+}
+
+/// A loopback HTTP server answering every request with `body` (then
+/// closing). Only ever binds 127.0.0.1; runs until the test process ends.
+fn serve_body(body: &'static str) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn connector_text_reaches_the_terminal_escaped_and_json_exact() {
+    // The misbehave guest's `echo` logs the upstream's body at error level
+    // and fails the run with it: connector text in a log line, the run's
+    // error, `sluice run`, `runs`, `runs show` and the `error:` line.
+    let addr = serve_body(HOSTILE_TEXT);
+    let s = Scratch::new();
+    let cfg = s.write(
+        "c.json",
+        serde_json::json!({"behaviour": "echo", "url": format!("http://{addr}/")}).to_string(),
+    );
+    let db = s.path("sluice.db");
+    let component = guest("misbehave");
+    let run = |json: bool| {
+        let mut args = vec![
+            "run".into(),
+            component.clone().into_os_string(),
+            "--config".into(),
+            cfg.clone().into_os_string(),
+            "--db".into(),
+            db.clone().into_os_string(),
+            "--allow-host".into(),
+            addr.to_string().into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        common::sluice(args)
+    };
+    let out = run(false);
+    assert!(!out.ok, "{out:?}");
+    assert_escaped("sluice run stdout", &out.stdout);
+    assert_escaped("sluice run stderr", &out.stderr);
+    let error_lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "{}", out.stderr);
+    assert!(error_lines[0].contains("ended failed"), "{}", out.stderr);
+    // The guest's error log line is in the log, on one line.
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("upstream said: boom\\nrun 0000")),
+        "{}",
+        out.stderr
+    );
+
+    let runs = common::sluice(["runs".as_ref(), "--db".as_ref(), db.as_os_str()]);
+    assert!(runs.ok, "{runs:?}");
+    assert_escaped("sluice runs", &runs.stdout);
+    let listed = common::sluice([
+        "runs".as_ref(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let want = format!("upstream error: upstream said: {HOSTILE_TEXT}");
+    assert_eq!(
+        listed[0]["error"],
+        want.as_str(),
+        "JSON keeps the exact text"
+    );
+    let show = common::sluice([
+        "runs".as_ref(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "show".as_ref(),
+        id.as_ref(),
+    ]);
+    assert!(show.ok, "{show:?}");
+    assert_escaped("sluice runs show", &show.stdout);
+
+    let out = run(true);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["error"], want.as_str(), "JSON keeps the exact text");
+    assert_escaped("sluice run --json stderr", &out.stderr);
+}
+
+/// A WAT component whose spec declares `name`, `version` and
+/// `description` (any bytes) and the harness's one stream.
+fn wat_with_spec(name: &str, version: &str, description: &str) -> String {
+    let hex = |t: &str| -> String { t.bytes().map(|b| format!("\\{b:02x}")).collect() };
+    let (n, v, d) = (2100u32, 2300u32, 2500u32);
+    let record = wat_words(&[
+        n,
+        name.len() as u32,
+        v,
+        version.len() as u32,
+        d,
+        description.len() as u32,
+        592,
+        2,
+        320,
+        1,
+    ]);
+    let main = format!(
+        r#"(data (i32.const 2048) "{record}")
+    (data (i32.const {n}) "{}")
+    (data (i32.const {v}) "{}")
+    (data (i32.const {d}) "{}")"#,
+        hex(name),
+        hex(version),
+        hex(description)
+    );
+    WatSource {
+        main: &main,
+        spec: "i32.const 2048",
+        ..WatSource::default()
+    }
+    .text()
+}
+
+/// `sluice ARGS` refused the component: non-zero exit, one `error:` line
+/// on stderr naming `why`, no raw control bytes.
+fn assert_refused(what: &str, out: &common::Out, why: &str) {
+    assert!(!out.ok, "{what}: {out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: not one line: {:?}", out.stderr);
+    assert!(lines[0].starts_with("error: "), "{what}: {}", out.stderr);
+    assert!(
+        lines[0].contains(why),
+        "{what}: {why:?} not in {}",
+        out.stderr
+    );
+    for c in RAW_CONTROLS {
+        assert!(
+            !out.stderr.contains(c),
+            "{what}: raw {c:?} in {:?}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn bad_connector_names_and_versions_are_refused_by_every_command() {
+    let s = Scratch::new();
+    let cfg = s.write("c.json", "{}");
+    let hostile_name = format!("x{HOSTILE_TEXT}");
+    let cases = [
+        (
+            "dotdot",
+            wat_with_spec("../../x", "0.1.0", ""),
+            r#"name "../../x""#,
+        ),
+        (
+            "version",
+            wat_with_spec("fine", "1.x", ""),
+            r#"version "1.x" is not semver"#,
+        ),
+        (
+            "controls",
+            wat_with_spec(&hostile_name, "0.1.0", ""),
+            "is not [a-z]",
+        ),
+    ];
+    for (stem, wat, why) in &cases {
+        let path = s.write(&format!("{stem}.wat"), wat);
+        let db = s.path(&format!("{stem}.db"));
+        let spec = common::sluice(["spec".as_ref(), path.as_os_str()]);
+        assert_refused(&format!("{stem}: spec"), &spec, why);
+        let check = common::sluice([
+            "check".as_ref(),
+            path.as_os_str(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+        ]);
+        assert_refused(&format!("{stem}: check"), &check, why);
+        let run = common::sluice([
+            "run".as_ref(),
+            path.as_os_str(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--db".as_ref(),
+            db.as_os_str(),
+        ]);
+        assert_refused(&format!("{stem}: run"), &run, why);
+        // Refused before a run is recorded.
+        let conn = common::db(&db);
+        assert_eq!(common::count(&conn, "SELECT count(*) FROM _sluice_runs"), 0);
+    }
+    // The kit fails the spec row and stops.
+    let path = s.path("dotdot.wat");
+    let kit = common::sluice([
+        "test-connector".as_ref(),
+        path.as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ]);
+    assert_eq!(kit.code, Some(1), "{kit:?}");
+    assert!(
+        kit.stdout
+            .lines()
+            .any(|l| l.contains("spec is well formed") && l.contains("FAIL")),
+        "{}",
+        kit.stdout
+    );
+    // The registry lists such components as unusable, never by name, and
+    // shows their text escaped.
+    let dir = s.path("registry");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("hostile.wasm"), &cases[2].1).unwrap();
+    std::fs::write(dir.join("dotdot.wasm"), &cases[0].1).unwrap();
+    let listed = common::sluice([
+        "connectors".as_ref(),
+        "--connectors-dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert!(listed.ok, "{listed:?}");
+    assert_eq!(
+        listed
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("(unusable)"))
+            .count(),
+        2,
+        "{}",
+        listed.stdout
+    );
+    for c in RAW_CONTROLS {
+        assert!(!listed.stdout.contains(c), "{:?}", listed.stdout);
+        assert!(!listed.stderr.contains(c), "{:?}", listed.stderr);
+    }
+    assert!(!listed.stdout.lines().any(|l| l.starts_with("run 0000")));
+}
+
+#[test]
+fn a_spec_description_with_controls_prints_escaped_and_json_exact() {
+    let s = Scratch::new();
+    let path = s.write("desc.wat", wat_with_spec("fine", "0.1.0", HOSTILE_TEXT));
+    let out = common::sluice(["spec".as_ref(), path.as_os_str()]);
+    assert!(out.ok, "{out:?}");
+    assert_escaped("sluice spec", &out.stdout);
+    let out = common::sluice(["spec".as_ref(), path.as_os_str(), "--json".as_ref()]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["description"], HOSTILE_TEXT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_over_the_batch_limit_ends_batch_too_large() {
+    // 500 records of 40 kB in one sink.emit: 20 MB, over the batch limit of
+    // a 64 MiB run (16 MiB) but under every other limit.
+    let s = Scratch::new();
+    let limits = Limits {
+        memory_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    assert_eq!(limits.max_batch_bytes(), 16 << 20);
+    let extra = serde_json::json!({"size": 40_000, "commit_every": 0});
+    let r = hostile(&s, config("emit_forever", extra), limits).await;
+    assert_tripped(
+        &s,
+        &r,
+        RunStatus::BatchTooLarge,
+        "batch limit of 16777216 bytes",
+    )
+    .await;
+    let error = r.record.error.as_deref().unwrap();
+    assert!(!error.contains("wasm backtrace"), "{error}");
+}
+
 // ---------------------------------------------------------------- CPU, time
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,8 +854,13 @@ impl Default for WatSource<'_> {
 impl WatSource<'_> {
     fn text(&self) -> String {
         // connector-spec: name, version, description, config-schema
-        // (string = ptr, len) and streams (list = ptr, len).
-        let record = |name_ptr: u32| wat_words(&[name_ptr, 9, 576, 5, 600, 0, 592, 2, 600, 0]);
+        // (string = ptr, len) and streams (list = ptr, len): one stream.
+        let record = |name_ptr: u32| wat_words(&[name_ptr, 9, 576, 5, 600, 0, 592, 2, 320, 1]);
+        // stream: name, json-schema, primary-key (empty), cursor-field
+        // (none: tag, pad, ptr, len) and sync-modes ([full-refresh]).
+        let schema = r#"{"type":"object","properties":{"id":{"type":"integer"}}}"#;
+        let stream = wat_words(&[368, 5, 384, schema.len() as u32, 0, 0, 0, 0, 0, 448, 1]);
+        let schema: String = schema.bytes().map(|b| format!("\\{b:02x}")).collect();
         let extra: String = (0..self.extra_instances)
             .map(|i| {
                 format!(
@@ -560,6 +881,9 @@ impl WatSource<'_> {
       (local.get $p))
     (data (i32.const {clean}) "{rec_clean}")
     (data (i32.const {dirty}) "{rec_dirty}")
+    (data (i32.const 320) "{stream}")
+    (data (i32.const 368) "items")
+    (data (i32.const 384) "{schema}")
     (data (i32.const 512) "wat-clean")
     (data (i32.const 544) "wat-dirty")
     (data (i32.const 576) "0.1.0")

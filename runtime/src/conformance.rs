@@ -28,6 +28,8 @@ use crate::limits::Limits;
 use crate::pipeline::{self, new_run_id, PipelineError, RunRequest};
 use crate::sandbox::{GuestError, Sandbox};
 use crate::schema::StreamSchema;
+use crate::spec_check;
+pub use crate::spec_check::valid_connector_name;
 use crate::store::{quote_ident, META_COLUMNS};
 use crate::Runtime;
 
@@ -213,13 +215,6 @@ impl Drop for Fixture {
     }
 }
 
-/// Whether `name` is a connector name: `[a-z][a-z0-9_-]*`.
-pub fn valid_connector_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
-
 /// Whether `name` is a stream name: `[a-z][a-z0-9_]*`.
 pub fn valid_stream_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -277,23 +272,12 @@ fn stream_problems(s: &types::Stream) -> Vec<String> {
     problems
 }
 
-/// The spec's own problems (empty when it is well formed).
+/// The spec's own problems (empty when it is well formed): those every
+/// command refuses ([`spec_check::problems`]), then the kit's stricter
+/// per-stream ones.
 fn spec_problems(spec: &types::ConnectorSpec) -> Vec<String> {
-    let mut problems = Vec::new();
-    if !valid_connector_name(&spec.name) {
-        problems.push(format!("name {:?} is not [a-z][a-z0-9_-]*", spec.name));
-    }
-    if let Err(e) = semver::Version::parse(&spec.version) {
-        problems.push(format!("version {:?} is not semver: {e}", spec.version));
-    }
-    if spec.streams.is_empty() {
-        problems.push("no streams".into());
-    }
-    let mut seen = BTreeSet::new();
+    let mut problems = spec_check::problems(spec);
     for s in &spec.streams {
-        if !seen.insert(s.name.as_str()) {
-            problems.push(format!("stream {:?} declared twice", s.name));
-        }
         problems.extend(stream_problems(s));
     }
     problems
@@ -473,7 +457,8 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
     let defaults = Limits::default();
 
     // The spec.
-    let spec = match pipeline::spec(runtime, &req.component, &req.limits).await {
+    // Unchecked: the kit reports a bad spec as a row, not an error.
+    let spec = match pipeline::spec_unchecked(runtime, &req.component, &req.limits).await {
         Ok((_, spec)) => spec,
         Err(e) => {
             report.row("spec", Outcome::Fail, e.to_string());
@@ -501,6 +486,10 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
             Err(problems.join("; "))
         },
     );
+    if spec_check::validate(&spec).is_err() {
+        // Every later step would refuse this spec too.
+        return Ok(report);
+    }
     let parsed_schema = parse_config_schema(&spec.config_schema);
     let schema_ok = report.result(
         "config schema is a valid JSON Schema",

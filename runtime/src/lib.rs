@@ -23,8 +23,10 @@ pub mod registry;
 pub mod sandbox;
 pub mod scaffold;
 pub mod schema;
+pub mod spec_check;
 pub mod store;
 pub mod sync;
+pub mod text;
 
 pub use engine::{EngineSettings, Runtime, RuntimeError, RuntimeOptions};
 pub use limits::{HttpPolicy, Limits, RateLimit};

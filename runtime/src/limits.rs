@@ -102,6 +102,20 @@ pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 /// connector must `state.commit` (or finish) before reaching it.
 pub const DEFAULT_MAX_UNCOMMITTED_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Most bytes one host call may carry out of the guest — a `sink.emit`
+/// batch (record bytes plus 8 per record), a state value, a request, a log
+/// message — however large the memory limit. Enforced by wasmtime's
+/// hostcall fuel while the call's arguments are copied into the host, so
+/// an oversized batch ends the run with `batch_too_large` before the host
+/// holds it. Lifting a batch copies it into host memory and checking it
+/// parses it, so this (with [`BATCH_MEMORY_DIVISOR`]) is the main bound on
+/// the host memory a guest can make the host spend per call.
+pub const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A run's batch limit is at most its memory limit divided by this: a
+/// guest near its memory limit cannot hand the host a copy nearly as large.
+pub const BATCH_MEMORY_DIVISOR: u64 = 4;
+
 /// Bytes of record JSON one run may emit in all (committed or not).
 pub const DEFAULT_MAX_EMIT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -324,6 +338,15 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The run's batch limit: the most bytes one host call may carry out of
+    /// the guest, [`MAX_BATCH_BYTES`] or a [`BATCH_MEMORY_DIVISOR`]th of the
+    /// memory limit, whichever is smaller.
+    pub fn max_batch_bytes(&self) -> u64 {
+        MAX_BATCH_BYTES.min(self.memory_bytes / BATCH_MEMORY_DIVISOR)
+    }
+}
+
 /// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also `K`, `M`,
 /// `G`, `KB`, `MB`, `GB`, all binary multiples).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -347,6 +370,19 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_batch_limit_follows_the_memory_limit() {
+        assert_eq!(
+            Limits::default().max_batch_bytes(),
+            DEFAULT_MEMORY_BYTES / 4
+        );
+        let big = Limits {
+            memory_bytes: 4 << 30,
+            ..Limits::default()
+        };
+        assert_eq!(big.max_batch_bytes(), MAX_BATCH_BYTES);
+    }
 
     #[test]
     fn parses_sizes() {

@@ -23,7 +23,8 @@ fn main() -> ExitCode {
     match rt.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line: error texts can carry connector text (escaped here).
+            eprintln!("error: {}", sluice::text::escaped(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

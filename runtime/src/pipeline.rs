@@ -18,6 +18,7 @@ use crate::host::{RunChannel, RunCounters, RunStream};
 use crate::limits::Limits;
 use crate::sandbox::{GuestError, Sandbox};
 use crate::schema::{DriftKind, ParseFailure, RecordError, StreamSchema, Verdict};
+use crate::spec_check::{self, SpecError};
 use crate::store::{
     now_rfc3339, QuarantineFilter, ReplayPlan, RunRecord, RunStatus, SqliteStore, Store,
     StoreError, StreamDef, StreamTable, WriterHandle,
@@ -34,6 +35,8 @@ pub enum PipelineError {
     Config(String),
     #[error(transparent)]
     Guest(#[from] GuestError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
 }
 
 /// Parse and check the operator's config text: it must be a JSON object.
@@ -102,8 +105,29 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// `spec` of the component at `path`.
+/// `spec` of the component at `path`, refused unless it passes
+/// [`spec_check::validate`].
 pub async fn spec(
+    runtime: &Runtime,
+    path: &Path,
+    limits: &Limits,
+) -> Result<(Arc<Loaded>, types::ConnectorSpec), PipelineError> {
+    let (loaded, spec) = spec_unchecked(runtime, path, limits).await?;
+    spec_check::validate(&spec)?;
+    Ok((loaded, spec))
+}
+
+/// The spec of a sandbox's component, refused unless it passes
+/// [`spec_check::validate`].
+async fn checked_spec(sandbox: &mut Sandbox) -> Result<types::ConnectorSpec, PipelineError> {
+    let spec = sandbox.spec().await?;
+    spec_check::validate(&spec)?;
+    Ok(spec)
+}
+
+/// `spec` of the component at `path` as the component answered it (for
+/// the conformance kit, which reports a bad spec itself).
+pub async fn spec_unchecked(
     runtime: &Runtime,
     path: &Path,
     limits: &Limits,
@@ -145,7 +169,7 @@ async fn configured_sandbox(
         limits,
     )
     .await?;
-    let spec = sandbox.spec().await?;
+    let spec = checked_spec(&mut sandbox).await?;
     sandbox.set_connector(&spec.name);
     check_config_schema(&spec, config)?;
     Ok(sandbox)
@@ -298,7 +322,8 @@ async fn run_with_writer(
         &req.limits,
     )
     .await?;
-    let spec = sandbox.spec().await?;
+    // A refused spec fails the command before a run is recorded.
+    let spec = checked_spec(&mut sandbox).await?;
     let key = req.instance.clone();
     sandbox.set_connector(&key);
     // The instance may run another component than last time (a new

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::engine::Runtime;
 use crate::limits::{Limits, REGISTRY_SPEC_FUEL, REGISTRY_SPEC_TIMEOUT};
 use crate::pipeline::{self, PipelineError};
+use crate::text::escaped;
 
 /// The registry directory used when neither `--connectors-dir` nor
 /// `sluice.toml` names one (relative to the working directory).
@@ -107,7 +108,7 @@ impl Registry {
             let (loaded, spec) = match pipeline::spec(runtime, &path, &limits).await {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "not a usable connector");
+                    tracing::warn!(path = %path.display(), error = %escaped(&e.to_string()), "not a usable connector");
                     registry.broken.push(Broken {
                         path,
                         error: error_line(&e),

@@ -21,6 +21,7 @@ use crate::host::state::StateCtx;
 use crate::host::{HostAbort, RunChannel};
 use crate::limits::{Limits, GUEST_SLICE_TICKS, MAX_WASI_STDIO_BYTES};
 use crate::store::RunStatus;
+use crate::text::escaped;
 
 /// A resource limit the guest tried to exceed (raised as a trap).
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +149,7 @@ impl WasiState {
             let text = String::from_utf8_lossy(&bytes);
             let text = secrets.redact(&text);
             for line in text.lines() {
+                let line = escaped(line);
                 tracing::info!(target: "guest", run_id, connector, stream = name, "{line}");
             }
             if bytes.len() >= MAX_WASI_STDIO_BYTES {
@@ -224,8 +226,31 @@ pub fn connector_error_text(e: &types::ConnectorError) -> String {
     }
 }
 
-/// Map a trap or host error from a guest call onto a run status.
-pub fn classify(err: &wasmtime::Error) -> (RunStatus, String) {
+/// wasmtime's error when a host call's arguments exceed the store's
+/// hostcall fuel (its type is private); the one place its text is matched.
+const HOSTCALL_FUEL_MARKER: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// `err` as one line, the useful part first: its messages outermost first,
+/// without the multi-line wasm backtrace wasmtime attaches to a trap, any
+/// line breaks left folded into spaces.
+pub fn one_line(err: &wasmtime::Error) -> String {
+    let backtrace = err
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|b| b.to_string());
+    let parts: Vec<String> = err
+        .chain()
+        .map(|e| e.to_string())
+        .filter(|m| Some(m) != backtrace.as_ref())
+        .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|m| !m.is_empty())
+        .collect();
+    parts.join(": ")
+}
+
+/// Map a trap or host error from a guest call onto a run status, with a
+/// one-line reason; `max_batch_bytes` is the run's batch limit (the
+/// store's hostcall fuel).
+pub fn classify(err: &wasmtime::Error, max_batch_bytes: u64) -> (RunStatus, String) {
     if let Some(l) = err.downcast_ref::<LimitExceeded>() {
         let status = match l {
             LimitExceeded::Memory { .. } => RunStatus::MemoryLimit,
@@ -250,7 +275,22 @@ pub fn classify(err: &wasmtime::Error) -> (RunStatus, String) {
             "the guest overflowed its wasm stack (runaway recursion?)".into(),
         ),
         Some(t) => (RunStatus::Trapped, format!("guest trapped: {t}")),
-        None => (RunStatus::Trapped, format!("guest failed: {err:#}")),
+        None if err
+            .chain()
+            .any(|e| e.to_string().contains(HOSTCALL_FUEL_MARKER)) =>
+        {
+            (
+                RunStatus::BatchTooLarge,
+                format!(
+                    "one host call (a sink.emit batch, say) carried more than the run's \
+                 batch limit of {max_batch_bytes} bytes out of the guest: emit smaller batches"
+                ),
+            )
+        }
+        None => (
+            RunStatus::Trapped,
+            format!("guest failed: {}", one_line(err)),
+        ),
     }
 }
 
@@ -262,15 +302,15 @@ const COUNT_LIMIT_MARKER: &str = "count too high";
 
 /// Map an instantiation failure onto a run status: the count limits, else
 /// as [`classify`].
-pub fn classify_instantiation(err: &wasmtime::Error) -> (RunStatus, String) {
-    let text = format!("{err:#}");
+pub fn classify_instantiation(err: &wasmtime::Error, max_batch_bytes: u64) -> (RunStatus, String) {
+    let text = one_line(err);
     if text.contains("resource limit exceeded") && text.contains(COUNT_LIMIT_MARKER) {
         return (
             RunStatus::InstanceLimit,
             format!("the component creates too many instances, tables or memories: {text}"),
         );
     }
-    classify(err)
+    classify(err, max_batch_bytes)
 }
 
 /// A live sandbox: a store with its limits, and the instantiated world.
@@ -278,6 +318,8 @@ pub struct Sandbox {
     store: Store<HostState>,
     source: Source,
     fuel: u64,
+    /// The run's batch limit (the store's hostcall fuel).
+    batch_limit: u64,
     deadline: Instant,
     started: Instant,
 }
@@ -320,6 +362,8 @@ impl Sandbox {
         };
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|s| &mut s.limiter);
+        let batch_limit = limits.max_batch_bytes();
+        store.set_hostcall_fuel(usize::try_from(batch_limit).unwrap_or(usize::MAX));
         if runtime.fuel_metering() {
             store
                 .set_fuel(limits.fuel)
@@ -350,7 +394,7 @@ impl Sandbox {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                let (status, message) = classify_instantiation(&e);
+                let (status, message) = classify_instantiation(&e, batch_limit);
                 return Err(GuestError::Stopped { status, message });
             }
             Err(_) => return Err(deadline_error()),
@@ -359,6 +403,7 @@ impl Sandbox {
             store,
             source,
             fuel: limits.fuel,
+            batch_limit,
             deadline: sandbox_deadline,
             started,
         })
@@ -406,20 +451,27 @@ impl Sandbox {
             tokio::time::timeout_at(self.deadline.into(), fut)
                 .await
                 .map(|r| r.map(Ok)),
+            self.batch_limit,
         )
         .map_err(|e| self.explain(e))
     }
 
     pub async fn check(&mut self, config: &str) -> Result<(), GuestError> {
         let fut = self.source.call_check(&mut self.store, config);
-        finish(tokio::time::timeout_at(self.deadline.into(), fut).await)
-            .map_err(|e| self.explain(e))
+        finish(
+            tokio::time::timeout_at(self.deadline.into(), fut).await,
+            self.batch_limit,
+        )
+        .map_err(|e| self.explain(e))
     }
 
     pub async fn discover(&mut self, config: &str) -> Result<Vec<types::Stream>, GuestError> {
         let fut = self.source.call_discover(&mut self.store, config);
-        finish(tokio::time::timeout_at(self.deadline.into(), fut).await)
-            .map_err(|e| self.explain(e))
+        finish(
+            tokio::time::timeout_at(self.deadline.into(), fut).await,
+            self.batch_limit,
+        )
+        .map_err(|e| self.explain(e))
     }
 
     pub async fn read(
@@ -428,8 +480,11 @@ impl Sandbox {
         streams: &[types::ConfiguredStream],
     ) -> Result<types::ReadSummary, GuestError> {
         let fut = self.source.call_read(&mut self.store, config, streams);
-        finish(tokio::time::timeout_at(self.deadline.into(), fut).await)
-            .map_err(|e| self.explain(e))
+        finish(
+            tokio::time::timeout_at(self.deadline.into(), fut).await,
+            self.batch_limit,
+        )
+        .map_err(|e| self.explain(e))
     }
 }
 
@@ -474,14 +529,41 @@ impl Sandbox {
 /// Flatten (deadline, trap, connector error) into one result.
 fn finish<T>(
     r: Result<wasmtime::Result<Result<T, types::ConnectorError>>, tokio::time::error::Elapsed>,
+    batch_limit: u64,
 ) -> Result<T, GuestError> {
     match r {
         Err(_) => Err(deadline_error()),
         Ok(Err(trap)) => {
-            let (status, message) = classify(&trap);
+            let (status, message) = classify(&trap, batch_limit);
             Err(GuestError::Stopped { status, message })
         }
         Ok(Ok(Err(e))) => Err(GuestError::Connector(e)),
         Ok(Ok(Ok(v))) => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_one_line_outermost_first() {
+        let err = wasmtime::Error::msg("root\ncause").context("while emitting");
+        assert_eq!(one_line(&err), "while emitting: root cause");
+        let (status, reason) = classify(&err, 1024);
+        assert_eq!(status, RunStatus::Trapped);
+        assert!(!reason.contains('\n'), "{reason}");
+    }
+
+    #[test]
+    fn exhausted_hostcall_fuel_is_batch_too_large() {
+        let err = wasmtime::Error::msg(
+            "too much data is being copied between the host and the guest: \
+             fuel allocated for hostcalls has been exhausted",
+        )
+        .context("error while executing at wasm backtrace:\n    0: 0x1 - f");
+        let (status, reason) = classify(&err, 1024);
+        assert_eq!(status, RunStatus::BatchTooLarge);
+        assert!(reason.contains("batch limit of 1024 bytes"), "{reason}");
     }
 }

@@ -558,7 +558,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     "error: run {} ended {}: {}",
                     report.record.id,
                     report.record.status,
-                    report.record.error.as_deref().unwrap_or("(no message)")
+                    sluice::text::escaped(report.record.error.as_deref().unwrap_or("(no message)"))
                 );
                 return Ok(ExitCode::FAILURE);
             }

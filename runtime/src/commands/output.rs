@@ -1,4 +1,7 @@
-//! Human and JSON output of the subcommands.
+//! Human and JSON output of the subcommands. Human output shows every
+//! connector-controlled string (names, versions, streams, errors, drift,
+//! quarantine, kit details) through [`escaped`], one line each; JSON output
+//! keeps the exact text.
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -8,6 +11,7 @@ use sluice::pipeline::{ReplaySummary, RunReport};
 use sluice::registry::Registry;
 use sluice::store::{DriftEvent, QuarantineEntry};
 use sluice::sync::SyncOutcome;
+use sluice::text::escaped;
 use sluice::RunRecord;
 
 fn schema_value(text: &str) -> Value {
@@ -39,14 +43,18 @@ fn print_stream_lines(streams: &[Stream]) {
         let key = if s.primary_key.is_empty() {
             "(no primary key)".to_string()
         } else {
-            format!("key ({})", s.primary_key.join(", "))
+            format!("key ({})", escaped(&s.primary_key.join(", ")))
         };
         let cursor = s
             .cursor_field
             .as_deref()
-            .map(|c| format!("  cursor {c}"))
+            .map(|c| format!("  cursor {}", escaped(c)))
             .unwrap_or_default();
-        println!("  {}  {key}{cursor}  modes {}", s.name, modes(s).join(", "));
+        println!(
+            "  {}  {key}{cursor}  modes {}",
+            escaped(&s.name),
+            modes(s).join(", ")
+        );
     }
 }
 
@@ -61,7 +69,12 @@ pub fn print_spec(spec: &ConnectorSpec, as_json: bool) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{} {} — {}", spec.name, spec.version, spec.description);
+        println!(
+            "{} {} — {}",
+            escaped(&spec.name),
+            escaped(&spec.version),
+            escaped(&spec.description)
+        );
         println!("streams:");
         print_stream_lines(&spec.streams);
     }
@@ -103,15 +116,21 @@ pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
     let secs = r.duration_ms.unwrap_or(0) as f64 / 1000.0;
     println!(
         "run {}  {} {}  {}",
-        r.id, r.connector, r.connector_version, r.status
+        r.id,
+        escaped(&r.connector),
+        escaped(&r.connector_version),
+        r.status
     );
-    println!("  streams:  {}", report.selected_streams.join(", "));
+    println!(
+        "  streams:  {}",
+        escaped(&report.selected_streams.join(", "))
+    );
     println!(
         "  records:  {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
         r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
     );
     for d in &r.drift {
-        println!("  drift:    {d}");
+        println!("  drift:    {}", escaped(d));
     }
     println!(
         "  http:     {} calls, {} denied, {} failed, {} received",
@@ -150,7 +169,7 @@ pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
         );
     }
     if let Some(e) = &r.error {
-        println!("  error:    {e}");
+        println!("  error:    {}", escaped(e));
     }
     Ok(())
 }
@@ -168,7 +187,7 @@ pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
         println!(
             "{:<36}  {:<16}  {:<24}  {:<16}  {:>9}  {:>9}  {:>6}  {:>9}",
             r.id,
-            r.connector,
+            escaped(&r.connector),
             r.started_at,
             r.status.as_str(),
             r.records_emitted,
@@ -179,7 +198,7 @@ pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
                 .unwrap_or_else(|| "-".into())
         );
         if let Some(e) = &r.error {
-            println!("    error: {e}");
+            println!("    error: {}", escaped(e));
         }
     }
     Ok(())
@@ -193,7 +212,9 @@ pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
     println!("run        {}", r.id);
     println!(
         "connector  {} {} (component sha256 {})",
-        r.connector, r.connector_version, r.component_hash
+        escaped(&r.connector),
+        escaped(&r.connector_version),
+        r.component_hash
     );
     println!("status     {}", r.status);
     println!(
@@ -210,12 +231,16 @@ pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
     );
     for (stream, c) in &r.streams {
         println!(
-            "  {stream}: {} emitted, {} valid, {} quarantined, {} upserted",
-            c.emitted, c.valid, c.quarantined, c.upserted
+            "  {}: {} emitted, {} valid, {} quarantined, {} upserted",
+            escaped(stream),
+            c.emitted,
+            c.valid,
+            c.quarantined,
+            c.upserted
         );
     }
     for d in &r.drift {
-        println!("drift      {d}");
+        println!("drift      {}", escaped(d));
     }
     println!(
         "http       {} calls, {} denied, {}",
@@ -233,22 +258,19 @@ pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
         human_bytes(r.peak_memory_bytes)
     );
     if let Some(e) = &r.error {
-        println!("error      {e}");
+        println!("error      {}", escaped(e));
     }
     Ok(())
 }
 
+/// A record error as `PATH: MESSAGE`, escaped.
+fn record_error(err: &sluice::schema::RecordError) -> String {
+    let path = if err.path.is_empty() { "/" } else { &err.path };
+    format!("{}: {}", escaped(path), escaped(&err.message))
+}
+
 fn first_error(e: &QuarantineEntry) -> String {
-    e.errors
-        .first()
-        .map(|err| {
-            format!(
-                "{}: {}",
-                if err.path.is_empty() { "/" } else { &err.path },
-                err.message
-            )
-        })
-        .unwrap_or_default()
+    e.errors.first().map(record_error).unwrap_or_default()
 }
 
 pub fn print_quarantine_list(entries: &[QuarantineEntry], as_json: bool) -> Result<()> {
@@ -264,8 +286,8 @@ pub fn print_quarantine_list(entries: &[QuarantineEntry], as_json: bool) -> Resu
         println!(
             "{:>6}  {:<16}  {:<20}  {:<11}  {}",
             e.id,
-            e.connector,
-            e.stream,
+            escaped(&e.connector),
+            escaped(&e.stream),
             e.status,
             first_error(e)
         );
@@ -280,8 +302,12 @@ pub fn print_quarantine_entry(e: &QuarantineEntry, as_json: bool) -> Result<()> 
         return Ok(());
     }
     println!("id          {}", e.id);
-    println!("connector   {} {}", e.connector, e.connector_version);
-    println!("stream      {}", e.stream);
+    println!(
+        "connector   {} {}",
+        escaped(&e.connector),
+        escaped(&e.connector_version)
+    );
+    println!("stream      {}", escaped(&e.stream));
     println!("run         {}", e.run_id);
     println!("at          {}", e.quarantined_at);
     println!(
@@ -292,17 +318,13 @@ pub fn print_quarantine_entry(e: &QuarantineEntry, as_json: bool) -> Result<()> 
             .map(|r| format!(" ({r})"))
             .unwrap_or_default()
     );
-    println!("record      {}", e.record);
+    println!("record      {}", escaped(&e.record));
     if let Some(o) = &e.original_record {
-        println!("original    {o}");
+        println!("original    {}", escaped(o));
     }
     println!("errors:");
     for err in &e.errors {
-        println!(
-            "  {}: {}",
-            if err.path.is_empty() { "/" } else { &err.path },
-            err.message
-        );
+        println!("  {}", record_error(err));
     }
     Ok(())
 }
@@ -331,7 +353,13 @@ pub fn print_drift(events: &[DriftEvent], as_json: bool) -> Result<()> {
     for d in events {
         println!(
             "{:<16}  {:<20}  {:<24}  {:<16}  {:<8}  {:>7}  {}",
-            d.connector, d.stream, d.path, d.kind, d.observed_type, d.count, d.sample
+            escaped(&d.connector),
+            escaped(&d.stream),
+            escaped(&d.path),
+            d.kind,
+            escaped(&d.observed_type),
+            d.count,
+            escaped(&d.sample)
         );
     }
     Ok(())
@@ -350,21 +378,21 @@ pub fn print_connectors(registry: &Registry, as_json: bool) -> Result<()> {
         if v.is_empty() {
             "-".to_string()
         } else {
-            v.join(", ")
+            escaped(&v.join(", ")).to_string()
         }
     };
     for e in registry.entries.values() {
         println!(
             "{:<20}  {:<10}  {:<24}  {:<28}  {}",
-            e.name,
-            e.version,
+            escaped(&e.name),
+            escaped(&e.version),
             or_dash(&e.streams),
             or_dash(&e.hosts),
             e.path.display()
         );
     }
     for b in &registry.broken {
-        println!("(unusable) {}: {}", b.path.display(), b.error);
+        println!("(unusable) {}: {}", b.path.display(), escaped(&b.error));
     }
     if registry.entries.is_empty() && registry.broken.is_empty() {
         println!("no components (*.wasm) in {}", registry.dir.display());
@@ -413,7 +441,7 @@ pub fn print_sync(outcomes: &[SyncOutcome], as_json: bool) -> Result<()> {
         };
         println!(
             "{:<24}  {:<17}  {:>10}  {:>8.2} s",
-            o.instance,
+            escaped(&o.instance),
             sync_status(o),
             records,
             o.duration.as_secs_f64()
@@ -425,7 +453,7 @@ pub fn print_sync(outcomes: &[SyncOutcome], as_json: bool) -> Result<()> {
             Err(e) => Some(e.to_string()),
         };
         if let Some(e) = error {
-            println!("{}: {e}", o.instance);
+            println!("{}: {}", escaped(&o.instance), escaped(&e));
         }
     }
     let ok = outcomes.iter().filter(|o| o.succeeded()).count();
@@ -441,7 +469,11 @@ pub fn print_kit_report(report: &KitReport, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("conformance of {} {}", report.connector, report.version);
+    println!(
+        "conformance of {} {}",
+        escaped(&report.connector),
+        escaped(&report.version)
+    );
     let width = report.rows.iter().map(|r| r.check.len()).max().unwrap_or(5);
     println!("  {:<width$}  {:<6}  detail", "check", "result");
     for r in &report.rows {
@@ -449,7 +481,7 @@ pub fn print_kit_report(report: &KitReport, as_json: bool) -> Result<()> {
             "  {:<width$}  {:<6}  {}",
             r.check,
             r.outcome.as_str(),
-            r.detail
+            escaped(&r.detail)
         );
     }
     let failed = report

@@ -10,6 +10,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sluice::pipeline::RunProgress;
 use sluice::sync::{Observer, SyncEvent, SyncOutcome};
+use sluice::text::escaped;
 
 /// How often live lines are redrawn with the records so far.
 const REFRESH: Duration = Duration::from_millis(100);
@@ -71,7 +72,9 @@ impl Display {
         let mode = self.mode.clone();
         Arc::new(move |event| match (&*mode, event) {
             (Mode::Quiet, _) => {}
-            (Mode::Lines, SyncEvent::Started { instance, .. }) => println!("start {instance}"),
+            (Mode::Lines, SyncEvent::Started { instance, .. }) => {
+                println!("start {}", escaped(instance))
+            }
             (Mode::Lines, SyncEvent::Finished(o)) => println!("done  {}", finished(o)),
             (Mode::Bars { multi, live, .. }, SyncEvent::Started { instance, progress }) => {
                 let bar = multi.add(ProgressBar::new_spinner());
@@ -79,7 +82,7 @@ impl Display {
                     ProgressStyle::with_template("{spinner} {prefix:<24} {msg} ({elapsed})")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                bar.set_prefix(instance.to_string());
+                bar.set_prefix(escaped(instance).to_string());
                 bar.set_message("starting");
                 bar.enable_steady_tick(REFRESH);
                 live.lock()
@@ -118,8 +121,14 @@ fn finished(o: &SyncOutcome) -> String {
     match &o.result {
         Ok(r) => format!(
             "{} {}, {} records in {secs:.2} s",
-            o.instance, r.record.status, r.record.records_upserted
+            escaped(&o.instance),
+            r.record.status,
+            r.record.records_upserted
         ),
-        Err(e) => format!("{} error: {e}", o.instance),
+        Err(e) => format!(
+            "{} error: {}",
+            escaped(&o.instance),
+            escaped(&e.to_string())
+        ),
     }
 }

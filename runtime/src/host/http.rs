@@ -1013,7 +1013,7 @@ impl http::Host for HttpCtx {
                 .into());
             }
             if self.may_log() {
-                tracing::warn!(target: "sluice::http", %url, error = ?e, "request failed");
+                tracing::warn!(target: "sluice::http", url = %crate::text::escaped(&url), error = ?e, "request failed");
             }
         }
         Ok(result)

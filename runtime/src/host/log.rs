@@ -1,11 +1,12 @@
 //! The `log` capability: guest log lines into `tracing`, tagged with the run
-//! id and connector, truncated and capped per run.
+//! id and connector, truncated, capped per run and escaped (one line each).
 
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{log, types::Level};
 use crate::host::secrets::Secrets;
 use crate::limits::MAX_LOG_MESSAGE_BYTES;
+use crate::text::escaped;
 
 /// Per-run state of the `log` capability.
 #[derive(Debug)]
@@ -62,7 +63,9 @@ impl log::Host for LogCtx {
             return Ok(());
         }
         self.lines += 1;
-        let msg = truncate(&message, MAX_LOG_MESSAGE_BYTES);
+        // One event per message, on one line: newlines, carriage returns
+        // and escape sequences are shown escaped, never sent to the terminal.
+        let msg = escaped(truncate(&message, MAX_LOG_MESSAGE_BYTES));
         let (run, conn) = (self.run_id.as_str(), self.connector.as_str());
         match level {
             Level::Trace => {

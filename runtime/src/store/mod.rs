@@ -98,6 +98,9 @@ pub enum RunStatus {
     RecordTooLarge,
     /// One state value was larger than allowed.
     StateTooLarge,
+    /// One host call (a `sink.emit` batch, say) carried more bytes out of
+    /// the guest than the run's batch limit.
+    BatchTooLarge,
     /// The process running it ended without recording an end (killed,
     /// power loss); found and marked by a later `sluice` on the database.
     Crashed,
@@ -137,6 +140,7 @@ impl RunStatus {
             RunStatus::EmitBytesLimit => "emit_bytes_limit",
             RunStatus::RecordTooLarge => "record_too_large",
             RunStatus::StateTooLarge => "state_too_large",
+            RunStatus::BatchTooLarge => "batch_too_large",
             RunStatus::Crashed => "crashed",
         }
     }
@@ -162,6 +166,7 @@ impl RunStatus {
             RunStatus::EmitBytesLimit,
             RunStatus::RecordTooLarge,
             RunStatus::StateTooLarge,
+            RunStatus::BatchTooLarge,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
