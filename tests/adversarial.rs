@@ -46,6 +46,7 @@ fn request(component: PathBuf, db: PathBuf, config: String, limits: Limits) -> R
     RunRequest {
         instance: sluice::instance::default_instance(&component).unwrap(),
         tables: Default::default(),
+        cancel: Default::default(),
         component,
         config,
         db,

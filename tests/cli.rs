@@ -721,3 +721,167 @@ fn max_http_requests_flag_ends_the_run_with_http_budget() {
         .unwrap()
         .contains("budget of 7 requests"));
 }
+
+// --------------------------------------------------------- run lifecycle
+
+/// `sluice run` of the misbehave guest with `config` into `s`'s database,
+/// as a child process (stdout: the JSON report).
+fn spawn_misbehave(s: &Scratch, config: &str, extra: &[&str]) -> std::process::Child {
+    let cfg = s.write("spawned.json", config);
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(guest("misbehave"))
+        .arg("--config")
+        .arg(cfg)
+        .arg("--db")
+        .arg(s.path("sluice.db"))
+        .arg("--json")
+        .args(extra)
+        .env("SLUICE_CACHE_DIR", common::cache_dir())
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (up to a minute) until `sql` counts at least `n` in `s`'s database.
+fn wait_for(s: &Scratch, sql: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = rusqlite::Connection::open(s.path("sluice.db"))
+            .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0);
+        if seen >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "waited in vain for {sql} >= {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// The last run of `s`'s database: (status, error, upserted).
+fn last_run(s: &Scratch) -> (String, Option<String>, i64) {
+    let r = runs(&db(&s.path("sluice.db")));
+    let last = r.last().unwrap();
+    (last.0.clone(), last.1.clone(), last.2)
+}
+
+const LEASED: &str = "SELECT count(*) FROM _sluice_leases";
+
+#[test]
+fn a_second_run_of_a_running_instance_is_refused_and_a_killed_one_is_crashed() {
+    let s = Scratch::new();
+    let looping = r#"{"behaviour": "loop", "committed": 10}"#;
+    let first = spawn_misbehave(&s, looping, &["--timeout", "4", "--fuel", "10000000000000"]);
+    wait_for(&s, LEASED, 1);
+    let second = misbehave(&s, r#"{"behaviour": "ok", "committed": 5}"#, &[]);
+    assert_eq!(second.code, Some(75), "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("instance misbehave is already running (run "),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(second.stderr.lines().count(), 1, "{}", second.stderr);
+    let out = first.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        last_run(&s).0,
+        "deadline",
+        "the first run went on undisturbed"
+    );
+    assert_eq!(
+        runs(&db(&s.path("sluice.db"))).len(),
+        1,
+        "the refused run left no record"
+    );
+
+    // A run whose process is killed: the next run takes the lease over at
+    // once (its holder is gone) and the killed run is `crashed`.
+    let mut killed = spawn_misbehave(&s, looping, &["--timeout", "60"]);
+    wait_for(&s, LEASED, 1);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let next = misbehave(&s, r#"{"behaviour": "ok", "committed": 5}"#, &[]);
+    assert!(next.ok, "{next:?}");
+    let history = runs(&db(&s.path("sluice.db")));
+    assert_eq!(history.len(), 3);
+    let (status, error, ..) = &history[1];
+    assert_eq!(status, "crashed");
+    assert!(
+        error.as_deref().unwrap().contains("lease expired"),
+        "{error:?}"
+    );
+    assert_eq!(history[2].0, "succeeded");
+}
+
+#[test]
+fn sigterm_stops_a_run_at_its_next_commit_with_accurate_counts() {
+    let s = Scratch::new();
+    let endless = r#"{"behaviour": "emit_forever", "size": 10, "commit_every": 100}"#;
+    let child = spawn_misbehave(&s, endless, &["--max-emit-bytes", "10GiB"]);
+    wait_for(&s, "SELECT count(*) FROM misbehave__items", 300);
+    signal(&child, "-TERM");
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "cancelled", "{report}");
+    let (status, error, upserted) = last_run(&s);
+    assert_eq!(status, "cancelled");
+    assert!(error
+        .unwrap()
+        .contains("stopped by the operator at a commit"));
+    let conn = db(&s.path("sluice.db"));
+    let rows = count(&conn, "SELECT count(*) FROM misbehave__items");
+    assert!(rows >= 300 && rows % 100 == 0, "{rows}");
+    assert_eq!(upserted, rows, "the record counts what was committed");
+    let state: String = conn
+        .query_row(
+            "SELECT value FROM _sluice_state WHERE connector = 'misbehave' AND stream = 'items'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, format!(r#"{{"last":{rows}}}"#));
+    assert_eq!(count(&conn, LEASED), 0, "the lease was given back");
+}
+
+#[test]
+fn a_second_signal_stops_a_run_that_never_commits_at_once() {
+    let s = Scratch::new();
+    let child = spawn_misbehave(
+        &s,
+        r#"{"behaviour": "loop", "committed": 10, "uncommitted": 5}"#,
+        &["--timeout", "120"],
+    );
+    // Past its one commit, in its endless loop.
+    wait_for(&s, "SELECT count(*) FROM misbehave__items", 10);
+    signal(&child, "-TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopping now"), "{stderr}");
+    let (status, error, upserted) = last_run(&s);
+    assert_eq!(status, "cancelled");
+    assert!(error.unwrap().contains("second stop request"));
+    assert_eq!(upserted, 10, "only what was committed");
+    assert_eq!(
+        count(
+            &db(&s.path("sluice.db")),
+            "SELECT count(*) FROM misbehave__items"
+        ),
+        10
+    );
+}

@@ -65,6 +65,7 @@ fn request(s: &Scratch, db: &str, fx: &Running, page_size: u32, http: HttpPolicy
         full_refresh: false,
         instance: "items".into(),
         tables: Default::default(),
+        cancel: Default::default(),
         progress: None,
     }
 }

@@ -22,6 +22,7 @@ fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
         full_refresh: false,
         instance: "misbehave".into(),
         tables: Default::default(),
+        cancel: Default::default(),
         progress: None,
     }
 }
@@ -47,7 +48,11 @@ async fn one_host_survives_runaway_guests_and_keeps_serving() {
         r#"{"behaviour": "loop", "committed": 5}"#,
         tight.clone(),
     );
-    let growing = request(&s, r#"{"behaviour": "grow"}"#, tight.clone());
+    let mut growing = request(&s, r#"{"behaviour": "grow"}"#, tight.clone());
+    // Three instances (one run of an instance at a time), one database.
+    let mut looping = looping;
+    looping.instance = "looping".into();
+    growing.instance = "growing".into();
     let good = request(
         &s,
         r#"{"behaviour": "ok", "committed": 100}"#,

@@ -473,3 +473,48 @@ fn bad_sluice_toml_is_refused_naming_the_file_and_key() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("missing.toml"), "{out:?}");
 }
+
+#[test]
+fn sixteen_instances_into_one_database_eight_at_a_time_share_its_writer() {
+    // Every run of the process that writes one database shares its one
+    // write connection, so concurrent runs never meet SQLite's lock.
+    let s = Scratch::new();
+    let fixtures = [start_items(150), start_items(40)];
+    let mut toml = String::from("db = \"shared.db\"\n");
+    for i in 0..16 {
+        let fx = &fixtures[i % 2];
+        toml.push_str(&format!(
+            "\n[instances.inst-{i:02}]\ncomponent = \"{}\"\nallow_hosts = [\"127.0.0.1:{}\"]\n\
+             config = {{ base_url = \"{}\", page_size = 25 }}\n",
+            guest("items").display(),
+            fx.addr.port(),
+            fx.base_url(),
+        ));
+    }
+    let config_file = s.write("sluice.toml", &toml);
+    for round in 0..20 {
+        for f in ["shared.db", "shared.db-wal", "shared.db-shm"] {
+            let _ = std::fs::remove_file(s.path(f));
+        }
+        let out = sluice([
+            "sync".as_ref(),
+            "--concurrency".as_ref(),
+            "8".as_ref(),
+            "--config-file".as_ref(),
+            config_file.as_os_str(),
+        ]);
+        assert!(out.ok, "round {round}: {out:?}");
+        assert!(
+            out.stdout.contains("16 of 16 instances succeeded"),
+            "round {round}: {}",
+            out.stdout
+        );
+    }
+    for i in 0..16 {
+        assert_items(
+            &s.path("shared.db"),
+            &format!("inst-{i:02}"),
+            [150, 40][i % 2],
+        );
+    }
+}

@@ -621,6 +621,7 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
         full_refresh,
         instance: KIT_INSTANCE.to_string(),
         tables: BTreeMap::new(),
+        cancel: Default::default(),
         progress: None,
     };
     let first = pipeline::run(runtime, &run_req(false)).await?;

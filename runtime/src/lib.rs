@@ -11,6 +11,7 @@
 //! → `host` → `store`. Nothing below imports anything above.
 
 pub mod bindings;
+pub mod cancel;
 pub mod config;
 pub mod conformance;
 pub mod engine;

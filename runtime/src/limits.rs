@@ -19,6 +19,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// of wall-clock interruption of a running guest.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// How long an instance's lease lasts without a heartbeat. A run whose
+/// process dies is `crashed` once its lease has expired (at once, if the
+/// process was on this host and is gone).
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// How often a running run renews its lease.
+pub const LEASE_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// After a stop request (SIGTERM, Ctrl-C) a run stops at its next commit,
+/// or after this long without one; a second request stops it at once.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
 /// Epoch ticks a guest runs before it yields its thread to other runs
 /// (and the host looks at its deadline): 2 ticks, about 20 ms of guest
 /// execution at a time.

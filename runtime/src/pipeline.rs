@@ -15,7 +15,7 @@ use crate::host::http::{HostGrant, HttpStats};
 use crate::host::secrets::Secrets;
 pub use crate::host::RunProgress;
 use crate::host::{RunChannel, RunCounters, RunStream};
-use crate::limits::Limits;
+use crate::limits::{Limits, CANCEL_GRACE, LEASE_HEARTBEAT, LEASE_TTL};
 use crate::sandbox::{GuestError, Sandbox};
 use crate::schema::{DriftKind, ParseFailure, RecordError, StreamSchema, Verdict};
 use crate::spec_check::{self, SpecError};
@@ -37,6 +37,16 @@ pub enum PipelineError {
     Guest(#[from] GuestError),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// Another run holds the instance's lease.
+    #[error(
+        "instance {instance} is already running (run {run_id}, since {since}, process {holder})"
+    )]
+    InstanceBusy {
+        instance: String,
+        run_id: String,
+        since: String,
+        holder: String,
+    },
 }
 
 /// Parse and check the operator's config text: it must be a JSON object.
@@ -223,6 +233,9 @@ pub struct RunRequest {
     /// Destination tables the operator chose, by stream; the others are
     /// [`crate::instance::default_table`].
     pub tables: std::collections::BTreeMap<String, String>,
+    /// The operator's stop request (SIGTERM, Ctrl-C): the run ends as
+    /// `cancelled` at its next commit, or after the grace period.
+    pub cancel: crate::cancel::Cancel,
     /// Live record counters the pipeline updates as the run goes.
     pub progress: Option<Arc<RunProgress>>,
 }
@@ -295,22 +308,138 @@ impl From<StoreError> for Failure {
 pub async fn run(runtime: &Runtime, req: &RunRequest) -> Result<RunReport, PipelineError> {
     check_config_json(&req.config)?;
     let loaded = runtime.load(&req.component)?;
-    let mut store = SqliteStore::open(&req.db)?;
-    store.mark_crashed()?;
-    let handle = WriterHandle::spawn(Box::new(store));
-    let result = run_with_writer(runtime, &loaded, req, &handle).await;
-    handle.close().await;
+    let db = shared_database(&req.db)?;
+    let writer = db.handle.writer.clone();
+    let run_id = new_run_id();
+    let result = match claim_lease(&writer, &req.instance, &run_id).await {
+        Ok(()) => {
+            // Renew the lease while the run lasts; give it back after.
+            let heartbeat = tokio::spawn(heartbeat(
+                writer.clone(),
+                req.instance.clone(),
+                run_id.clone(),
+            ));
+            let result = run_with_writer(runtime, &loaded, req, &writer, run_id.clone()).await;
+            heartbeat.abort();
+            let (instance, id) = (req.instance.clone(), run_id);
+            if let Err(e) = writer
+                .call(move |s| s.release_lease(&instance, &id))
+                .await
+                .and_then(|r| r)
+            {
+                tracing::warn!(error = %e, "could not release the instance's lease (it expires)");
+            }
+            result
+        }
+        Err(e) => Err(e),
+    };
+    drop(writer);
+    db.release().await;
     result
+}
+
+/// One database's writer, shared by every run of the process that writes
+/// it (one write connection per database: runs never contend for SQLite's
+/// write lock with each other).
+struct SharedDatabase {
+    handle: WriterHandle,
+}
+
+impl SharedDatabase {
+    /// The run is done with it: the last one out closes the writer (and
+    /// waits for its final checkpoint).
+    async fn release(self: Arc<Self>) {
+        if let Some(db) = Arc::into_inner(self) {
+            db.handle.close().await;
+        }
+    }
+}
+
+/// The process's open databases, by path.
+static DATABASES: std::sync::OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<SharedDatabase>>>> =
+    std::sync::OnceLock::new();
+
+/// The shared writer of the database at `path`, opened (and its crashed
+/// runs marked) if no run of this process has it open.
+fn shared_database(path: &Path) -> Result<Arc<SharedDatabase>, PipelineError> {
+    // The same file however it is spelled: the directory made absolute.
+    let key = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .map(|d| d.join(name))
+        .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    };
+    let mut open = DATABASES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(db) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+        return Ok(db);
+    }
+    let mut store = SqliteStore::open(path)?;
+    store.mark_crashed()?;
+    let db = Arc::new(SharedDatabase {
+        handle: WriterHandle::spawn(Box::new(store)),
+    });
+    open.retain(|_, w| w.strong_count() > 0);
+    open.insert(key, Arc::downgrade(&db));
+    Ok(db)
+}
+
+/// Take `instance`'s lease for `run_id`, or say who holds it.
+async fn claim_lease(
+    writer: &crate::store::Writer,
+    instance: &str,
+    run_id: &str,
+) -> Result<(), PipelineError> {
+    let (i, id) = (instance.to_string(), run_id.to_string());
+    let held = writer
+        .call(move |s| s.claim_lease(&i, &id, &crate::store::lease_holder(), LEASE_TTL))
+        .await??;
+    match held {
+        None => Ok(()),
+        Some(h) => Err(PipelineError::InstanceBusy {
+            instance: instance.to_string(),
+            run_id: h.run_id,
+            since: h.since,
+            holder: h.holder,
+        }),
+    }
+}
+
+/// Renew the lease every [`LEASE_HEARTBEAT`] until aborted. A lost lease
+/// (it expired and another run took it) is not fought over: the run's next
+/// commit is refused by the fence.
+async fn heartbeat(writer: crate::store::Writer, instance: String, run_id: String) {
+    loop {
+        tokio::time::sleep(LEASE_HEARTBEAT).await;
+        let (i, id) = (instance.clone(), run_id.clone());
+        match writer
+            .call(move |s| s.renew_lease(&i, &id, LEASE_TTL))
+            .await
+        {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!(%instance, %run_id, "the run lost its lease; its commits will be refused");
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(%instance, error = %e, "could not renew the lease"),
+            Err(_) => return,
+        }
+    }
 }
 
 async fn run_with_writer(
     runtime: &Runtime,
     loaded: &Loaded,
     req: &RunRequest,
-    handle: &WriterHandle,
+    writer: &crate::store::Writer,
+    run_id: String,
 ) -> Result<RunReport, PipelineError> {
-    let writer = &handle.writer;
-    let run_id = new_run_id();
     let started = Instant::now();
     let mut sandbox = Sandbox::new(
         runtime,
@@ -620,6 +749,7 @@ async fn drive(
         max_emit_bytes: req.limits.max_emit_bytes,
         max_record_bytes: req.limits.max_record_bytes,
         deadline: sandbox.deadline(),
+        cancel: req.cancel.clone(),
         counters: Mutex::default(),
         progress: req.progress.clone(),
         in_flight: Mutex::default(),
@@ -627,7 +757,19 @@ async fn drive(
     });
     *channel_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel.clone());
     sandbox.attach_run(channel.clone());
-    sandbox.read(&req.config, &configured).await?;
+    tokio::select! {
+        read = sandbox.read(&req.config, &configured) => { read?; }
+        () = req.cancel.hard(CANCEL_GRACE) => {
+            return Err(Failure {
+                status: RunStatus::Cancelled,
+                message: format!(
+                    "stopped by the operator: no commit within the {} s grace period, or a second \
+                     stop request; records since the last commit are discarded",
+                    CANCEL_GRACE.as_secs()
+                ),
+            })
+        }
+    }
     // Records emitted after the connector's last commit become durable now,
     // under the state it last committed (replays are idempotent upserts).
     // Full-refresh streams drop the rows this run did not write, in the

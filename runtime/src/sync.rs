@@ -102,6 +102,7 @@ pub fn prepare(
         full_refresh: inst.full_refresh,
         instance: inst.name,
         tables: inst.tables,
+        cancel: Default::default(),
         progress: None,
     })
 }

@@ -428,6 +428,40 @@ pub fn init_logging(filter: &str) {
         .init();
 }
 
+/// Exit code of `sluice run` when another run holds the instance's lease
+/// (sysexits' EX_TEMPFAIL: try again later).
+pub const EXIT_INSTANCE_BUSY: u8 = 75;
+
+/// A cancellation that SIGTERM or Ctrl-C triggers: the first stops runs at
+/// their next commit (or after the grace period), a second at once.
+fn stop_on_signals() -> sluice::cancel::Cancel {
+    let cancel = sluice::cancel::Cancel::default();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        let mut next = async || {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        next().await;
+        eprintln!(
+            "stopping: each run ends at its next commit (or within {} s); a second signal stops at once",
+            limits::CANCEL_GRACE.as_secs()
+        );
+        on_signal.stop();
+        next().await;
+        eprintln!("stopping now");
+        on_signal.abort();
+    });
+    cancel
+}
+
 fn runtime(cli: &Cli) -> Result<Runtime> {
     let cache_dir = if cli.no_cache {
         None
@@ -549,9 +583,16 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 secrets: access.secrets()?,
                 limits: access.limits()?,
                 full_refresh: *full_refresh,
+                cancel: stop_on_signals(),
                 progress: None,
             };
-            let report = pipeline::run(&rt, &req).await?;
+            let report = match pipeline::run(&rt, &req).await {
+                Err(e @ pipeline::PipelineError::InstanceBusy { .. }) => {
+                    eprintln!("error: {}", sluice::text::escaped(&e.to_string()));
+                    return Ok(ExitCode::from(EXIT_INSTANCE_BUSY));
+                }
+                other => other?,
+            };
             output::print_report(&report, *json)?;
             if !report.succeeded() {
                 eprintln!(
@@ -651,11 +692,15 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 None
             };
+            let cancel = stop_on_signals();
             let jobs: Vec<SyncJob> = selected
                 .iter()
                 .map(|name| SyncJob {
                     instance: name.clone(),
-                    request: many::prepare(&config, name, registry.as_ref()),
+                    request: many::prepare(&config, name, registry.as_ref()).map(|mut r| {
+                        r.cancel = cancel.clone();
+                        r
+                    }),
                 })
                 .collect();
             let display = progress::Display::new(*json);

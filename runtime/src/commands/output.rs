@@ -125,6 +125,15 @@ pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
         "  streams:  {}",
         escaped(&report.selected_streams.join(", "))
     );
+    let tables: Vec<String> = report
+        .tables
+        .iter()
+        .map(|(stream, table)| format!("{stream} -> {table}"))
+        .collect();
+    println!("  tables:   {}", escaped(&tables.join(", ")));
+    if let Some(change) = &r.component_change {
+        println!("  component changed: {}", escaped(change));
+    }
     println!(
         "  records:  {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
         r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
@@ -216,6 +225,9 @@ pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
         escaped(&r.connector_version),
         r.component_hash
     );
+    if let Some(change) = &r.component_change {
+        println!("changed    {}", escaped(change));
+    }
     println!("status     {}", r.status);
     println!(
         "time       {} → {} ({} ms)",

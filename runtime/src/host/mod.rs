@@ -20,6 +20,8 @@ pub enum HostAbort {
         "the run's wall-clock deadline passed (while the host checked the connector's records)"
     )]
     Deadline,
+    #[error("stopped by the operator at a commit")]
+    Cancelled,
     #[error("the run's HTTP request budget of {limit} requests is spent")]
     HttpBudget { limit: u64 },
     #[error("the host refused more than {limit} of the run's HTTP requests (denied or invalid); the last: {last}")]
@@ -52,6 +54,7 @@ impl HostAbort {
             HostAbort::UncommittedLimit { .. } => RunStatus::UncommittedLimit,
             HostAbort::Store(_) => RunStatus::StoreError,
             HostAbort::Deadline => RunStatus::Deadline,
+            HostAbort::Cancelled => RunStatus::Cancelled,
             HostAbort::HttpBudget { .. } => RunStatus::HttpBudget,
             HostAbort::HttpDeniedLimit { .. } => RunStatus::HttpDeniedLimit,
             HostAbort::HttpBytes { .. } => RunStatus::HttpBytesLimit,
@@ -103,6 +106,8 @@ pub struct RunChannel {
     pub max_record_bytes: u64,
     /// The run's wall-clock deadline: host work for the guest stops there.
     pub deadline: std::time::Instant,
+    /// The operator's stop request: the run ends at its next commit.
+    pub cancel: crate::cancel::Cancel,
     pub counters: std::sync::Mutex<RunCounters>,
     /// Live counters for a progress display, if the caller asked for them.
     pub progress: Option<std::sync::Arc<RunProgress>>,
@@ -233,6 +238,11 @@ impl RunChannel {
         *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending);
         // The bytes emitted so far belong to the queued commit now.
         self.update(|c| c.uncommitted_bytes = 0);
+        if self.cancel.level() >= crate::cancel::CancelLevel::Stop {
+            // Stop here, once this commit has landed (and is counted).
+            self.settle().await?;
+            return Err(HostAbort::Cancelled);
+        }
         Ok(())
     }
 

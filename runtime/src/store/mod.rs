@@ -9,7 +9,7 @@ pub mod writer;
 
 use serde::Serialize;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{lease_holder, SqliteStore};
 pub use table::{quote_ident, Column, ColumnKind, Row, StreamTable, META_COLUMNS};
 pub use writer::{Commit, PendingCommit, Writer, WriterHandle};
 
@@ -50,8 +50,20 @@ pub enum StoreError {
         instance: String,
         stream: String,
     },
+    #[error("run {run_id} no longer holds the lease of instance {instance:?} (it expired and was taken over); its commit is refused")]
+    LeaseLost { instance: String, run_id: String },
     #[error("table {table:?} exists but no Sluice instance owns it; instance {instance:?} will not write into it: name another table with --table or `tables` in sluice.toml")]
     TableForeign { table: String, instance: String },
+}
+
+/// Who holds an instance's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub run_id: String,
+    /// `host:pid` of the process running it.
+    pub holder: String,
+    /// When the run took the lease (RFC 3339).
+    pub since: String,
 }
 
 /// The component an instance ran last.
@@ -102,8 +114,12 @@ pub enum RunStatus {
     /// the guest than the run's batch limit.
     BatchTooLarge,
     /// The process running it ended without recording an end (killed,
-    /// power loss); found and marked by a later `sluice` on the database.
+    /// power loss): its lease expired. Found and marked by a later `sluice`
+    /// on the database.
     Crashed,
+    /// Stopped by the operator (SIGTERM, Ctrl-C) at a commit or after the
+    /// grace period; its counts are what was committed.
+    Cancelled,
 }
 
 impl RunStatus {
@@ -117,6 +133,7 @@ impl RunStatus {
                 | RunStatus::Trapped
                 | RunStatus::StoreError
                 | RunStatus::Crashed
+                | RunStatus::Cancelled
         )
     }
 
@@ -142,6 +159,7 @@ impl RunStatus {
             RunStatus::StateTooLarge => "state_too_large",
             RunStatus::BatchTooLarge => "batch_too_large",
             RunStatus::Crashed => "crashed",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 
@@ -157,6 +175,7 @@ impl RunStatus {
             RunStatus::UncommittedLimit,
             RunStatus::StoreError,
             RunStatus::Crashed,
+            RunStatus::Cancelled,
             RunStatus::TableLimit,
             RunStatus::InstanceLimit,
             RunStatus::StackOverflow,
@@ -360,6 +379,27 @@ pub trait Store: Send + 'static {
     /// refuse if another instance or stream owns it, or if it exists and
     /// no instance does.
     fn claim_table(&mut self, instance: &str, table: &StreamTable) -> Result<(), StoreError>;
+    /// Take `instance`'s lease for `run_id`, held by process `holder`
+    /// (`host:pid`) for `ttl` unless renewed. An expired lease (or one of a
+    /// process on this host that is gone) is taken over; a live one is
+    /// not: its holder comes back.
+    fn claim_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<LeaseHolder>, StoreError>;
+    /// Extend the lease `run_id` holds by `ttl` from now; false if it no
+    /// longer holds it.
+    fn renew_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Give the lease back (if `run_id` still holds it).
+    fn release_lease(&mut self, instance: &str, run_id: &str) -> Result<(), StoreError>;
     /// The destination table of `instance`'s `stream`, if it has one.
     fn table_of(&mut self, instance: &str, stream: &str) -> Result<Option<String>, StoreError>;
     /// Record that `instance` runs the component `hash` (`connector`

@@ -11,8 +11,9 @@ use rusqlite::types::Value as SqlValue;
 use super::checkpoint::{Checkpointer, BACKSTOP_CHECKPOINT_PAGES};
 use super::table::quote_ident;
 use super::{
-    CommitRequest, CommitStats, ComponentSeen, DriftEvent, QuarantineEntry, QuarantineFilter,
-    ReplayPlan, Row, RunRecord, RunStatus, Store, StoreError, StreamDef, StreamTable,
+    CommitRequest, CommitStats, ComponentSeen, DriftEvent, LeaseHolder, QuarantineEntry,
+    QuarantineFilter, ReplayPlan, Row, RunRecord, RunStatus, Store, StoreError, StreamDef,
+    StreamTable,
 };
 
 /// How long a connection waits for another's lock before failing.
@@ -121,6 +122,13 @@ CREATE TABLE IF NOT EXISTS _sluice_tables (
     claimed_at TEXT NOT NULL,
     UNIQUE (instance, stream)
 );
+CREATE TABLE IF NOT EXISTS _sluice_leases (
+    instance   TEXT PRIMARY KEY,
+    run_id     TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    since      TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS _sluice_instances (
     instance          TEXT PRIMARY KEY,
     component_hash    TEXT NOT NULL,
@@ -129,6 +137,41 @@ CREATE TABLE IF NOT EXISTS _sluice_instances (
     updated_at        TEXT NOT NULL
 );
 ";
+
+/// Milliseconds since the Unix epoch now.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// This process as a lease holder: `host:pid`.
+pub fn lease_holder() -> String {
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether the lease holder `host:pid` is a process of this host that is
+/// gone: its lease need not wait to expire. A holder on another host is
+/// never known to be gone; its lease expires.
+fn holder_is_gone(holder: &str) -> bool {
+    let Some((host, pid)) = holder.rsplit_once(':') else {
+        return false;
+    };
+    host == host_name()
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+}
 
 /// Whether `conn` has a table named `name`.
 fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
@@ -261,6 +304,7 @@ impl SqliteStore {
         if !has_table(&conn, "_sluice_tables").map_err(open_err)? {
             migrate_tables(&mut conn).map_err(open_err)?;
         }
+        conn.execute_batch(INSTANCE_SCHEMA).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         // Checkpoints run in the background (see checkpoint.rs); this
         // connection's own are a backstop.
@@ -509,6 +553,67 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn claim_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LeaseHolder>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = unix_ms();
+        let current: Option<(String, String, String, i64)> = tx
+            .prepare_cached(
+                "SELECT run_id, holder, since, expires_ms FROM _sluice_leases WHERE instance = ?1",
+            )?
+            .query_row([instance], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        if let Some((held_by, holder_then, since, expires)) = current {
+            let live = expires > now && !holder_is_gone(&holder_then);
+            if live && held_by != run_id {
+                return Ok(Some(LeaseHolder {
+                    run_id: held_by,
+                    holder: holder_then,
+                    since,
+                }));
+            }
+        }
+        tx.execute(
+            "INSERT INTO _sluice_leases (instance, run_id, holder, since, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (instance) DO UPDATE SET run_id = excluded.run_id, holder = excluded.holder, \
+             since = excluded.since, expires_ms = excluded.expires_ms",
+            params![instance, run_id, holder, super::now_rfc3339(), now + ms(ttl)],
+        )?;
+        tx.commit()?;
+        Ok(None)
+    }
+
+    fn renew_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE _sluice_leases SET expires_ms = ?3 WHERE instance = ?1 AND run_id = ?2",
+            )?
+            .execute(params![instance, run_id, unix_ms() + ms(ttl)])?;
+        Ok(n > 0)
+    }
+
+    fn release_lease(&mut self, instance: &str, run_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM _sluice_leases WHERE instance = ?1 AND run_id = ?2")?
+            .execute(params![instance, run_id])?;
+        Ok(())
+    }
+
     fn table_of(&mut self, instance: &str, stream: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
@@ -524,7 +629,11 @@ impl Store for SqliteStore {
         connector: &str,
         version: &str,
     ) -> Result<Option<ComponentSeen>, StoreError> {
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: it reads, then writes (a deferred transaction would
+        // fail at once, not wait, if another writer came in between).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let before = tx
             .prepare_cached(
                 "SELECT component_hash, connector, connector_version FROM _sluice_instances WHERE instance = ?1",
@@ -558,7 +667,23 @@ impl Store for SqliteStore {
 
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, StoreError> {
         let now = super::now_rfc3339();
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: the fence below reads before anything is written.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Fencing: a run whose lease was taken over (it expired while the
+        // run was stalled) writes nothing more.
+        let holds: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM _sluice_leases WHERE instance = ?1 AND run_id = ?2",
+            )?
+            .query_row(params![req.connector, req.run_id], |r| r.get(0))?;
+        if holds == 0 {
+            return Err(StoreError::LeaseLost {
+                instance: req.connector.to_string(),
+                run_id: req.run_id.to_string(),
+            });
+        }
         let mut stats = CommitStats::default();
         for (table, rows) in &req.pending.batches {
             let n = upsert_rows(&tx, table, rows, req.run_id, &now)?;
@@ -808,28 +933,32 @@ impl Store for SqliteStore {
     }
 
     fn mark_crashed(&mut self) -> Result<u64, StoreError> {
-        let running: Vec<(String, Option<i64>)> = self
+        // A running run is alive exactly while it holds its instance's
+        // lease: one that expired (or whose process on this host is gone)
+        // means the run ended without recording its end.
+        let tx = self
             .conn
-            .prepare("SELECT id, pid FROM _sluice_runs WHERE status = 'running'")?
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let leases: Vec<(String, String)> = tx
+            .prepare("SELECT instance, holder FROM _sluice_leases")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        let me = i64::from(std::process::id());
-        let mut n = 0;
-        for (id, pid) in running {
-            let gone = match pid {
-                Some(p) if p == me => false,
-                Some(p) => !Path::new(&format!("/proc/{p}")).exists(),
-                None => false,
-            };
-            if gone {
-                n += self.conn.execute(
-                    "UPDATE _sluice_runs SET status = 'crashed', \
-                     error = 'the process running it (pid ' || pid || ') ended without finishing the run' \
-                     WHERE id = ?1 AND status = 'running'",
-                    [&id],
-                )? as u64;
+        for (instance, holder) in leases {
+            if holder_is_gone(&holder) {
+                tx.execute(
+                    "DELETE FROM _sluice_leases WHERE instance = ?1",
+                    [&instance],
+                )?;
             }
         }
+        let n = tx.execute(
+            "UPDATE _sluice_runs SET status = 'crashed', \
+             error = 'the run ended without recording its end: its lease expired (the process running it was killed or lost)' \
+             WHERE status = 'running' AND NOT EXISTS \
+             (SELECT 1 FROM _sluice_leases l WHERE l.run_id = _sluice_runs.id AND l.expires_ms > ?1)",
+            [unix_ms()],
+        )? as u64;
+        tx.commit()?;
         Ok(n)
     }
 
@@ -933,6 +1062,9 @@ mod tests {
         let table =
             std::sync::Arc::new(StreamTable::from_spec("t", schema, &["id".to_string()]).unwrap());
         store.ensure_table(&table).unwrap();
+        // Run `r` of instance `c` holds the lease its commits are fenced by.
+        let held = store.claim_lease("c", "r", "here:1", Duration::from_secs(60));
+        assert_eq!(held.unwrap(), None);
         (store, table)
     }
 
@@ -1017,5 +1149,104 @@ mod tests {
             "nothing of the failed commit is stored"
         );
         assert_eq!(store.get_state("c", "t").unwrap(), None);
+    }
+
+    #[test]
+    fn a_live_lease_is_refused_an_expired_or_orphaned_one_taken_over_and_commits_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, table) = store_with_table(&dir.path().join("lease.db"));
+        let ttl = Duration::from_secs(60);
+        // Run `r` holds instance `c`: another run is told who holds it.
+        let held = store.claim_lease("c", "r2", "elsewhere:7", ttl).unwrap();
+        assert_eq!(
+            held.map(|h| (h.run_id, h.holder)),
+            Some(("r".into(), "here:1".into()))
+        );
+        assert!(store.renew_lease("c", "r", ttl).unwrap());
+        assert!(!store.renew_lease("c", "r2", ttl).unwrap());
+        // A lease of another host that expired is taken over...
+        store
+            .connection()
+            .execute("UPDATE _sluice_leases SET expires_ms = 0", [])
+            .unwrap();
+        assert_eq!(
+            store.claim_lease("c", "r2", "elsewhere:7", ttl).unwrap(),
+            None
+        );
+        // ... and the old holder's commit is refused whole.
+        let row = Row {
+            values: vec![SqlValue::Integer(1), SqlValue::Text("a".into())],
+            raw: "{}".into(),
+        };
+        let err = commit_rows(&mut store, &table, vec![row], Some(("t", "{}"))).unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        assert_eq!(rows_in_t(store.connection()), 0);
+        assert!(!store.renew_lease("c", "r", ttl).unwrap());
+        // A live lease of a process of this host that is gone is taken over
+        // at once (no waiting for it to expire).
+        let gone = format!("{}:{}", host_name(), u32::MAX - 1);
+        store
+            .connection()
+            .execute("UPDATE _sluice_leases SET holder = ?1", [&gone])
+            .unwrap();
+        assert_eq!(
+            store.claim_lease("c", "r3", &lease_holder(), ttl).unwrap(),
+            None
+        );
+        store.release_lease("c", "r3").unwrap();
+        assert_eq!(
+            store.claim_lease("c", "r4", "elsewhere:8", ttl).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_running_run_without_a_live_lease_is_crashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = store_with_table(&dir.path().join("crash.db"));
+        let run = |id: &str| RunRecord {
+            id: id.into(),
+            connector: "c".into(),
+            connector_version: "1".into(),
+            component_hash: "h".into(),
+            started_at: super::super::now_rfc3339(),
+            ended_at: None,
+            duration_ms: None,
+            status: RunStatus::Running,
+            records_emitted: 0,
+            records_valid: 0,
+            records_quarantined: 0,
+            records_upserted: 0,
+            streams: Default::default(),
+            drift: Vec::new(),
+            commits: 0,
+            http_requests: 0,
+            http_denied: 0,
+            http_bytes: 0,
+            http_retries: 0,
+            http_throttled_ms: 0,
+            http_breaker_trips: 0,
+            fuel_used: 0,
+            peak_memory_bytes: 0,
+            error: None,
+            component_change: None,
+        };
+        store.insert_run(&run("r")).unwrap();
+        store.insert_run(&run("orphan")).unwrap();
+        assert_eq!(
+            store.mark_crashed().unwrap(),
+            1,
+            "only the run without a lease"
+        );
+        assert_eq!(store.get_run("r").unwrap().status, RunStatus::Running);
+        assert_eq!(store.get_run("orphan").unwrap().status, RunStatus::Crashed);
+        store
+            .connection()
+            .execute("UPDATE _sluice_leases SET expires_ms = 0", [])
+            .unwrap();
+        assert_eq!(store.mark_crashed().unwrap(), 1);
+        let r = store.get_run("r").unwrap();
+        assert_eq!(r.status, RunStatus::Crashed);
+        assert!(r.error.unwrap().contains("lease expired"));
     }
 }
