@@ -564,7 +564,23 @@ async fn run_with_writer(
         started,
     );
     let updated = record.clone();
-    writer.call(move |s| s.update_run(&updated)).await??;
+    if let Err(e) = writer
+        .call(move |s| s.update_run(&updated))
+        .await
+        .and_then(|r| r)
+    {
+        // The store failed under the run (a full disk, say), so its end
+        // cannot be recorded: the report still says what happened, and the
+        // run row is `crashed` once its lease expires.
+        tracing::error!(%run_id, error = %e, "could not record the run's end");
+        record.status = RunStatus::StoreError;
+        let unrecorded = format!("the run's end could not be recorded: {e}");
+        record.error = Some(match record.error.take() {
+            Some(first) if first.contains(&e.to_string()) => first,
+            Some(first) => format!("{first}; {unrecorded}"),
+            None => unrecorded,
+        });
+    }
     Ok(RunReport {
         record,
         selected_streams: streams.keys().cloned().collect(),

@@ -1,7 +1,7 @@
 //! End-to-end tests through the `sluice` binary: the open-meteo connector
 //! against the loopback fixture, limits that trip, denials, bad components.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -884,4 +884,65 @@ fn a_second_signal_stops_a_run_that_never_commits_at_once() {
         ),
         10
     );
+}
+
+#[test]
+fn a_full_disk_ends_the_run_as_store_error_with_a_summary_and_loses_no_commit() {
+    let s = Scratch::new();
+    let first = misbehave(&s, r#"{"behaviour": "ok", "committed": 5}"#, &[]);
+    assert!(first.ok, "{first:?}");
+    // The next run's process may grow no file past a few MB (SIGXFSZ
+    // ignored: writes past it fail with EFBIG, which SQLite reports as an
+    // I/O error; a full disk, ENOSPC, as "database or disk is full").
+    let cfg = s.write(
+        "big.json",
+        r#"{"behaviour": "emit_forever", "size": 2000, "commit_every": 100}"#,
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 8000; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(guest("misbehave"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--db")
+        .arg(s.path("sluice.db"))
+        .args(["--json", "--max-emit-bytes", "1GiB"])
+        .env("SLUICE_CACHE_DIR", common::cache_dir())
+        .env("SLUICE_LOG", "off")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} / {stderr}"));
+    assert_eq!(report["status"], "store_error", "{report}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.starts_with("the store failed: "), "{error}");
+    assert!(stderr.contains("ended store_error"), "{stderr}");
+    // What was committed is whole, and the state says how far.
+    let conn = db(&s.path("sluice.db"));
+    let rows = count(&conn, "SELECT count(*) FROM misbehave__items");
+    assert!(rows >= 100 && rows % 100 == 0, "{rows}");
+    let state: String = conn
+        .query_row(
+            "SELECT value FROM _sluice_state WHERE connector = 'misbehave' AND stream = 'items'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, format!(r#"{{"last":{rows}}}"#));
+    // The run's row says it failed: recorded as store_error, or (when even
+    // that write failed) `crashed` once a later command finds its lease gone.
+    let later = sluice([
+        "runs".as_ref(),
+        "--db".as_ref(),
+        s.path("sluice.db").as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let runs: serde_json::Value = serde_json::from_str(&later.stdout).unwrap();
+    let status = runs[0]["status"].as_str().unwrap();
+    assert!(matches!(status, "store_error" | "crashed"), "{status}");
 }

@@ -2,7 +2,7 @@
 //! drift, replay after a schema change, operator edits, full refresh vs
 //! incremental.
 
-mod common;
+use crate::common;
 
 use common::{count, db, guest, sluice, Scratch};
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! per-upstream circuit breaker; plus the CLI flags that tune them. Every
 //! upstream is a loopback fixture the test starts.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

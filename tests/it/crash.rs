@@ -6,7 +6,7 @@
 //! final tables with a clean run's: identical rows, no duplicates, identical
 //! quarantine.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

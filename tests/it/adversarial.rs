@@ -5,7 +5,7 @@
 //! `misbehave` Rust guest; those Rust cannot express are inline WAT
 //! components. Ends with 16 concurrent runs, 4 of them hostile.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -3,7 +3,7 @@
 //! token is substituted by the host, incremental runs resume from the
 //! cursor, errors are clean, and the three store identical tables.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! passes it, in all three languages; a connector with one deliberate flaw
 //! (the `flawed` test guest) fails it on exactly the check for that flaw.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,10 +2,10 @@
 //! particular to the JS build of `github-issues` (its config errors, a
 //! denied host, a thrown exception, pages that are not JSON or not UTF-8).
 //! What every build must do (every issue lands, resume, full refresh, the
-//! token secret, a 401) is in tests/github.rs. The `templates/js` skeleton
-//! that `sluice new --lang js` writes is tested in tests/scaffold.rs.
+//! token secret, a 401) is in tests/it/github.rs. The `templates/js` skeleton
+//! that `sluice new --lang js` writes is tested in tests/it/scaffold.rs.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -2,7 +2,7 @@
 //! project's own route, passes the conformance kit unchanged, and runs,
 //! resuming from its state. Bad names and a non-empty directory are refused.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! guests (alone and side by side with a good run), and the compiled
 //! component cache works across runtimes.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

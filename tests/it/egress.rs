@@ -5,7 +5,7 @@
 //! everything the run leaves behind. Every server here is one the test
 //! starts on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -3,7 +3,7 @@
 //! file (`sluice.toml`) and `sluice sync` of many instances in one process.
 //! Every upstream is a loopback fixture the test starts.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,19 @@
+//! The integration tests: one binary (one link of wasmtime, cranelift and
+//! SQLite for all of them), a module per area, sharing one harness
+//! (`common`: scratch directories, the built guests, the `sluice` binary).
+//! Run one area with `cargo test --test it adversarial::`.
+
+mod common;
+
+mod adversarial;
+mod cli;
+mod conformance;
+mod crash;
+mod egress;
+mod github;
+mod guarantees;
+mod js_guest;
+mod resilience;
+mod sandbox;
+mod scaffold;
+mod sync;
