@@ -479,33 +479,8 @@ async fn run_with_writer(
         tracing::info!(instance = %key, %change, "the instance runs another component than last time");
     }
 
-    let mut record = RunRecord {
-        id: run_id.clone(),
-        connector: key.clone(),
-        connector_version: spec.version.clone(),
-        component_hash: loaded.hash.clone(),
-        started_at: now_rfc3339(),
-        ended_at: None,
-        duration_ms: None,
-        status: RunStatus::Running,
-        records_emitted: 0,
-        records_valid: 0,
-        records_quarantined: 0,
-        records_upserted: 0,
-        streams: Default::default(),
-        drift: Vec::new(),
-        commits: 0,
-        http_requests: 0,
-        http_denied: 0,
-        http_bytes: 0,
-        http_retries: 0,
-        http_throttled_ms: 0,
-        http_breaker_trips: 0,
-        fuel_used: 0,
-        peak_memory_bytes: 0,
-        error: None,
-        component_change,
-    };
+    let mut record = RunRecord::started(&run_id, &key, &spec.version, &loaded.hash);
+    record.component_change = component_change;
     let inserted = record.clone();
     writer.call(move |s| s.insert_run(&inserted)).await??;
 

@@ -243,6 +243,39 @@ pub struct RunRecord {
     pub component_change: Option<String>,
 }
 
+impl RunRecord {
+    /// A run that starts now: `running`, nothing counted yet.
+    pub fn started(id: &str, connector: &str, version: &str, component_hash: &str) -> Self {
+        RunRecord {
+            id: id.to_string(),
+            connector: connector.to_string(),
+            connector_version: version.to_string(),
+            component_hash: component_hash.to_string(),
+            started_at: now_rfc3339(),
+            ended_at: None,
+            duration_ms: None,
+            status: RunStatus::Running,
+            records_emitted: 0,
+            records_valid: 0,
+            records_quarantined: 0,
+            records_upserted: 0,
+            streams: Default::default(),
+            drift: Vec::new(),
+            commits: 0,
+            http_requests: 0,
+            http_denied: 0,
+            http_bytes: 0,
+            http_retries: 0,
+            http_throttled_ms: 0,
+            http_breaker_trips: 0,
+            fuel_used: 0,
+            peak_memory_bytes: 0,
+            error: None,
+            component_change: None,
+        }
+    }
+}
+
 /// What one commit wrote.
 #[derive(Debug, Default, Clone)]
 pub struct CommitStats {

@@ -1204,33 +1204,7 @@ mod tests {
     fn a_running_run_without_a_live_lease_is_crashed() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = store_with_table(&dir.path().join("crash.db"));
-        let run = |id: &str| RunRecord {
-            id: id.into(),
-            connector: "c".into(),
-            connector_version: "1".into(),
-            component_hash: "h".into(),
-            started_at: super::super::now_rfc3339(),
-            ended_at: None,
-            duration_ms: None,
-            status: RunStatus::Running,
-            records_emitted: 0,
-            records_valid: 0,
-            records_quarantined: 0,
-            records_upserted: 0,
-            streams: Default::default(),
-            drift: Vec::new(),
-            commits: 0,
-            http_requests: 0,
-            http_denied: 0,
-            http_bytes: 0,
-            http_retries: 0,
-            http_throttled_ms: 0,
-            http_breaker_trips: 0,
-            fuel_used: 0,
-            peak_memory_bytes: 0,
-            error: None,
-            component_change: None,
-        };
+        let run = |id: &str| RunRecord::started(id, "c", "1", "h");
         store.insert_run(&run("r")).unwrap();
         store.insert_run(&run("orphan")).unwrap();
         assert_eq!(
