@@ -18,11 +18,13 @@
 //! allow_hosts = ["https://api.example.com"]
 //! secrets = { API_KEY = "env:CRM_API_KEY" }
 //! secret_hosts = { API_KEY = ["https://api.example.com"] }
-//! limits = { fuel = 5_000_000_000, memory = "128MiB", timeout = "10m" }
+//! limits = { fuel = 5_000_000_000, memory = "128MiB", timeout = "10m", max_record_bytes = "1MiB" }
+//! http = { retries = 5, timeout = "20s" }
 //! tables = { contacts = "crm_contacts" }  # default: crm__contacts
 //! ```
 //!
-//! Every table refuses unknown keys. Relative paths (`db`, `config_file`,
+//! `limits` and `http` are one [`LimitsOverride`], the same settings and
+//! bounds as the CLI's limit flags. Every table refuses unknown keys. Relative paths (`db`, `config_file`,
 //! `connectors_dir`, a component path) are relative to the directory of the
 //! file itself, so a `sluice.toml` means the same wherever `sluice` runs.
 
