@@ -18,39 +18,39 @@
 //! allow_hosts = ["https://api.example.com"]
 //! secrets = { API_KEY = "env:CRM_API_KEY" }
 //! secret_hosts = { API_KEY = ["https://api.example.com"] }
-//! limits = { fuel = 5_000_000_000, memory = "128MiB", timeout = "10m" }
+//! limits = { fuel = 5_000_000_000, memory = "128MiB", timeout = "10m", max_record_bytes = "1MiB" }
+//! http = { retries = 5, timeout = "20s" }
 //! tables = { contacts = "crm_contacts" }  # default: crm__contacts
 //! ```
 //!
-//! Every table refuses unknown keys. Relative paths (`db`, `config_file`,
+//! `limits` and `http` are one [`LimitsOverride`], the same settings and
+//! bounds as the CLI's limit flags. Every table refuses unknown keys. Relative paths (`db`, `config_file`,
 //! `connectors_dir`, a component path) are relative to the directory of the
 //! file itself, so a `sluice.toml` means the same wherever `sluice` runs.
 
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
-
-use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
 
 use crate::host::http::HostGrant;
 use crate::host::secrets::{SecretError, SecretHost, SecretSpec, Secrets};
-use crate::limits::{self, Limits};
+use crate::limits::{HttpOverride, LimitError, Limits, LimitsOverride};
 
 /// The config file read when none is named (`--config-file`).
 pub const DEFAULT_CONFIG_FILE: &str = "sluice.toml";
 
 /// A bad or unreadable `sluice.toml`, or an instance that cannot be
-/// prepared. Every variant names the file.
+/// prepared. Every variant names the file. Causes are part of the message
+/// (not a `source()`), so a printed chain shows each once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A syntax error, an unknown or missing key, a bad value: where it is
     /// (`line`, `column`, the dotted `key` when one is there) and what.
@@ -68,13 +68,14 @@ pub enum ConfigError {
         instance: String,
         reason: String,
     },
-    #[error("{}: instance {instance:?}: {source}", path.display())]
+    #[error("{}: instance {instance:?}: {error}", path.display())]
     Secret {
         path: PathBuf,
         instance: String,
-        #[source]
-        source: SecretError,
+        error: SecretError,
     },
+    #[error("{}: no instances: define at least one [instances.NAME] table", path.display())]
+    NoInstances { path: PathBuf },
     #[error("{}: no instance named {name:?} (instances: {known})", path.display())]
     UnknownInstance {
         path: PathBuf,
@@ -124,11 +125,14 @@ pub struct InstanceConfig {
     /// `--secret-host`.
     #[serde(default)]
     pub secret_hosts: BTreeMap<String, Vec<String>>,
+    /// Limits, as the limit flags (`fuel`, `memory`, `timeout`,
+    /// `max_http_requests`, …); unset ones keep their defaults.
     #[serde(default)]
-    pub limits: LimitsConfig,
-    /// The host's HTTP policy for this instance.
+    pub limits: LimitsOverride,
+    /// The host's HTTP policy for this instance, as the `--http-timeout`,
+    /// `--retries`, `--rate-limit` and `--breaker-*` flags.
     #[serde(default)]
-    pub http: HttpConfig,
+    pub http: HttpOverride,
     /// Ignore saved state and replace each table with this run's rows.
     #[serde(default)]
     pub full_refresh: bool,
@@ -138,41 +142,14 @@ pub struct InstanceConfig {
     pub tables: BTreeMap<String, String>,
 }
 
-/// An instance's `limits` table; unset limits keep their defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Fuel (≈ instructions) per run.
-    #[serde(default)]
-    pub fuel: Option<u64>,
-    /// Linear memory: a number of bytes or a size such as `"256MiB"`.
-    #[serde(default, deserialize_with = "parse_bytes_opt")]
-    pub memory: Option<u64>,
-    /// Wall-clock deadline: seconds, or a duration such as `"90s"`, `"15m"`.
-    #[serde(default, deserialize_with = "parse_duration_opt")]
-    pub timeout: Option<Duration>,
-}
-
-/// An instance's `http` table (as the `--http-timeout`, `--retries`,
-/// `--rate-limit`, `--breaker-*` flags); unset settings keep their defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Timeout of one request attempt: seconds or `"30s"`.
-    #[serde(default, deserialize_with = "parse_duration_opt")]
-    pub timeout: Option<Duration>,
-    /// Retries of a failed idempotent request.
-    #[serde(default)]
-    pub retries: Option<u32>,
-    /// `["HOST=RPS[/BURST]", …]`, as for `--rate-limit`.
-    #[serde(default, deserialize_with = "parse_each")]
-    pub rate_limits: Vec<crate::limits::RateLimit>,
-    /// Consecutive failures that open an upstream's breaker (0 = none).
-    #[serde(default)]
-    pub breaker_threshold: Option<u32>,
-    /// How long an open breaker fails fast: seconds or `"30s"`.
-    #[serde(default, deserialize_with = "parse_duration_opt")]
-    pub breaker_cooldown: Option<Duration>,
+impl InstanceConfig {
+    /// The instance's `limits` and `http` tables as one override.
+    pub fn overrides(&self) -> LimitsOverride {
+        LimitsOverride {
+            http: self.http.clone(),
+            ..self.limits.clone()
+        }
+    }
 }
 
 /// A parsed `sluice.toml` and where it is.
@@ -232,9 +209,9 @@ pub struct Instance {
 impl OperatorConfig {
     /// Read and parse `path`.
     pub fn load(path: &Path) -> Result<OperatorConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(path, &text)
     }
@@ -256,10 +233,41 @@ impl OperatorConfig {
             path: path.to_path_buf(),
             file,
         };
+        if config.file.instances.is_empty() {
+            return Err(ConfigError::NoInstances {
+                path: path.to_path_buf(),
+            });
+        }
         for (name, inst) in &config.file.instances {
             config.check_instance(name, inst)?;
+            if let Err(e) = inst.overrides().check() {
+                return Err(config.limit_parse_error(text, name, &e));
+            }
         }
         Ok(config)
+    }
+
+    /// A limit out of bounds as a parse error at its key (the instance's
+    /// `limits` or `http` table when the key cannot be found).
+    fn limit_parse_error(&self, text: &str, instance: &str, e: &LimitError) -> ConfigError {
+        let table = e.setting.table();
+        let key = e.setting.key();
+        let offset = value_span(text, &["instances", instance, table, key])
+            .or_else(|| value_span(text, &["instances", instance, table]))
+            .or_else(|| value_span(text, &["instances", instance]))
+            .map_or(0, |span| span.start);
+        let (line, column) = line_column(text, offset);
+        ConfigError::Parse {
+            path: self.path.clone(),
+            line,
+            column,
+            key: Some(format!("instances.{instance}.{table}.{key}")),
+            message: e.problem.clone(),
+        }
+    }
+
+    fn limit_error(&self, instance: &str, e: &LimitError) -> ConfigError {
+        self.instance_error(instance, e.to_string())
     }
 
     fn instance_error(&self, instance: &str, reason: impl Into<String>) -> ConfigError {
@@ -299,10 +307,10 @@ impl OperatorConfig {
         name: &str,
         inst: &InstanceConfig,
     ) -> Result<(Vec<SecretSpec>, Vec<SecretHost>), ConfigError> {
-        let secret_err = |source| ConfigError::Secret {
+        let secret_err = |error| ConfigError::Secret {
             path: self.path.clone(),
             instance: name.to_string(),
-            source,
+            error,
         };
         let specs = inst
             .secrets
@@ -401,48 +409,15 @@ impl OperatorConfig {
             (None, None) => "{}".to_string(),
         };
         let (specs, hosts) = self.secret_specs(name, inst)?;
-        let secrets = Secrets::load(&specs, &hosts).map_err(|source| ConfigError::Secret {
+        let secrets = Secrets::load(&specs, &hosts).map_err(|error| ConfigError::Secret {
             path: self.path.clone(),
             instance: name.to_string(),
-            source,
+            error,
         })?;
-        let mut limits = Limits::default();
-        if let Some(f) = inst.limits.fuel {
-            limits.fuel = f;
-        }
-        if let Some(m) = inst.limits.memory {
-            limits.memory_bytes = m;
-        }
-        if let Some(t) = inst.limits.timeout {
-            limits.timeout = t;
-        }
-        let http = &inst.http;
-        if let Some(t) = http.timeout {
-            limits.http.timeout = t;
-            limits.http.connect_timeout = limits.http.connect_timeout.min(t);
-        }
-        if let Some(r) = http.retries {
-            if r > crate::limits::MAX_HTTP_RETRIES {
-                return Err(self.instance_error(
-                    name,
-                    format!(
-                        "http.retries is at most {}",
-                        crate::limits::MAX_HTTP_RETRIES
-                    ),
-                ));
-            }
-            limits.http.retries = r;
-        }
-        limits
-            .http
-            .rate_limits
-            .extend(http.rate_limits.iter().cloned());
-        if let Some(b) = http.breaker_threshold {
-            limits.http.breaker_threshold = b;
-        }
-        if let Some(c) = http.breaker_cooldown {
-            limits.http.breaker_cooldown = c;
-        }
+        let limits = inst
+            .overrides()
+            .limits()
+            .map_err(|e| self.limit_error(name, &e))?;
         let db = inst
             .db
             .as_deref()
@@ -465,6 +440,26 @@ impl OperatorConfig {
             tables: inst.tables.clone(),
         })
     }
+}
+
+/// Where the value at the dotted `path` of TOML `text` is (a table's
+/// value, for a `[header]` table, starts at its header), if it is there.
+fn value_span(text: &str, path: &[&str]) -> Option<std::ops::Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let (last, init) = path.split_last()?;
+    let mut table = root.get_ref();
+    for part in init {
+        let (_, v) = table.iter().find(|(k, _)| k.get_ref() == part)?;
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    }
+    let (k, v) = table.iter().find(|(k, _)| k.get_ref() == last)?;
+    // A `[a.b]` header's table has no span of its own: use the key's.
+    let span = v.span();
+    Some(if span.is_empty() { k.span() } else { span })
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -491,16 +486,67 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         return Some(h);
     }
     let table = text[..start].lines().rev().find_map(header);
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim().to_string())
-        .filter(|k| !k.is_empty() && !k.contains(['{', '[', '"', '\'']));
+    let key = inline_key(&text[start..offset]).or_else(|| {
+        line.split_once('=')
+            .map(|(k, _)| k.trim().to_string())
+            .filter(|k| !k.is_empty() && !k.contains(['{', '[', '"', '\'']))
+    });
     match (table, key) {
         (Some(t), Some(k)) => Some(format!("{t}.{k}")),
         (None, Some(k)) => Some(k),
         (Some(t), None) => Some(t),
         (None, None) => None,
     }
+}
+
+/// The dotted key a line's text up to a position is inside, following
+/// inline tables: `limits = { fuel = 1, timeout = ` is in
+/// `limits.timeout`, `limits = { ` in `limits`. Quoted keys and strings are
+/// skipped, not parsed; `None` when no key is open.
+fn inline_key(prefix: &str) -> Option<String> {
+    // Open `{` / `[` with the key each belongs to; the key being written.
+    let mut open: Vec<(char, Option<String>)> = Vec::new();
+    let mut pending: Option<String> = None;
+    let mut token = String::new();
+    let mut quote: Option<char> = None;
+    for c in prefix.chars() {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '=' => {
+                let k = token.trim();
+                pending = (!k.is_empty()).then(|| k.to_string());
+                token.clear();
+            }
+            '{' | '[' => {
+                open.push((c, pending.take()));
+                token.clear();
+            }
+            '}' | ']' => {
+                open.pop();
+                pending = None;
+                token.clear();
+            }
+            ',' => {
+                if matches!(open.last(), Some(('{', _)) | None) {
+                    pending = None;
+                }
+                token.clear();
+            }
+            c => token.push(c),
+        }
+    }
+    let keys: Vec<String> = open
+        .into_iter()
+        .filter_map(|(_, k)| k)
+        .chain(pending)
+        .collect();
+    (!keys.is_empty()).then(|| keys.join("."))
 }
 
 /// TOML to JSON: tables → objects, arrays → arrays, datetimes → strings.
@@ -534,62 +580,10 @@ where
         .collect()
 }
 
-/// A byte size: an integer, or a string such as `"64MiB"`.
-fn parse_bytes_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    struct Bytes;
-    impl Visitor<'_> for Bytes {
-        type Value = u64;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a byte size: a number of bytes or a string such as \"256MiB\"")
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-            u64::try_from(v).map_err(|_| E::custom("a byte size cannot be negative"))
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-            Ok(v)
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-            limits::parse_bytes(v).map_err(E::custom)
-        }
-    }
-    d.deserialize_any(Bytes).map(Some)
-}
-
-/// A duration: seconds (integer or float), or a string such as `"90s"`.
-fn parse_duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    struct Dur;
-    impl Visitor<'_> for Dur {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration: seconds, or a string such as \"90s\" or \"15m\"")
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            self.visit_f64(v as f64)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-            self.visit_f64(v as f64)
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
-            if v.is_finite() && v > 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err(E::custom("a timeout must be a positive number of seconds"))
-            }
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            match humantime::parse_duration(v) {
-                Ok(d) if !d.is_zero() => Ok(d),
-                Ok(_) => Err(E::custom("a timeout must be positive")),
-                Err(e) => Err(E::custom(format!("{v:?} is not a duration: {e}"))),
-            }
-        }
-    }
-    d.deserialize_any(Dur).map(Some)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(text: &str) -> Result<OperatorConfig, ConfigError> {
         OperatorConfig::parse(Path::new("/etc/sluice/sluice.toml"), text)
@@ -692,6 +686,122 @@ db = "/var/b.db"
             .unwrap_err()
             .to_string()
             .contains("nope"));
+    }
+
+    #[test]
+    fn every_limit_flag_has_a_key() {
+        let c = parse(
+            r#"
+db = "x.db"
+[instances.a]
+component = "items"
+limits = { fuel = 7, memory = "64MB", timeout = 1.5, max_http_requests = 0, max_http_denied = 3, max_http_bytes = "1GB", max_emit_bytes = 4096, max_record_bytes = "2KiB", max_state_bytes = "1 MiB" }
+[instances.a.http]
+timeout = "20s"
+retries = 0
+rate_limits = ["a.example.com=1"]
+breaker_threshold = 0
+breaker_cooldown = 2
+"#,
+        )
+        .unwrap();
+        let l = c.instance("a").unwrap().limits;
+        assert_eq!((l.fuel, l.memory_bytes), (7, 64_000_000));
+        assert_eq!(l.timeout, Duration::from_millis(1500));
+        assert_eq!((l.max_http_requests, l.max_http_denied), (0, 3));
+        assert_eq!((l.max_http_bytes, l.max_emit_bytes), (1_000_000_000, 4096));
+        assert_eq!((l.max_record_bytes, l.max_state_bytes), (2048, 1 << 20));
+        assert_eq!(l.http.timeout, Duration::from_secs(20));
+        assert_eq!(l.http.connect_timeout, Duration::from_secs(10));
+        assert_eq!((l.http.retries, l.http.breaker_threshold), (0, 0));
+        assert_eq!(l.http.breaker_cooldown, Duration::from_secs(2));
+        assert_eq!(l.http.rate_limits.len(), 1);
+    }
+
+    #[test]
+    fn out_of_range_limits_name_their_line_and_key() {
+        let head = "db = \"x.db\"\n[instances.a]\ncomponent = \"c\"\n";
+        for (table, value, key) in [
+            (
+                "limits = { timeout = 1e20 }",
+                "",
+                "instances.a.limits.timeout",
+            ),
+            (
+                "limits = { timeout = nan }",
+                "",
+                "instances.a.limits.timeout",
+            ),
+            ("limits = { fuel = 0 }", "", "instances.a.limits.fuel"),
+            ("limits = { memory = 0 }", "", "instances.a.limits.memory"),
+            (
+                "limits = { max_state_bytes = \"0MiB\" }",
+                "",
+                "instances.a.limits.max_state_bytes",
+            ),
+            ("http = { retries = 21 }", "", "instances.a.http.retries"),
+            ("http = { timeout = -inf }", "", "instances.a.http.timeout"),
+            (
+                "[instances.a.http]",
+                "breaker_cooldown = \"1000000y\"",
+                "instances.a.http.breaker_cooldown",
+            ),
+        ] {
+            let text = format!("{head}{table}\n{value}\n");
+            let e = parse(&text).unwrap_err().to_string();
+            let line = if value.is_empty() { 4 } else { 5 };
+            assert!(
+                e.starts_with(&format!("/etc/sluice/sluice.toml:{line}:")),
+                "{text}: {e}"
+            );
+            assert!(e.contains(&format!("{key}: must be")), "{text}: {e}");
+        }
+        // Values no setting could hold are refused while parsing, at their key.
+        for (table, key) in [
+            ("limits = { fuel = -1 }", "instances.a.limits"),
+            ("limits = { fuel = 1e20 }", "instances.a.limits"),
+            ("limits = { memory = \"16EiB\" }", "instances.a.limits"),
+            ("limits = { memory = -5 }", "instances.a.limits"),
+            ("http = { retries = 4294967296 }", "instances.a.http"),
+            ("http = { breaker_threshold = -1 }", "instances.a.http"),
+            ("http = { rate_limits = [\"x=0\"] }", "instances.a.http"),
+        ] {
+            let text = format!("{head}{table}\n");
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with("/etc/sluice/sluice.toml:4:"), "{text}: {e}");
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn keys_inside_inline_tables_are_named() {
+        assert_eq!(
+            inline_key("limits = { fuel = ").as_deref(),
+            Some("limits.fuel")
+        );
+        assert_eq!(
+            inline_key("limits = { fuel = 1, memory = \"x\", timeout = ").as_deref(),
+            Some("limits.timeout")
+        );
+        assert_eq!(inline_key("limits = { ").as_deref(), Some("limits"));
+        assert_eq!(
+            inline_key("http = { rate_limits = [\"a=1\", ").as_deref(),
+            Some("http.rate_limits")
+        );
+        assert_eq!(inline_key("a = { b = { c = ").as_deref(), Some("a.b.c"));
+        assert_eq!(
+            inline_key("a = { b = { c = 1 }, d = ").as_deref(),
+            Some("a.d")
+        );
+        assert_eq!(inline_key(""), None);
+    }
+
+    #[test]
+    fn a_file_without_instances_is_an_error() {
+        for text in ["", "db = \"x.db\"\n", "[instances]\n"] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("no instances"), "{text:?}: {e}");
+        }
     }
 
     #[test]

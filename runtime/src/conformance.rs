@@ -49,7 +49,7 @@ pub enum ConformanceError {
     #[error("cannot start the fixture `{command}`: {reason}")]
     Fixture { command: String, reason: String },
     #[error("cannot make a scratch database: {0}")]
-    Scratch(#[from] std::io::Error),
+    Scratch(std::io::Error),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
 }
@@ -609,7 +609,7 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
     };
 
     // Reads into a scratch database.
-    let scratch = tempfile::tempdir()?;
+    let scratch = tempfile::tempdir().map_err(ConformanceError::Scratch)?;
     let db = scratch.path().join("conformance.db");
     let run_req = |full_refresh: bool| RunRequest {
         component: req.component.clone(),

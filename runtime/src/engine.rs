@@ -27,12 +27,8 @@ pub const DEFAULT_CACHE_SUBDIR: &str = "sluice/components";
 /// Failures loading or compiling a component.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("cannot read component {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read component {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path} is not a WebAssembly component: {reason}")]
     NotAComponent { path: String, reason: String },
     #[error("{path} does not compile: {reason}")]
@@ -185,9 +181,9 @@ impl Runtime {
     pub fn load(&self, path: &Path) -> Result<Arc<Loaded>, RuntimeError> {
         let start = Instant::now();
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read {
+        let bytes = std::fs::read(path).map_err(|error| RuntimeError::Read {
             path: shown.clone(),
-            source,
+            error,
         })?;
         let hash = hex::encode(Sha256::digest(&bytes));
         if let Some(l) = self

@@ -1,8 +1,15 @@
-//! Every per-run limit and default, as a named constant, and the [`Limits`]
-//! an operator can override per run (CLI flags `--fuel`, `--memory`,
-//! `--timeout`, …).
+//! Every per-run limit and default, as a named constant, the [`Limits`] of
+//! one run, and [`LimitsOverride`]: what an operator may change, the same
+//! for the CLI flags (`--fuel`, `--memory`, `--timeout`, …) and for an
+//! instance's `limits` and `http` tables in `sluice.toml`, with one bounds
+//! check ([`LimitsOverride::apply`]) for both.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
 
 /// Fuel (≈ WebAssembly instructions) one run may spend across `spec`,
 /// `discover` and `read`. Bounds CPU deterministically.
@@ -40,9 +47,26 @@ pub const GUEST_SLICE_TICKS: u64 = 2;
 /// `--http-timeout`. Retries each get their own.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Largest number of seconds a duration flag (`--timeout`,
-/// `--http-timeout`, `--breaker-cooldown`) accepts: one year.
-pub const MAX_FLAG_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+/// Largest duration an operator may set (`timeout`, `http.timeout`,
+/// `http.breaker_cooldown`; `--timeout`, `--http-timeout`,
+/// `--breaker-cooldown`), in seconds: one year.
+pub const MAX_DURATION_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Shortest duration an operator may set, in seconds: one millisecond
+/// (shorter ones would round to no time at all).
+pub const MIN_DURATION_SECONDS: f64 = 0.001;
+
+/// Least fuel an operator may give a run: a run with none cannot execute
+/// a single instruction.
+pub const MIN_FUEL: u64 = 1;
+
+/// Smallest memory limit an operator may set: one WebAssembly page.
+pub const MIN_MEMORY_BYTES: u64 = 64 * 1024;
+
+/// Smallest byte limit an operator may set (`max_http_bytes`,
+/// `max_emit_bytes`, `max_record_bytes`, `max_state_bytes`): zero would
+/// refuse every response, record or state value.
+pub const MIN_BYTE_LIMIT: u64 = 1;
 
 /// Timeout for establishing one outbound connection.
 pub const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -205,6 +229,13 @@ pub const MAX_RATE_LIMIT_RPS: f64 = 1_000_000.0;
 /// Burst of a `--rate-limit` without `/BURST`: one request at a time.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 1;
 
+impl<'de> Deserialize<'de> for RateLimit {
+    /// A `"HOST=RPS[/BURST]"` string, as `--rate-limit` takes.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for RateLimit {
     type Err = String;
 
@@ -359,24 +390,367 @@ impl Limits {
     }
 }
 
-/// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also `K`, `M`,
-/// `G`, `KB`, `MB`, `GB`, all binary multiples).
+/// Parse a byte size with [`parse_size`]: `1048576`, `64MiB`, `1.5 GiB`,
+/// `64MB`. Binary prefixes (`KiB`, `MiB`, `GiB`, `Ki`) are powers of 2^10,
+/// decimal ones (`KB`, `MB`, `GB`, `K`, `M`, `G`) powers of 10^3; the unit
+/// is case-insensitive and `B` optional. Sizes past `u64` are an error.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a byte size (e.g. 67108864 or 64MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown byte unit {other:?} in {text:?}")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    parse_size::parse_size(text.trim()).map_err(|e| {
+        format!("{text:?} is not a byte size ({e}; give bytes or a size such as 64MiB or 64MB)")
+    })
+}
+
+/// A byte size an operator wrote: a number of bytes, or a size text
+/// ([`parse_bytes`]). In `sluice.toml` an integer or a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_bytes(s).map(ByteSize)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte size: a whole number of bytes or a string such as \"256MiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("a byte size cannot be negative ({v})")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration an operator wrote, as seconds: a number (`90`, `0.5`), or a
+/// duration text such as `90s`, `15m`, `1h 30m` ([`humantime`]). Kept as
+/// written (NaN, infinities and 1e20 included) until
+/// [`LimitsOverride::apply`] checks it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seconds(pub f64);
+
+impl FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<f64>() {
+            return Ok(Seconds(n));
+        }
+        humantime::parse_duration(s)
+            .map(|d| Seconds(d.as_secs_f64()))
+            .map_err(|e| {
+                format!(
+                    "{s:?} is not a duration ({e}; give seconds or a duration such as 90s or 15m)"
+                )
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: seconds, or a string such as \"90s\" or \"15m\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                Ok(Seconds(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+                Ok(Seconds(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One setting of [`LimitsOverride`]: its flag and its `sluice.toml` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Fuel,
+    Memory,
+    Timeout,
+    MaxHttpRequests,
+    MaxHttpDenied,
+    MaxHttpBytes,
+    MaxEmitBytes,
+    MaxRecordBytes,
+    MaxStateBytes,
+    HttpTimeout,
+    Retries,
+    BreakerThreshold,
+    BreakerCooldown,
+}
+
+impl Setting {
+    /// The command-line flag, e.g. `--http-timeout`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Setting::Fuel => "--fuel",
+            Setting::Memory => "--memory",
+            Setting::Timeout => "--timeout",
+            Setting::MaxHttpRequests => "--max-http-requests",
+            Setting::MaxHttpDenied => "--max-http-denied",
+            Setting::MaxHttpBytes => "--max-http-bytes",
+            Setting::MaxEmitBytes => "--max-emit-bytes",
+            Setting::MaxRecordBytes => "--max-record-bytes",
+            Setting::MaxStateBytes => "--max-state-bytes",
+            Setting::HttpTimeout => "--http-timeout",
+            Setting::Retries => "--retries",
+            Setting::BreakerThreshold => "--breaker-threshold",
+            Setting::BreakerCooldown => "--breaker-cooldown",
+        }
+    }
+
+    /// The instance table of `sluice.toml` it is in: `limits` or `http`.
+    pub fn table(self) -> &'static str {
+        match self {
+            Setting::HttpTimeout
+            | Setting::Retries
+            | Setting::BreakerThreshold
+            | Setting::BreakerCooldown => "http",
+            _ => "limits",
+        }
+    }
+
+    /// Its key in that table, e.g. `timeout`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Setting::Fuel => "fuel",
+            Setting::Memory => "memory",
+            Setting::Timeout | Setting::HttpTimeout => "timeout",
+            Setting::MaxHttpRequests => "max_http_requests",
+            Setting::MaxHttpDenied => "max_http_denied",
+            Setting::MaxHttpBytes => "max_http_bytes",
+            Setting::MaxEmitBytes => "max_emit_bytes",
+            Setting::MaxRecordBytes => "max_record_bytes",
+            Setting::MaxStateBytes => "max_state_bytes",
+            Setting::Retries => "retries",
+            Setting::BreakerThreshold => "breaker_threshold",
+            Setting::BreakerCooldown => "breaker_cooldown",
+        }
+    }
+}
+
+/// A setting outside its bounds. Shown as `limits.timeout: must be …`;
+/// the CLI names the flag instead ([`LimitError::for_flag`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}.{}: {problem}", setting.table(), setting.key())]
+pub struct LimitError {
+    pub setting: Setting,
+    /// What is wrong, e.g. `must be at most 20; got 1000`.
+    pub problem: String,
+}
+
+impl LimitError {
+    /// `--timeout: must be …`, for the command line.
+    pub fn for_flag(&self) -> String {
+        format!("{}: {}", self.setting.flag(), self.problem)
+    }
+}
+
+/// A duration setting within [`MIN_DURATION_SECONDS`] and
+/// [`MAX_DURATION_SECONDS`] (so never NaN, infinite, negative or zero).
+fn duration(setting: Setting, v: Seconds) -> Result<Duration, LimitError> {
+    let secs = v.0;
+    if secs.is_finite() && (MIN_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&secs) {
+        return Ok(Duration::from_secs_f64(secs));
+    }
+    Err(LimitError {
+        setting,
+        problem: format!(
+            "must be from {MIN_DURATION_SECONDS} to {MAX_DURATION_SECONDS} seconds (one year); got {secs}"
+        ),
+    })
+}
+
+/// A number setting of at least `min`.
+fn at_least(setting: Setting, v: u64, min: u64) -> Result<u64, LimitError> {
+    if v >= min {
+        return Ok(v);
+    }
+    Err(LimitError {
+        setting,
+        problem: format!("must be at least {min}; got {v}"),
+    })
+}
+
+/// What an operator overrides of a run's [`Limits`]: every setting that
+/// has a flag, unset ones keeping their defaults. The CLI flags fill it
+/// (clap); in `sluice.toml` an instance's `limits` table deserializes into
+/// it and its `http` table into [`LimitsOverride::http`]. Values are kept
+/// as written; [`LimitsOverride::apply`] checks the same bounds for both.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    /// Fuel (≈ instructions) for the run, at least 1 [default: 20000000000].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub fuel: Option<u64>,
+    /// Linear-memory limit, e.g. 268435456, 256MiB or 256MB (MB = 10^6,
+    /// MiB = 2^20), at least 64KiB [default: 256MiB].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub memory: Option<ByteSize>,
+    /// Wall-clock deadline in seconds (or e.g. 15m), at most a year
+    /// [default: 900].
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub timeout: Option<Seconds>,
+    /// HTTP requests the run may make [default: 100000].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_http_requests: Option<u64>,
+    /// Requests the host may refuse (denied or invalid) before the run
+    /// ends with http_denied_limit [default: 1000].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_http_denied: Option<u64>,
+    /// Response bytes the run may receive in all [default: 1GiB].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub max_http_bytes: Option<ByteSize>,
+    /// Record bytes the run may emit in all [default: 4GiB].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub max_emit_bytes: Option<ByteSize>,
+    /// Largest single record [default: 4MiB].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub max_record_bytes: Option<ByteSize>,
+    /// Largest state value [default: 1MiB].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub max_state_bytes: Option<ByteSize>,
+    /// The HTTP policy (the `http` table of `sluice.toml`).
+    #[command(flatten)]
+    #[serde(skip)]
+    pub http: HttpOverride,
+}
+
+/// The HTTP settings of [`LimitsOverride`]: `--http-timeout`, `--retries`,
+/// `--rate-limit`, `--breaker-*`, or an instance's `http` table.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct HttpOverride {
+    /// Timeout of one HTTP request attempt in seconds (or e.g. 20s)
+    /// [default: 30].
+    #[arg(
+        id = "http_timeout",
+        long = "http-timeout",
+        value_name = "SECS",
+        allow_hyphen_values = true
+    )]
+    pub timeout: Option<Seconds>,
+    /// Retries of a failed idempotent HTTP request (connect errors,
+    /// resets, timeouts, 429, 5xx), with backoff; 0 = none, at most 20
+    /// [default: 3].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub retries: Option<u32>,
+    /// Limit requests to HOST to RPS per second, BURST at once
+    /// (repeatable; shared by all runs in the process) [default: none].
+    #[arg(long = "rate-limit", value_name = "HOST=RPS[/BURST]")]
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
+    /// Consecutive failed requests to an upstream that open its circuit
+    /// breaker; 0 = no breaker [default: 5].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub breaker_threshold: Option<u32>,
+    /// Seconds an open breaker fails requests fast before one probe
+    /// [default: 30].
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub breaker_cooldown: Option<Seconds>,
+}
+
+impl LimitsOverride {
+    /// Check every set value against its bounds, then write them into
+    /// `limits`; on an error `limits` is unchanged. Rate limits are added
+    /// to those `limits` has.
+    pub fn apply(&self, limits: &mut Limits) -> Result<(), LimitError> {
+        use Setting as S;
+        let mut l = limits.clone();
+        if let Some(v) = self.fuel {
+            l.fuel = at_least(S::Fuel, v, MIN_FUEL)?;
+        }
+        if let Some(ByteSize(v)) = self.memory {
+            l.memory_bytes = at_least(S::Memory, v, MIN_MEMORY_BYTES)?;
+        }
+        if let Some(v) = self.timeout {
+            l.timeout = duration(S::Timeout, v)?;
+        }
+        if let Some(v) = self.max_http_requests {
+            l.max_http_requests = v;
+        }
+        if let Some(v) = self.max_http_denied {
+            l.max_http_denied = v;
+        }
+        let bytes = [
+            (S::MaxHttpBytes, self.max_http_bytes, &mut l.max_http_bytes),
+            (S::MaxEmitBytes, self.max_emit_bytes, &mut l.max_emit_bytes),
+            (
+                S::MaxRecordBytes,
+                self.max_record_bytes,
+                &mut l.max_record_bytes,
+            ),
+            (
+                S::MaxStateBytes,
+                self.max_state_bytes,
+                &mut l.max_state_bytes,
+            ),
+        ];
+        for (setting, value, slot) in bytes {
+            if let Some(ByteSize(v)) = value {
+                *slot = at_least(setting, v, MIN_BYTE_LIMIT)?;
+            }
+        }
+        let http = &self.http;
+        if let Some(v) = http.timeout {
+            l.http.timeout = duration(S::HttpTimeout, v)?;
+            l.http.connect_timeout = l.http.connect_timeout.min(l.http.timeout);
+        }
+        if let Some(v) = http.retries {
+            if v > MAX_HTTP_RETRIES {
+                return Err(LimitError {
+                    setting: S::Retries,
+                    problem: format!("must be at most {MAX_HTTP_RETRIES}; got {v}"),
+                });
+            }
+            l.http.retries = v;
+        }
+        l.http.rate_limits.extend(http.rate_limits.iter().cloned());
+        if let Some(v) = http.breaker_threshold {
+            l.http.breaker_threshold = v;
+        }
+        if let Some(v) = http.breaker_cooldown {
+            l.http.breaker_cooldown = duration(S::BreakerCooldown, v)?;
+        }
+        *limits = l;
+        Ok(())
+    }
+
+    /// Check every set value against its bounds.
+    pub fn check(&self) -> Result<(), LimitError> {
+        self.limits().map(|_| ())
+    }
+
+    /// The defaults with this applied.
+    pub fn limits(&self) -> Result<Limits, LimitError> {
+        let mut l = Limits::default();
+        self.apply(&mut l)?;
+        Ok(l)
+    }
 }
 
 #[cfg(test)]
@@ -397,12 +771,224 @@ mod tests {
     }
 
     #[test]
-    fn parses_sizes() {
+    fn parses_sizes_decimal_and_binary() {
         assert_eq!(parse_bytes("1024").unwrap(), 1024);
         assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_bytes("2g").unwrap(), 2 << 30);
-        assert!(parse_bytes("12 parsecs").is_err());
-        assert!(parse_bytes("").is_err());
+        assert_eq!(parse_bytes("64MB").unwrap(), 64_000_000);
+        assert_eq!(parse_bytes("1 mb").unwrap(), 1_000_000);
+        assert_eq!(parse_bytes("1mib").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_bytes("4KiB").unwrap(), 4096);
+        assert_eq!(parse_bytes("1.5 KiB").unwrap(), 1536);
+        assert_eq!(parse_bytes("16EiB - 1").ok(), None);
+        assert_eq!(
+            parse_bytes("18446744073709551615").unwrap(),
+            u64::MAX,
+            "exact to the last byte"
+        );
+        for bad in [
+            "",
+            "12 parsecs",
+            "-1",
+            "18446744073709551616",
+            "16EiB",
+            "1e30",
+            "MiB",
+        ] {
+            let e = parse_bytes(bad).unwrap_err();
+            assert!(e.contains("is not a byte size"), "{bad:?}: {e}");
+        }
+    }
+
+    /// Every overridable setting at once, with extreme values: each is
+    /// refused with an error naming it, none panics, and the limits are
+    /// left as they were.
+    #[test]
+    fn every_setting_has_bounds() {
+        let secs = |v: f64| Some(Seconds(v));
+        let bytes = |v: u64| Some(ByteSize(v));
+        let http = |h: HttpOverride| LimitsOverride {
+            http: h,
+            ..LimitsOverride::default()
+        };
+        let bad_durations = [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e20,
+            MAX_DURATION_SECONDS * 2.0,
+            1e-9,
+        ];
+        let mut cases: Vec<(LimitsOverride, Setting)> = vec![
+            (
+                LimitsOverride {
+                    fuel: Some(0),
+                    ..Default::default()
+                },
+                Setting::Fuel,
+            ),
+            (
+                LimitsOverride {
+                    memory: bytes(0),
+                    ..Default::default()
+                },
+                Setting::Memory,
+            ),
+            (
+                LimitsOverride {
+                    memory: bytes(MIN_MEMORY_BYTES - 1),
+                    ..Default::default()
+                },
+                Setting::Memory,
+            ),
+            (
+                LimitsOverride {
+                    max_http_bytes: bytes(0),
+                    ..Default::default()
+                },
+                Setting::MaxHttpBytes,
+            ),
+            (
+                LimitsOverride {
+                    max_emit_bytes: bytes(0),
+                    ..Default::default()
+                },
+                Setting::MaxEmitBytes,
+            ),
+            (
+                LimitsOverride {
+                    max_record_bytes: bytes(0),
+                    ..Default::default()
+                },
+                Setting::MaxRecordBytes,
+            ),
+            (
+                LimitsOverride {
+                    max_state_bytes: bytes(0),
+                    ..Default::default()
+                },
+                Setting::MaxStateBytes,
+            ),
+            (
+                http(HttpOverride {
+                    retries: Some(MAX_HTTP_RETRIES + 1),
+                    ..Default::default()
+                }),
+                Setting::Retries,
+            ),
+            (
+                http(HttpOverride {
+                    retries: Some(u32::MAX),
+                    ..Default::default()
+                }),
+                Setting::Retries,
+            ),
+        ];
+        for d in bad_durations {
+            cases.push((
+                LimitsOverride {
+                    timeout: secs(d),
+                    ..Default::default()
+                },
+                Setting::Timeout,
+            ));
+            cases.push((
+                http(HttpOverride {
+                    timeout: secs(d),
+                    ..Default::default()
+                }),
+                Setting::HttpTimeout,
+            ));
+            cases.push((
+                http(HttpOverride {
+                    breaker_cooldown: secs(d),
+                    ..Default::default()
+                }),
+                Setting::BreakerCooldown,
+            ));
+        }
+        for (o, setting) in cases {
+            let mut l = Limits::default();
+            let e = o.apply(&mut l).unwrap_err();
+            assert_eq!(e.setting, setting, "{o:?}: {e}");
+            assert_eq!(l, Limits::default(), "{o:?} changed the limits");
+            let line = e.to_string();
+            assert!(
+                line.starts_with(&format!("{}.{}: must be", setting.table(), setting.key())),
+                "{line}"
+            );
+            assert!(!line.contains('\n'), "{line}");
+            assert!(e
+                .for_flag()
+                .starts_with(&format!("{}: must be", setting.flag())));
+        }
+    }
+
+    /// The largest values each setting takes, and the smallest.
+    #[test]
+    fn extremes_within_bounds_are_kept() {
+        let max = LimitsOverride {
+            fuel: Some(u64::MAX),
+            memory: Some(ByteSize(u64::MAX)),
+            timeout: Some(Seconds(MAX_DURATION_SECONDS)),
+            max_http_requests: Some(u64::MAX),
+            max_http_denied: Some(u64::MAX),
+            max_http_bytes: Some(ByteSize(u64::MAX)),
+            max_emit_bytes: Some(ByteSize(u64::MAX)),
+            max_record_bytes: Some(ByteSize(u64::MAX)),
+            max_state_bytes: Some(ByteSize(u64::MAX)),
+            http: HttpOverride {
+                timeout: Some(Seconds(MAX_DURATION_SECONDS)),
+                retries: Some(MAX_HTTP_RETRIES),
+                rate_limits: vec!["a.example=2/3".parse().unwrap()],
+                breaker_threshold: Some(u32::MAX),
+                breaker_cooldown: Some(Seconds(MAX_DURATION_SECONDS)),
+            },
+        };
+        let l = max.limits().unwrap();
+        let year = Duration::from_secs(MAX_DURATION_SECONDS as u64);
+        assert_eq!(
+            (l.fuel, l.memory_bytes, l.timeout),
+            (u64::MAX, u64::MAX, year)
+        );
+        assert_eq!(l.max_batch_bytes(), MAX_BATCH_BYTES);
+        assert_eq!(l.http.timeout, year);
+        assert_eq!(l.http.connect_timeout, DEFAULT_HTTP_CONNECT_TIMEOUT);
+        assert_eq!(l.http.rate_limits.len(), 1);
+        let min = LimitsOverride {
+            fuel: Some(MIN_FUEL),
+            memory: Some(ByteSize(MIN_MEMORY_BYTES)),
+            timeout: Some(Seconds(MIN_DURATION_SECONDS)),
+            max_http_requests: Some(0),
+            max_http_denied: Some(0),
+            max_record_bytes: Some(ByteSize(MIN_BYTE_LIMIT)),
+            http: HttpOverride {
+                timeout: Some(Seconds(MIN_DURATION_SECONDS)),
+                retries: Some(0),
+                breaker_threshold: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let l = min.limits().unwrap();
+        assert_eq!(l.timeout, Duration::from_millis(1));
+        assert_eq!(l.http.connect_timeout, Duration::from_millis(1));
+        assert_eq!((l.max_http_requests, l.http.retries), (0, 0));
+    }
+
+    #[test]
+    fn durations_are_seconds_or_humantime() {
+        assert_eq!("0.5".parse::<Seconds>().unwrap(), Seconds(0.5));
+        assert_eq!("15m".parse::<Seconds>().unwrap(), Seconds(900.0));
+        assert_eq!("1e20".parse::<Seconds>().unwrap(), Seconds(1e20));
+        assert!("NaN".parse::<Seconds>().unwrap().0.is_nan());
+        assert!("soon"
+            .parse::<Seconds>()
+            .unwrap_err()
+            .contains("not a duration"));
     }
 
     #[test]

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: error texts can carry connector text (escaped here).
-            eprintln!("error: {}", sluice::text::escaped(&format!("{e:#}")));
+            eprintln!(
+                "error: {}",
+                sluice::text::escaped(&sluice::text::chain_text(e.chain()))
+            );
             ExitCode::FAILURE
         }
     }

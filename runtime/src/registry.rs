@@ -24,12 +24,8 @@ pub const CONNECTORS_DIR_ENV: &str = "SLUICE_CONNECTORS_DIR";
 /// A registry that cannot be built, or a name it does not know.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot read connectors directory {}: {source}", dir.display())]
-    ReadDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read connectors directory {}: {error}", dir.display())]
+    ReadDir { dir: PathBuf, error: std::io::Error },
     #[error("two components claim connector name {name:?}: {} and {}", first.display(), second.display())]
     Duplicate {
         name: String,
@@ -82,9 +78,9 @@ impl Registry {
     /// components with one name are an error naming both; a component that
     /// does not load is listed in [`Registry::broken`].
     pub async fn scan(runtime: &Runtime, dir: &Path) -> Result<Registry, RegistryError> {
-        let read_err = |source| RegistryError::ReadDir {
+        let read_err = |error| RegistryError::ReadDir {
             dir: dir.to_path_buf(),
-            source,
+            error,
         };
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(read_err)? {

@@ -72,10 +72,10 @@ pub enum ScaffoldError {
     NotEmpty(PathBuf),
     #[error("no template for language {0}")]
     NoTemplate(&'static str),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -96,9 +96,9 @@ pub struct Scaffolded {
 }
 
 fn write(path: &Path, contents: &[u8], files: &mut Vec<PathBuf>) -> Result<(), ScaffoldError> {
-    let err = |source| ScaffoldError::Write {
+    let err = |error| ScaffoldError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;

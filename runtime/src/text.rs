@@ -59,9 +59,60 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// An error and its causes on one line, outermost first, joined by `: `,
+/// each cause once: one whose text the line already ends with (an error
+/// that quotes its source in its own message, as some library errors do)
+/// is not repeated. Not escaped: show it through [`escaped`].
+pub fn chain_text<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+    impl fmt::Display for Quoting {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "cannot read x: {}", self.0)
+        }
+    }
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_chain_shows_each_cause_once() {
+        let io = || std::io::Error::other("Is a directory");
+        let e = anyhow::Error::new(Quoting(io())).context("loading");
+        assert_eq!(
+            chain_text(e.chain()),
+            "loading: cannot read x: Is a directory"
+        );
+        // `{:#}` repeats the quoted cause; the chain does not.
+        assert_eq!(
+            format!("{e:#}"),
+            "loading: cannot read x: Is a directory: Is a directory"
+        );
+        let e = anyhow::Error::new(io()).context("cannot read y");
+        assert_eq!(chain_text(e.chain()), "cannot read y: Is a directory");
+    }
 
     #[test]
     fn controls_are_escaped_and_the_rest_kept() {

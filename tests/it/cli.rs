@@ -946,3 +946,174 @@ fn a_full_disk_ends_the_run_as_store_error_with_a_summary_and_loses_no_commit() 
     let status = runs[0]["status"].as_str().unwrap();
     assert!(matches!(status, "store_error" | "crashed"), "{status}");
 }
+/// Extreme values of every limit and HTTP flag: each is one `error:` line
+/// naming the flag and a non-zero exit, never a panic, before a run (or
+/// its database) exists. The same bounds as sluice.toml (tests/it/sync.rs).
+#[test]
+fn every_limit_flag_refuses_extreme_values() {
+    let s = Scratch::new();
+    let cfg = s.write("config.json", "{}");
+    let db_path = s.path("never.db");
+    let counts = ["-1", "18446744073709551616", "1e20", "nan", "1.5"];
+    let sizes = [
+        "0",
+        "-1",
+        "18446744073709551616",
+        "16EiB",
+        "1e30",
+        "nan",
+        "12 parsecs",
+    ];
+    let durations = [
+        "0", "-1", "nan", "inf", "-inf", "1e20", "1e-9", "31536001", "1000000y", "soon",
+    ];
+    let small_counts = ["-1", "4294967296", "nan", "1.5"];
+    let mut cases: Vec<(&str, Vec<&str>)> = vec![
+        ("--fuel", [&counts[..], &["0"]].concat()),
+        ("--memory", [&sizes[..], &["65535", "64KiB - 1"]].concat()),
+        ("--timeout", durations.to_vec()),
+        ("--max-http-requests", counts.to_vec()),
+        ("--max-http-denied", counts.to_vec()),
+        ("--http-timeout", durations.to_vec()),
+        ("--retries", [&small_counts[..], &["21", "1000"]].concat()),
+        ("--breaker-threshold", small_counts.to_vec()),
+        ("--breaker-cooldown", durations.to_vec()),
+        (
+            "--rate-limit",
+            vec![
+                "x=0",
+                "x=-1",
+                "x=inf",
+                "x=nan",
+                "x=1e20",
+                "x=1/0",
+                "x=1/4294967296",
+            ],
+        ),
+    ];
+    for flag in [
+        "--max-http-bytes",
+        "--max-emit-bytes",
+        "--max-record-bytes",
+        "--max-state-bytes",
+    ] {
+        cases.push((flag, sizes.to_vec()));
+    }
+    for (flag, values) in cases {
+        for value in values {
+            let out = sluice([
+                "run".as_ref(),
+                guest("items").as_os_str(),
+                "--config".as_ref(),
+                cfg.as_os_str(),
+                "--db".as_ref(),
+                db_path.as_os_str(),
+                flag.as_ref(),
+                value.as_ref(),
+            ]);
+            let what = format!("{flag} {value}");
+            assert!(!out.ok, "{what} accepted: {out:?}");
+            assert!(matches!(out.code, Some(1 | 2)), "{what}: {out:?}");
+            assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
+            let errors: Vec<&str> = out
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect();
+            assert_eq!(errors.len(), 1, "{what}: {}", out.stderr);
+            assert!(errors[0].contains(flag), "{what}: {}", out.stderr);
+            assert!(!db_path.exists(), "{what}: a database was created");
+        }
+    }
+    // The bounds themselves are accepted, and sizes and durations take
+    // units: the run starts (and fails only for want of an upstream).
+    let out = sluice([
+        "check".as_ref(),
+        guest("items").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--fuel".as_ref(),
+        "18446744073709551615".as_ref(),
+        "--memory".as_ref(),
+        "64MB".as_ref(),
+        "--timeout".as_ref(),
+        "31536000".as_ref(),
+        "--http-timeout".as_ref(),
+        "1ms".as_ref(),
+        "--breaker-cooldown".as_ref(),
+        "15m".as_ref(),
+        "--retries".as_ref(),
+        "20".as_ref(),
+        "--max-http-requests".as_ref(),
+        "0".as_ref(),
+        "--max-state-bytes".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("must be"),
+        "in-range values refused: {}",
+        out.stderr
+    );
+}
+
+/// An error whose message quotes its cause prints that cause once.
+#[test]
+fn errors_print_each_cause_once() {
+    let s = Scratch::new();
+    let dir = s.path("adir");
+    std::fs::create_dir(&dir).unwrap();
+    let file = s.write("afile", "x");
+    let cfg = s.write("config.json", "{}");
+    let db_path = s.path("x.db");
+    let items = guest("items");
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
+        (vec!["spec".as_ref(), dir.as_os_str()], "Is a directory"),
+        (
+            vec!["sync".as_ref(), "--config-file".as_ref(), dir.as_os_str()],
+            "Is a directory",
+        ),
+        (
+            vec![
+                "connectors".as_ref(),
+                "--connectors-dir".as_ref(),
+                file.as_os_str(),
+            ],
+            "Not a directory",
+        ),
+        (
+            vec![
+                "check".as_ref(),
+                items.as_os_str(),
+                "--config".as_ref(),
+                dir.as_os_str(),
+            ],
+            "Is a directory",
+        ),
+        (
+            vec![
+                "run".as_ref(),
+                items.as_os_str(),
+                "--config".as_ref(),
+                cfg.as_os_str(),
+                "--db".as_ref(),
+                db_path.as_os_str(),
+                "--secret".as_ref(),
+                "K=file:/".as_ref(),
+            ],
+            "Is a directory",
+        ),
+        (
+            vec!["runs".as_ref(), "--db".as_ref(), dir.as_os_str()],
+            "unable to open database file",
+        ),
+    ];
+    for (args, cause) in cases {
+        let out = sluice(&args);
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        let err = out.stderr.trim();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+    }
+}

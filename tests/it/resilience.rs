@@ -401,3 +401,58 @@ fn resilience_flags_tune_the_cli_and_bad_ones_are_refused() {
         );
     }
 }
+
+/// A transport failure that outlasts the retries reaches the run as the
+/// upstream's error, saying what happened; "refused" and "denied" are kept
+/// for the egress checks.
+#[test]
+fn a_transport_failure_after_retries_is_an_upstream_error_not_a_refusal() {
+    // An upstream that reads each request and drops the connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            drop(conn);
+        }
+    });
+    let s = Scratch::new();
+    let config = s.write(
+        "config.json",
+        format!(r#"{{"base_url": "http://127.0.0.1:{port}", "page_size": 10}}"#),
+    );
+    let db = s.path("sluice.db");
+    let out = common::sluice([
+        "run".as_ref(),
+        guest("items").as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--allow-host".as_ref(),
+        format!("127.0.0.1:{port}").as_ref(),
+        "--retries".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let runs = common::runs(&common::db(&db));
+    let error = runs[0].1.clone().unwrap();
+    assert_eq!(runs[0].0, "failed", "{error}");
+    assert!(
+        error.starts_with(&format!(
+            "upstream error: request to http://127.0.0.1:{port}/"
+        )),
+        "{error}"
+    );
+    assert!(
+        !error.contains("refused") && !error.contains("denied"),
+        "{error}"
+    );
+    let conn = common::db(&db);
+    assert_eq!(
+        common::count(&conn, "SELECT http_retries FROM _sluice_runs"),
+        1
+    );
+}

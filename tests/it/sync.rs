@@ -518,3 +518,111 @@ fn sixteen_instances_into_one_database_eight_at_a_time_share_its_writer() {
         );
     }
 }
+
+/// Extreme values of every key of an instance's `limits` and `http`
+/// tables: one `error:` line naming the file, line and key, exit 1, no
+/// panic, nothing run. The same bounds as the flags (tests/it/cli.rs).
+#[test]
+fn every_limit_key_refuses_extreme_values() {
+    let s = Scratch::new();
+    let counts = ["-1", "18446744073709551616", "1e20", "nan", "1.5", "\"x\""];
+    let sizes = [
+        "0",
+        "-1",
+        "18446744073709551616",
+        "\"16EiB\"",
+        "1e30",
+        "nan",
+        "\"0MiB\"",
+        "\"12 parsecs\"",
+    ];
+    let durations = [
+        "0",
+        "-1",
+        "nan",
+        "inf",
+        "-inf",
+        "1e20",
+        "1e-9",
+        "31536001",
+        "\"1000000y\"",
+        "\"0s\"",
+        "\"soon\"",
+    ];
+    let small_counts = ["-1", "4294967296", "nan", "1.5"];
+    let mut cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("limits", "fuel", [&counts[..], &["0"]].concat()),
+        ("limits", "memory", [&sizes[..], &["65535"]].concat()),
+        ("limits", "timeout", durations.to_vec()),
+        ("limits", "max_http_requests", counts.to_vec()),
+        ("limits", "max_http_denied", counts.to_vec()),
+        ("http", "timeout", durations.to_vec()),
+        ("http", "retries", [&small_counts[..], &["21"]].concat()),
+        ("http", "breaker_threshold", small_counts.to_vec()),
+        ("http", "breaker_cooldown", durations.to_vec()),
+        (
+            "http",
+            "rate_limits",
+            vec!["[\"x=0\"]", "[\"x=inf\"]", "[\"x=1/0\"]", "\"x=1\"", "[1]"],
+        ),
+    ];
+    for key in [
+        "max_http_bytes",
+        "max_emit_bytes",
+        "max_record_bytes",
+        "max_state_bytes",
+    ] {
+        cases.push(("limits", key, sizes.to_vec()));
+    }
+    let mut n = 0;
+    for (table, key, values) in cases {
+        for value in values {
+            n += 1;
+            // Both spellings: an inline table, and a [header] table.
+            for (i, text) in [
+                format!(
+                    "db = \"x.db\"\n[instances.a]\ncomponent = \"items\"\n{table} = {{ {key} = {value} }}\n"
+                ),
+                format!(
+                    "db = \"x.db\"\n[instances.a]\ncomponent = \"items\"\n[instances.a.{table}]\n{key} = {value}\n"
+                ),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let name = format!("bad-{n}-{i}.toml");
+                let file = s.write(&name, text);
+                let out = sluice(["sync".as_ref(), "--config-file".as_ref(), file.as_os_str()]);
+                assert_eq!(out.code, Some(1), "{text}: {out:?}");
+                let err = out.stderr.trim();
+                assert_eq!(err.lines().count(), 1, "{text}: {out:?}");
+                assert!(err.starts_with("error: "), "{text}: {err}");
+                let line = if i == 0 { 4 } else { 5 };
+                assert!(err.contains(&format!("{name}:{line}:")), "{text}: {err}");
+                assert!(err.contains(key), "{text}: {err}");
+                assert!(!s.path("x.db").exists(), "{text}: something ran");
+            }
+        }
+    }
+}
+
+/// A sluice.toml without instances is an error, not "0 of 0 succeeded".
+#[test]
+fn a_sluice_toml_without_instances_is_an_error() {
+    let s = Scratch::new();
+    for (i, text) in ["", "db = \"x.db\"\n", "db = \"x.db\"\n[instances]\n"]
+        .iter()
+        .enumerate()
+    {
+        let file = s.write(&format!("empty-{i}.toml"), text);
+        let out = sluice(["sync".as_ref(), "--config-file".as_ref(), file.as_os_str()]);
+        assert_eq!(out.code, Some(1), "{text:?}: {out:?}");
+        let err = out.stderr.trim();
+        assert_eq!(err.lines().count(), 1, "{text:?}: {out:?}");
+        assert!(
+            err.starts_with("error: ") && err.contains("no instances"),
+            "{text:?}: {err}"
+        );
+        assert!(!out.stdout.contains("0 of 0"), "{out:?}");
+    }
+}

@@ -6,7 +6,7 @@ mod progress;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -14,7 +14,7 @@ use sluice::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_
 use sluice::conformance;
 use sluice::host::http::HostGrant;
 use sluice::host::secrets::{SecretHost, SecretSpec, Secrets};
-use sluice::limits::{self, Limits, RateLimit};
+use sluice::limits::{self, Limits, LimitsOverride};
 use sluice::pipeline::{self, RunRequest};
 use sluice::registry::{Registry, CONNECTORS_DIR_ENV, DEFAULT_CONNECTORS_DIR};
 use sluice::scaffold;
@@ -291,107 +291,17 @@ struct Access {
     /// repeatable). A secret with no --secret-host is sent nowhere.
     #[arg(long = "secret-host", value_name = "NAME=HOST")]
     secret_hosts: Vec<SecretHost>,
-    /// Fuel (≈ instructions) for the run [default: 20000000000].
-    #[arg(long)]
-    fuel: Option<u64>,
-    /// Linear-memory limit, e.g. 268435456 or 256MiB [default: 256MiB].
-    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
-    memory: Option<u64>,
-    /// Wall-clock deadline in seconds [default: 900].
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
-    /// HTTP requests the run may make [default: 100000].
-    #[arg(long, value_name = "N")]
-    max_http_requests: Option<u64>,
-    /// Requests the host may refuse (denied or invalid) before the run
-    /// ends with http_denied_limit [default: 1000].
-    #[arg(long, value_name = "N")]
-    max_http_denied: Option<u64>,
-    /// Response bytes the run may receive in all [default: 1GiB].
-    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
-    max_http_bytes: Option<u64>,
-    /// Record bytes the run may emit in all [default: 4GiB].
-    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
-    max_emit_bytes: Option<u64>,
-    /// Largest single record [default: 4MiB].
-    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
-    max_record_bytes: Option<u64>,
-    /// Largest state value [default: 1MiB].
-    #[arg(long, value_parser = limits::parse_bytes, value_name = "BYTES")]
-    max_state_bytes: Option<u64>,
-    /// Timeout of one HTTP request attempt in seconds [default: 30].
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
-    http_timeout: Option<f64>,
-    /// Retries of a failed idempotent HTTP request (connect errors,
-    /// resets, timeouts, 429, 5xx), with backoff; 0 = none [default: 3].
-    #[arg(long, value_name = "N")]
-    retries: Option<u32>,
-    /// Limit requests to HOST to RPS per second, BURST at once
-    /// (repeatable; shared by all runs in the process) [default: none].
-    #[arg(long = "rate-limit", value_name = "HOST=RPS[/BURST]")]
-    rate_limits: Vec<RateLimit>,
-    /// Consecutive failed requests to an upstream that open its circuit
-    /// breaker; 0 = no breaker [default: 5].
-    #[arg(long, value_name = "N")]
-    breaker_threshold: Option<u32>,
-    /// Seconds an open breaker fails requests fast before one probe
-    /// [default: 30].
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
-    breaker_cooldown: Option<f64>,
-}
-
-/// `SECS` of flag `flag` as a duration: a positive, finite number.
-fn seconds(flag: &str, secs: f64) -> Result<Duration> {
-    anyhow::ensure!(
-        secs.is_finite() && secs > 0.0 && secs <= limits::MAX_FLAG_SECONDS,
-        "{flag} must be a positive number of seconds (at most {})",
-        limits::MAX_FLAG_SECONDS
-    );
-    Ok(Duration::from_secs_f64(secs))
+    /// Limits and the HTTP policy: the same settings, and the same bounds,
+    /// as an instance's `limits` and `http` tables in sluice.toml.
+    #[command(flatten)]
+    limits: LimitsOverride,
 }
 
 impl Access {
     fn limits(&self) -> Result<Limits> {
-        let mut l = Limits::default();
-        if let Some(f) = self.fuel {
-            l.fuel = f;
-        }
-        if let Some(m) = self.memory {
-            l.memory_bytes = m;
-        }
-        if let Some(t) = self.timeout {
-            l.timeout = seconds("--timeout", t)?;
-        }
-        if let Some(t) = self.http_timeout {
-            l.http.timeout = seconds("--http-timeout", t)?;
-        }
-        if let Some(n) = self.retries {
-            anyhow::ensure!(
-                n <= limits::MAX_HTTP_RETRIES,
-                "--retries must be at most {}",
-                limits::MAX_HTTP_RETRIES
-            );
-            l.http.retries = n;
-        }
-        l.http.rate_limits = self.rate_limits.clone();
-        if let Some(n) = self.breaker_threshold {
-            l.http.breaker_threshold = n;
-        }
-        if let Some(t) = self.breaker_cooldown {
-            l.http.breaker_cooldown = seconds("--breaker-cooldown", t)?;
-        }
-        let set = |slot: &mut u64, v: Option<u64>| {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        };
-        set(&mut l.max_http_requests, self.max_http_requests);
-        set(&mut l.max_http_denied, self.max_http_denied);
-        set(&mut l.max_http_bytes, self.max_http_bytes);
-        set(&mut l.max_emit_bytes, self.max_emit_bytes);
-        set(&mut l.max_record_bytes, self.max_record_bytes);
-        set(&mut l.max_state_bytes, self.max_state_bytes);
-        Ok(l)
+        self.limits
+            .limits()
+            .map_err(|e| anyhow::anyhow!(e.for_flag()))
     }
 
     fn secrets(&self) -> Result<Secrets> {
@@ -521,6 +431,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Check { component, access } => {
+            let limits = access.limits()?;
             let rt = runtime(&cli)?;
             let component = resolve_component(&cli, &rt, component).await?;
             let config = access.config_text()?;
@@ -530,7 +441,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 &config,
                 &access.allow_hosts,
                 &access.secrets()?,
-                &access.limits()?,
+                &limits,
             )
             .await?;
             println!("config ok");
@@ -540,6 +451,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             access,
             json,
         } => {
+            let limits = access.limits()?;
             let rt = runtime(&cli)?;
             let component = resolve_component(&cli, &rt, component).await?;
             let config = access.config_text()?;
@@ -549,7 +461,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 &config,
                 &access.allow_hosts,
                 &access.secrets()?,
-                &access.limits()?,
+                &limits,
             )
             .await?;
             output::print_streams(&streams, *json)?;
@@ -563,6 +475,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             tables,
             json,
         } => {
+            let limits = access.limits()?;
             let instance = match instance {
                 Some(name) => {
                     sluice::instance::check_instance_name(name).map_err(anyhow::Error::msg)?;
@@ -581,7 +494,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 db: db.clone(),
                 grants: access.allow_hosts.clone(),
                 secrets: access.secrets()?,
-                limits: access.limits()?,
+                limits,
                 full_refresh: *full_refresh,
                 cancel: stop_on_signals(),
                 progress: None,
@@ -610,6 +523,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             fixture,
             json,
         } => {
+            let limits = access.limits()?;
             let rt = runtime(&cli)?;
             let component = resolve_component(&cli, &rt, component).await?;
             let mut config = access.config_text()?;
@@ -628,7 +542,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 config,
                 grants,
                 secrets: access.secrets()?,
-                limits: access.limits()?,
+                limits,
             };
             let report = conformance::run(&rt, &req).await?;
             drop(fixture);

@@ -1,9 +1,10 @@
 //! Human and JSON output of the subcommands. Human output shows every
 //! connector-controlled string (names, versions, streams, errors, drift,
 //! quarantine, kit details) through [`escaped`], one line each; JSON output
-//! keeps the exact text.
+//! keeps the exact text. Tables are laid out by `comfy_table` ([`table`]).
 
 use anyhow::Result;
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use serde_json::{json, Value};
 use sluice::bindings::types::{ConnectorSpec, Stream, SyncMode};
 use sluice::conformance::Report as KitReport;
@@ -13,6 +14,36 @@ use sluice::store::{DriftEvent, QuarantineEntry};
 use sluice::sync::SyncOutcome;
 use sluice::text::escaped;
 use sluice::RunRecord;
+
+/// Spaces between two columns of a table.
+const COLUMN_GAP: u16 = 2;
+
+/// A plain-text table: no borders, columns [`COLUMN_GAP`] spaces apart and
+/// as wide as their widest cell, the columns in `right` (numbers) aligned
+/// right, every line `indent` spaces in, no trailing spaces. Every cell
+/// must be one line: connector text goes in through [`escaped`] (a raw
+/// line break would split a row).
+fn table(header: &[&str], right: &[usize], indent: u16, rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row);
+    }
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((if i == 0 { indent } else { 0 }, COLUMN_GAP));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t.trim_fmt()
+}
+
+/// Escaped text as a table cell.
+fn cell(text: &str) -> String {
+    escaped(text).to_string()
+}
 
 fn schema_value(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
@@ -188,28 +219,43 @@ pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(runs)?);
         return Ok(());
     }
+    let rows = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                cell(&r.connector),
+                r.started_at.clone(),
+                r.status.as_str().to_string(),
+                r.records_emitted.to_string(),
+                r.records_upserted.to_string(),
+                r.http_requests.to_string(),
+                r.duration_ms
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.error.as_deref().map(cell).unwrap_or_default(),
+            ]
+        })
+        .collect();
     println!(
-        "{:<36}  {:<16}  {:<24}  {:<16}  {:>9}  {:>9}  {:>6}  {:>9}",
-        "run", "connector", "started", "status", "emitted", "upserted", "http", "ms"
+        "{}",
+        table(
+            &[
+                "run",
+                "connector",
+                "started",
+                "status",
+                "emitted",
+                "upserted",
+                "http",
+                "ms",
+                "error",
+            ],
+            &[4, 5, 6, 7],
+            0,
+            rows,
+        )
     );
-    for r in runs {
-        println!(
-            "{:<36}  {:<16}  {:<24}  {:<16}  {:>9}  {:>9}  {:>6}  {:>9}",
-            r.id,
-            escaped(&r.connector),
-            r.started_at,
-            r.status.as_str(),
-            r.records_emitted,
-            r.records_upserted,
-            r.http_requests,
-            r.duration_ms
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "-".into())
-        );
-        if let Some(e) = &r.error {
-            println!("    error: {}", escaped(e));
-        }
-    }
     Ok(())
 }
 
@@ -290,20 +336,27 @@ pub fn print_quarantine_list(entries: &[QuarantineEntry], as_json: bool) -> Resu
         println!("{}", serde_json::to_string_pretty(entries)?);
         return Ok(());
     }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                cell(&e.connector),
+                cell(&e.stream),
+                e.status.to_string(),
+                first_error(e),
+            ]
+        })
+        .collect();
     println!(
-        "{:>6}  {:<16}  {:<20}  {:<11}  error",
-        "id", "connector", "stream", "status"
+        "{}",
+        table(
+            &["id", "connector", "stream", "status", "error"],
+            &[0],
+            0,
+            rows
+        )
     );
-    for e in entries {
-        println!(
-            "{:>6}  {:<16}  {:<20}  {:<11}  {}",
-            e.id,
-            escaped(&e.connector),
-            escaped(&e.stream),
-            e.status,
-            first_error(e)
-        );
-    }
     println!("{} record(s)", entries.len());
     Ok(())
 }
@@ -358,22 +411,37 @@ pub fn print_drift(events: &[DriftEvent], as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(events)?);
         return Ok(());
     }
+    let rows = events
+        .iter()
+        .map(|d| {
+            vec![
+                cell(&d.connector),
+                cell(&d.stream),
+                cell(&d.path),
+                d.kind.to_string(),
+                cell(&d.observed_type),
+                d.count.to_string(),
+                cell(&d.sample),
+            ]
+        })
+        .collect();
     println!(
-        "{:<16}  {:<20}  {:<24}  {:<16}  {:<8}  {:>7}  sample",
-        "connector", "stream", "path", "kind", "type", "count"
+        "{}",
+        table(
+            &[
+                "connector",
+                "stream",
+                "path",
+                "kind",
+                "type",
+                "count",
+                "sample"
+            ],
+            &[5],
+            0,
+            rows,
+        )
     );
-    for d in events {
-        println!(
-            "{:<16}  {:<20}  {:<24}  {:<16}  {:<8}  {:>7}  {}",
-            escaped(&d.connector),
-            escaped(&d.stream),
-            escaped(&d.path),
-            d.kind,
-            escaped(&d.observed_type),
-            d.count,
-            escaped(&d.sample)
-        );
-    }
     Ok(())
 }
 
@@ -382,27 +450,35 @@ pub fn print_connectors(registry: &Registry, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(registry)?);
         return Ok(());
     }
-    println!(
-        "{:<20}  {:<10}  {:<24}  {:<28}  path",
-        "name", "version", "streams", "hosts"
-    );
     let or_dash = |v: &[String]| {
         if v.is_empty() {
             "-".to_string()
         } else {
-            escaped(&v.join(", ")).to_string()
+            cell(&v.join(", "))
         }
     };
-    for e in registry.entries.values() {
-        println!(
-            "{:<20}  {:<10}  {:<24}  {:<28}  {}",
-            escaped(&e.name),
-            escaped(&e.version),
-            or_dash(&e.streams),
-            or_dash(&e.hosts),
-            e.path.display()
-        );
-    }
+    let rows = registry
+        .entries
+        .values()
+        .map(|e| {
+            vec![
+                cell(&e.name),
+                cell(&e.version),
+                or_dash(&e.streams),
+                or_dash(&e.hosts),
+                cell(&e.path.display().to_string()),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["name", "version", "streams", "hosts", "path"],
+            &[],
+            0,
+            rows
+        )
+    );
     for b in &registry.broken {
         println!("(unusable) {}: {}", b.path.display(), escaped(&b.error));
     }
@@ -442,23 +518,30 @@ pub fn print_sync(outcomes: &[SyncOutcome], as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    let rows = outcomes
+        .iter()
+        .map(|o| {
+            let records = match &o.result {
+                Ok(r) => r.record.records_upserted.to_string(),
+                Err(_) => "-".into(),
+            };
+            vec![
+                cell(&o.instance),
+                sync_status(o).to_string(),
+                records,
+                format!("{:.2} s", o.duration.as_secs_f64()),
+            ]
+        })
+        .collect();
     println!(
-        "{:<24}  {:<17}  {:>10}  {:>10}",
-        "instance", "status", "records", "duration"
+        "{}",
+        table(
+            &["instance", "status", "records", "duration"],
+            &[2, 3],
+            0,
+            rows
+        )
     );
-    for o in outcomes {
-        let records = match &o.result {
-            Ok(r) => r.record.records_upserted.to_string(),
-            Err(_) => "-".into(),
-        };
-        println!(
-            "{:<24}  {:<17}  {:>10}  {:>8.2} s",
-            escaped(&o.instance),
-            sync_status(o),
-            records,
-            o.duration.as_secs_f64()
-        );
-    }
     for o in outcomes {
         let error = match &o.result {
             Ok(r) => r.record.error.clone(),
@@ -486,16 +569,18 @@ pub fn print_kit_report(report: &KitReport, as_json: bool) -> Result<()> {
         escaped(&report.connector),
         escaped(&report.version)
     );
-    let width = report.rows.iter().map(|r| r.check.len()).max().unwrap_or(5);
-    println!("  {:<width$}  {:<6}  detail", "check", "result");
-    for r in &report.rows {
-        println!(
-            "  {:<width$}  {:<6}  {}",
-            r.check,
-            r.outcome.as_str(),
-            escaped(&r.detail)
-        );
-    }
+    let rows = report
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.check.to_string(),
+                r.outcome.as_str().to_string(),
+                cell(&r.detail),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["check", "result", "detail"], &[], 2, rows));
     let failed = report
         .rows
         .iter()
@@ -507,4 +592,63 @@ pub fn print_kit_report(report: &KitReport, as_json: bool) -> Result<()> {
         println!("FAIL: {failed} of {} checks failed", report.rows.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where `word` starts on `line`, in characters.
+    fn column(line: &str, word: &str) -> usize {
+        let at = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word:?} not in {line:?}"));
+        line[..at].chars().count()
+    }
+
+    #[test]
+    fn tables_stay_aligned_whatever_the_widths() {
+        let long = "a-connector-instance-name-far-longer-than-any-fixed-column";
+        let hostile = "evil\nrun 0000 succeeded\x1b[2J";
+        let shown = table(
+            &["name", "status", "records"],
+            &[2],
+            0,
+            vec![
+                vec![cell(long), "succeeded".into(), "7".into()],
+                vec![cell("b"), "failed".into(), "1234567".into()],
+                vec![cell(hostile), "é-ok".into(), "0".into()],
+            ],
+        );
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 4, "{shown}");
+        assert!(lines[0].starts_with("name  "), "{shown}");
+        let status = column(lines[0], "status");
+        assert_eq!(status, long.len() + COLUMN_GAP as usize, "{shown}");
+        for (line, word) in lines[1..].iter().zip(["succeeded", "failed", "é-ok"]) {
+            assert_eq!(column(line, word), status, "{shown}");
+            assert_eq!(line, &line.trim_end(), "trailing spaces: {line:?}");
+        }
+        // Numbers end where the header ends.
+        let end = |l: &str| l.chars().count();
+        assert!(lines.iter().all(|l| end(l) == end(lines[0])), "{shown}");
+        // Connector text stays escaped, one line.
+        assert!(
+            lines[3].starts_with("evil\\nrun 0000 succeeded\\x1b[2J"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\x1b'));
+        // An indent moves every line, header included.
+        let kit = table(
+            &["check", "result"],
+            &[],
+            2,
+            vec![vec!["x".into(), "PASS".into()]],
+        );
+        assert!(
+            kit.lines()
+                .all(|l| l.starts_with("  ") && !l.starts_with("   ")),
+            "{kit}"
+        );
+    }
 }

@@ -411,7 +411,7 @@ pub enum BadUrl {
     #[error("the URL has no host")]
     NoHost,
     #[error("bad URL: {0}")]
-    Parse(#[from] url::ParseError),
+    Parse(url::ParseError),
     #[error("host {raw:?} is an unusual spelling of the IPv4 address {addr}; refused")]
     OddIpv4 { raw: String, addr: Ipv4Addr },
     #[error("percent-encoded host names are refused")]
@@ -442,7 +442,7 @@ pub fn parse_request_url(raw: &str) -> Result<url::Url, BadUrl> {
     if raw_host.is_empty() {
         return Err(BadUrl::NoHost);
     }
-    let url = url::Url::parse(raw)?;
+    let url = url::Url::parse(raw).map_err(BadUrl::Parse)?;
     match url.host() {
         None => return Err(BadUrl::NoHost),
         Some(url::Host::Ipv4(addr)) if raw_host != addr.to_string() => {

@@ -35,24 +35,19 @@ pub enum SecretError {
     BadSpec { input: String, reason: String },
     #[error("invalid --secret-host {input:?}: {reason}")]
     BadHost { input: String, reason: String },
-    #[error("invalid --secret-host {input:?}: {source}")]
-    BadHostGrant {
-        input: String,
-        #[source]
-        source: GrantError,
-    },
+    #[error("invalid --secret-host {input:?}: {error}")]
+    BadHostGrant { input: String, error: GrantError },
     #[error("secret {0} is defined twice")]
     Duplicate(String),
     #[error("--secret-host names secret {0}, which no --secret defines")]
     HostForUnknown(String),
     #[error("secret {name}: environment variable {var} is not set or not UTF-8")]
     MissingEnv { name: String, var: String },
-    #[error("secret {name}: cannot read {}: {source}", path.display())]
+    #[error("secret {name}: cannot read {}: {error}", path.display())]
     File {
         name: String,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("secret {name}: {} is not UTF-8", path.display())]
     NotUtf8 { name: String, path: PathBuf },
@@ -167,9 +162,9 @@ impl FromStr for SecretHost {
             input: s.to_string(),
             reason,
         })?;
-        let host = host.parse().map_err(|source| SecretError::BadHostGrant {
+        let host = host.parse().map_err(|error| SecretError::BadHostGrant {
             input: s.to_string(),
-            source,
+            error,
         })?;
         Ok(SecretHost {
             name: name.to_string(),
@@ -204,10 +199,10 @@ impl fmt::Debug for Secrets {
 }
 
 fn read_file(name: &str, path: &PathBuf) -> Result<String, SecretError> {
-    let file_err = |source| SecretError::File {
+    let file_err = |error| SecretError::File {
         name: name.to_string(),
         path: path.clone(),
-        source,
+        error,
     };
     let mut bytes = Vec::new();
     std::fs::File::open(path)

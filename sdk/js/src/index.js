@@ -203,6 +203,9 @@ export const log = {
 
 // ---------------------------------------------------------------- http
 
+// http-error kinds that are the upstream's failure, not a host refusal.
+const TRANSPORT_FAILURES = new Set(["timeout", "connect", "other"]);
+
 function httpErrorText(url, err) {
   switch (err.tag) {
     case "denied":
@@ -293,7 +296,12 @@ export class Request {
     return this;
   }
 
-  /** Send through the host; a refusal or transport failure is a HostError. */
+  /**
+   * Send through the host. What the host refused or stopped (a denial, an
+   * invalid request, a response over the limit, the spent budget, an open
+   * breaker) is a HostError; a transport failure its retries did not
+   * overcome (timeout, connect error, reset) is an UpstreamError.
+   */
   send() {
     let r;
     try {
@@ -306,7 +314,10 @@ export class Request {
       });
     } catch (e) {
       const err = witErrorPayload(e);
-      if (err) throw new HostError(httpErrorText(this.url, err));
+      if (err) {
+        const text = httpErrorText(this.url, err);
+        throw TRANSPORT_FAILURES.has(err.tag) ? new UpstreamError(text) : new HostError(text);
+      }
       throw e;
     }
     return new Response(r.status, r.headers, r.body);

@@ -50,6 +50,8 @@ export const http = {
     calls.send.push(req);
     const next = responses.shift();
     if (!next) throw witError("denied", `${req.url} is not granted`);
+    // `{ error: { tag, val } }` queues an http-error instead of an answer.
+    if (next.error) throw witError(next.error.tag, next.error.val);
     return next;
   },
 };

@@ -120,6 +120,22 @@ test("http: headers, JSON, status and host errors", () => {
   assert.throws(() => http.getJson("http://h/s"), { name: "UpstreamError" });
 });
 
+test("a transport failure is the upstream's error; a host refusal is a HostError", () => {
+  responses.push({ error: { tag: "other", val: "connection reset" } });
+  assert.throws(() => http.getJson("http://h/u"), {
+    name: "UpstreamError",
+    message: "request to http://h/u failed: connection reset",
+  });
+  responses.push({ error: { tag: "timeout" } });
+  assert.throws(() => http.getJson("http://h/v"), { name: "UpstreamError", message: "request to http://h/v timed out" });
+  responses.push({ error: { tag: "connect", val: "no route" } });
+  assert.throws(() => http.getJson("http://h/w"), { name: "UpstreamError" });
+  responses.push({ error: { tag: "circuit-open", val: "open" } });
+  assert.throws(() => http.getJson("http://h/x"), { name: "HostError" });
+  responses.push({ error: { tag: "budget-exhausted" } });
+  assert.throws(() => http.getJson("http://h/y"), { name: "HostError" });
+});
+
 // decodeUtf8 as QuickJS runs it: without TextDecoder.
 function withoutTextDecoder(f) {
   const saved = globalThis.TextDecoder;

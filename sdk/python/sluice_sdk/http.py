@@ -1,7 +1,8 @@
 """Outbound HTTP through the host. Only hosts the operator granted are
-reachable; a denial (or any transport failure) raises ``HostError``. The
-host retries transient failures of idempotent requests, rate-limits and
-circuit-breaks per the operator's policy."""
+reachable; a denial raises ``HostError``, a transport failure (after the
+host's retries) ``UpstreamError``. The host retries transient failures of
+idempotent requests, rate-limits and circuit-breaks per the operator's
+policy."""
 
 import json
 
@@ -55,6 +56,10 @@ class Response:
             return self
         snippet = self.body[:ERROR_BODY_SNIPPET].decode("utf-8", errors="replace")
         raise UpstreamError(f"HTTP {self.status}: {snippet}")
+
+
+#: ``http-error`` kinds that are the upstream's failure, not a host refusal.
+_TRANSPORT_FAILURES = frozenset({"Timeout", "Connect", "Other"})
 
 
 def _error_text(url, e):
@@ -114,6 +119,11 @@ class Request:
         try:
             r = _http.send(req)
         except Err as e:
+            # A transport failure the host's retries did not overcome is the
+            # upstream's; anything else the host refused or stopped.
+            kind = type(e.value).__name__.split("_", 1)[-1]
+            if kind in _TRANSPORT_FAILURES:
+                raise UpstreamError(_error_text(self.url, e)) from None
             raise HostError(_error_text(self.url, e)) from None
         return Response(r.status, r.headers, r.body)
 

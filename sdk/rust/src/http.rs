@@ -1,5 +1,6 @@
 //! Outbound HTTP through the host. Only hosts the operator granted are
-//! reachable; a denial comes back as [`Error::Host`].
+//! reachable; a denial comes back as [`Error::Host`], a transport failure
+//! (after the host's retries) as [`Error::Upstream`].
 
 use serde::de::DeserializeOwned;
 
@@ -107,23 +108,37 @@ impl Request {
                 headers: r.headers,
                 body: r.body,
             }),
-            Err(e) => Err(Error::Host(http_error_text(&req.url, e))),
+            Err(e) => Err(http_error(&req.url, e)),
         }
     }
 }
 
-fn http_error_text(url: &str, e: wit::HttpError) -> String {
+/// A failed `http.send` as a connector error. What the host refused or
+/// stopped (an egress denial, an invalid request, a response over the
+/// limit, the spent budget, an open breaker) is [`Error::Host`]; a
+/// transport failure the host's retries did not overcome (timeout, connect
+/// error, reset) is the upstream's: [`Error::Upstream`]. Only egress
+/// denials say "denied".
+fn http_error(url: &str, e: wit::HttpError) -> Error {
     match e {
-        wit::HttpError::Denied(why) => format!("request to {url} denied: {why}"),
-        wit::HttpError::InvalidRequest(why) => format!("invalid request to {url}: {why}"),
-        wit::HttpError::Timeout => format!("request to {url} timed out"),
-        wit::HttpError::Connect(why) => format!("cannot connect to {url}: {why}"),
-        wit::HttpError::TooLarge(n) => format!("response from {url} over {n} bytes"),
-        wit::HttpError::BudgetExhausted => "HTTP request budget of this run is spent".to_string(),
-        wit::HttpError::Other(why) => format!("request to {url} failed: {why}"),
-        wit::HttpError::CircuitOpen(why) => {
-            format!("request to {url} not sent, circuit open: {why}")
+        wit::HttpError::Denied(why) => Error::Host(format!("request to {url} denied: {why}")),
+        wit::HttpError::InvalidRequest(why) => {
+            Error::Host(format!("invalid request to {url}: {why}"))
         }
+        wit::HttpError::TooLarge(n) => {
+            Error::Host(format!("response from {url} over the {n}-byte limit"))
+        }
+        wit::HttpError::BudgetExhausted => {
+            Error::Host("HTTP request budget of this run is spent".to_string())
+        }
+        wit::HttpError::CircuitOpen(why) => {
+            Error::Host(format!("request to {url} not sent, circuit open: {why}"))
+        }
+        wit::HttpError::Timeout => Error::Upstream(format!("request to {url} timed out")),
+        wit::HttpError::Connect(why) => {
+            Error::Upstream(format!("cannot connect to {url}: {why}"))
+        }
+        wit::HttpError::Other(why) => Error::Upstream(format!("request to {url} failed: {why}")),
     }
 }
 
