@@ -135,9 +135,7 @@ fn http_error(url: &str, e: wit::HttpError) -> Error {
             Error::Host(format!("request to {url} not sent, circuit open: {why}"))
         }
         wit::HttpError::Timeout => Error::Upstream(format!("request to {url} timed out")),
-        wit::HttpError::Connect(why) => {
-            Error::Upstream(format!("cannot connect to {url}: {why}"))
-        }
+        wit::HttpError::Connect(why) => Error::Upstream(format!("cannot connect to {url}: {why}")),
         wit::HttpError::Other(why) => Error::Upstream(format!("request to {url} failed: {why}")),
     }
 }
