@@ -174,6 +174,10 @@ fn rusage_helper(program: &str, args: &[String]) -> ! {
     std::process::exit(if ok { 0 } else { 1 })
 }
 
+/// Sluice's table of the items stream: `sluice run items.wasm` is instance
+/// `items`, whose tables are `items__<stream>`.
+const SLUICE_TABLE: &str = "items__items";
+
 fn count_rows(db: &Path, table: &str) -> Option<i64> {
     let conn = rusqlite::Connection::open(db).ok()?;
     conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
@@ -307,7 +311,7 @@ fn main() {
             Box::new(|d: &Path| {
                 let db = d.join("sluice.db");
                 let m = sluice_run(&fx, d, &db, &cache);
-                (m, count_rows(&db, "items"))
+                (m, count_rows(&db, SLUICE_TABLE))
             }),
         ),
         (
@@ -490,7 +494,7 @@ fn main() {
             let fx = serve(n);
             let db = dir.join(format!("rss-{n}.db"));
             let m = sluice_run(&fx, dir, &db, &cache);
-            let rows = count_rows(&db, "items").unwrap_or(0);
+            let rows = count_rows(&db, SLUICE_TABLE).unwrap_or(0);
             println!(
                 "  {n:>9} records: {} MiB peak RSS, {:.1} s ({:.0} records/s){}",
                 mib(m.max_rss_kib),
