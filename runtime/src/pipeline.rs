@@ -682,9 +682,10 @@ async fn drive(
         });
     }
     for s in &discovered {
+        let table_name = req.table_of(&s.name);
         let table = StreamTable::from_spec(&s.name, &s.json_schema, &s.primary_key)
             .map_err(|e| invalid(e.to_string()))?
-            .in_table(req.table_of(&s.name));
+            .in_table(table_name.clone());
         let schema =
             StreamSchema::compile(&s.name, &s.json_schema).map_err(|e| invalid(e.to_string()))?;
         let full_refresh = req.full_refresh || !s.sync_modes.contains(&SyncMode::Incremental);
@@ -707,7 +708,7 @@ async fn drive(
             },
         });
         if full_refresh {
-            sweep.push(req.table_of(&s.name));
+            sweep.push(table_name.clone());
         }
         defs.push(StreamDef {
             connector: key.to_string(),
@@ -716,7 +717,7 @@ async fn drive(
             json_schema: s.json_schema.clone(),
             primary_key: s.primary_key.clone(),
         });
-        stream_tables.insert(s.name.clone(), req.table_of(&s.name));
+        stream_tables.insert(s.name.clone(), table_name);
     }
     for s in streams.values() {
         let (t, instance) = (s.table.clone(), key.to_string());
