@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice::limits::Limits;
-use sluice::{pipeline, Runtime, RuntimeOptions};
+use sluice_core::limits::Limits;
 use sluice_fixture::items::{self, router, ItemsConfig};
 use sluice_fixture::Running;
+use sluice_runner::pipeline;
+use sluice_wasm::{Runtime, RuntimeOptions};
 
 /// Records served when `--records` is not given: the whole default run
 /// (all four contestants) takes a few minutes on 2 cores.

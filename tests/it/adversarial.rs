@@ -14,13 +14,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{guest, Scratch};
-use sluice::host::http::HostGrant;
-use sluice::pipeline::{self, RunRequest};
-use sluice::sandbox::GuestError;
-use sluice::{
-    EngineSettings, Limits, PipelineError, RunReport, RunStatus, Runtime, RuntimeError,
-    RuntimeOptions,
-};
+use sluice_core::egress::HostGrant;
+use sluice_core::{Limits, RunStatus};
+use sluice_runner::pipeline::{self, RunRequest};
+use sluice_runner::{PipelineError, RunReport};
+use sluice_wasm::sandbox::GuestError;
+use sluice_wasm::{EngineSettings, Runtime, RuntimeError, RuntimeOptions};
 
 /// One runtime (engine, linker, caches) shared by every test, as one host
 /// process shares it among all its runs.
@@ -44,7 +43,7 @@ const UNCOMMITTED: u64 = 7;
 
 fn request(component: PathBuf, db: PathBuf, config: String, limits: Limits) -> RunRequest {
     RunRequest {
-        instance: sluice::instance::default_instance(&component).unwrap(),
+        instance: sluice_core::instance::default_instance(&component).unwrap(),
         tables: Default::default(),
         cancel: Default::default(),
         component,
@@ -954,7 +953,7 @@ impl WatSource<'_> {
     }
 }
 
-/// `sluice::pipeline::spec` of a WAT component written to a scratch file.
+/// `sluice_runner::pipeline::spec` of a WAT component written to a scratch file.
 async fn wat_spec(
     s: &Scratch,
     name: &str,
@@ -1577,9 +1576,12 @@ async fn a_run_records_at_most_the_drift_path_cap_and_counts_the_rest() {
     );
     let conn = common::db(&s.path("sluice.db"));
     let stored = common::count(&conn, "SELECT count(*) FROM _sluice_drift");
-    assert_eq!(stored as usize, sluice::schema::MAX_DRIFT_PATHS_PER_RUN);
+    assert_eq!(
+        stored as usize,
+        sluice_core::schema::MAX_DRIFT_PATHS_PER_RUN
+    );
     let distinct_seen = 2 * 100 * 600;
-    let unrecorded = distinct_seen - sluice::schema::MAX_DRIFT_PATHS_PER_RUN;
+    let unrecorded = distinct_seen - sluice_core::schema::MAX_DRIFT_PATHS_PER_RUN;
     assert!(
         report
             .record

@@ -777,6 +777,7 @@ fn last_run(s: &Scratch) -> (String, Option<String>, i64) {
 }
 
 const LEASED: &str = "SELECT count(*) FROM _sluice_leases";
+const RUNNING: &str = "SELECT count(*) FROM _sluice_runs WHERE status = 'running'";
 
 #[test]
 fn a_second_run_of_a_running_instance_is_refused_and_a_killed_one_is_crashed() {
@@ -810,7 +811,9 @@ fn a_second_run_of_a_running_instance_is_refused_and_a_killed_one_is_crashed() {
     // A run whose process is killed: the next run takes the lease over at
     // once (its holder is gone) and the killed run is `crashed`.
     let mut killed = spawn_misbehave(&s, looping, &["--timeout", "60"]);
-    wait_for(&s, LEASED, 1);
+    // The run holds the lease before it records itself: wait for its row
+    // (killed before that, it would leave nothing to mark).
+    wait_for(&s, RUNNING, 1);
     killed.kill().unwrap();
     killed.wait().unwrap();
     let next = misbehave(&s, r#"{"behaviour": "ok", "committed": 5}"#, &[]);

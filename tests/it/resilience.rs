@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{guest, Scratch};
-use sluice::pipeline::{self, RunRequest};
-use sluice::{HttpPolicy, Limits, RunStatus, Runtime, RuntimeOptions};
+use sluice_core::{HttpPolicy, Limits, RunStatus};
 use sluice_fixture::faulty::{self, Fault, Faults, SharedFaults};
 use sluice_fixture::items::{self, ItemsConfig};
 use sluice_fixture::Running;
+use sluice_runner::pipeline::{self, RunRequest};
+use sluice_wasm::{Runtime, RuntimeOptions};
 
 fn runtime() -> Arc<Runtime> {
     Arc::new(
@@ -299,8 +300,8 @@ fn an_older_runs_table_gains_the_new_columns() {
     )
     .unwrap();
     drop(conn);
-    use sluice::store::Store;
-    let mut store = sluice::store::SqliteStore::open(&path).unwrap();
+    use sluice_core::destination::RunLog;
+    let mut store = sluice_store::SqliteStore::open(&path).unwrap();
     let old = store.get_run("old").unwrap();
     assert_eq!(
         (
@@ -312,7 +313,7 @@ fn an_older_runs_table_gains_the_new_columns() {
     );
     // Opening again (columns present) is a no-op.
     drop(store);
-    sluice::store::SqliteStore::open(&path).unwrap();
+    sluice_store::SqliteStore::open(&path).unwrap();
 }
 
 #[test]

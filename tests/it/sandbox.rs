@@ -7,9 +7,10 @@ use crate::common;
 use std::sync::Arc;
 
 use common::{guest, Scratch};
-use sluice::engine::CacheOutcome;
-use sluice::pipeline::{self, RunRequest};
-use sluice::{Limits, RunStatus, Runtime, RuntimeOptions};
+use sluice_core::{Limits, RunStatus};
+use sluice_runner::pipeline::{self, RunRequest};
+use sluice_wasm::engine::CacheOutcome;
+use sluice_wasm::{Runtime, RuntimeOptions};
 
 fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
     RunRequest {

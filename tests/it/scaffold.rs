@@ -109,7 +109,7 @@ fn runs_and_resumes(s: &Scratch, component: &Path, name: &str) {
         25
     );
     // The instance is the component file's name.
-    let instance = sluice::instance::default_instance(component).unwrap();
+    let instance = sluice_core::instance::default_instance(component).unwrap();
     let state: String = conn
         .query_row(
             "SELECT value FROM _sluice_state WHERE connector = ?1",

@@ -39,7 +39,7 @@ fn json(out: &common::Out) -> serde_json::Value {
 /// serves for its id, and there are exactly `total` of them.
 fn assert_items(path: &Path, instance: &str, total: u64) {
     let conn = db(path);
-    let table = sluice::instance::default_table(instance, "items");
+    let table = sluice_core::instance::default_table(instance, "items");
     assert_eq!(
         count(&conn, &format!("SELECT count(*) FROM {table}")) as u64,
         total,

@@ -1,0 +1,691 @@
+//! The subcommands.
+
+mod output;
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::conformance;
+use crate::scaffold;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice_core::destination::{QuarantineFilter, RunLog};
+use sluice_core::egress::HostGrant;
+use sluice_core::limits::{self, Limits, LimitsOverride};
+use sluice_core::secrets::{SecretHost, SecretSpec, Secrets};
+use sluice_runner::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_FILE};
+use sluice_runner::pipeline::{self, RunRequest};
+use sluice_runner::registry::{Registry, CONNECTORS_DIR_ENV, DEFAULT_CONNECTORS_DIR};
+use sluice_runner::sync::{self as many, SyncJob};
+use sluice_store::SqliteStore;
+use sluice_wasm::{Runtime, RuntimeOptions};
+
+/// Sluice runs data connectors compiled to WebAssembly components, each in
+/// its own sandbox, into SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// Directory of compiled components (default: $SLUICE_CACHE_DIR, else
+    /// ~/.cache/sluice/components).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components every time instead of using the disk cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// The connector registry: components (*.wasm) known by their spec
+    /// name [default: `connectors_dir` of sluice.toml, else
+    /// ./connectors-dist].
+    #[arg(long, global = true, value_name = "DIR", env = CONNECTORS_DIR_ENV)]
+    connectors_dir: Option<PathBuf>,
+    /// Log filter (tracing syntax), e.g. `info` or `warn,guest=debug`.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG",
+        default_value = "warn,guest=info"
+    )]
+    pub log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a connector's spec: name, version, config schema, streams.
+    Spec {
+        /// The connector: a component (.wasm, or .wat text) or a registry name.
+        component: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a connector whether a config is valid.
+    Check {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+    },
+    /// List the streams a connector offers with a config.
+    Discover {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a connector into a SQLite database.
+    Run {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+        /// The SQLite database (created if missing).
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// Ignore saved state and replace each table with this run's rows
+        /// (rows that vanished upstream are removed when the run succeeds).
+        #[arg(long)]
+        full_refresh: bool,
+        /// The instance this run belongs to: it owns the run's state,
+        /// history and tables (default: the connector's registry name or
+        /// the component file's name without extension).
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// The destination table of a stream (default
+        /// `<instance>__<stream>`); repeatable.
+        #[arg(long = "table", value_name = "STREAM=TABLE", value_parser = parse_table_arg)]
+        tables: Vec<(String, String)>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a connector conforms: spec, config schema, check,
+    /// discover, read, resume from the cursor, idempotence, default limits.
+    /// Prints a pass/fail table; exits 1 if any check fails.
+    TestConnector {
+        component: PathBuf,
+        #[command(flatten)]
+        access: Access,
+        /// A command that starts the upstream and prints `listening on
+        /// URL` on stdout (e.g. `sluice-fixture items`): `{{fixture_url}}`
+        /// in the config becomes URL and its host:port is granted; it is
+        /// killed when the kit ends.
+        #[arg(long, value_name = "CMD")]
+        fixture: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a connector skeleton (one stream, config, README) that builds
+    /// and passes `sluice test-connector` unchanged.
+    New {
+        /// The connector's name: [a-z][a-z0-9-]*.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: NewLang,
+        /// Where to write it [default: ./NAME]; must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The Sluice checkout the project builds against (its Rust SDK and
+        /// build scripts) [default: the one this binary was built from].
+        #[arg(long, value_name = "DIR")]
+        sluice_root: Option<PathBuf>,
+    },
+    /// List the connectors in the registry directory: name, version,
+    /// streams, the hosts each asks for, and the component path.
+    Connectors {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the instances of sluice.toml (all, or those named) concurrently
+    /// in one process; exits 1 unless every run succeeded.
+    Sync {
+        /// Instances to run (default: all).
+        names: Vec<String>,
+        /// The operator config file.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+        config_file: PathBuf,
+        /// Runs at once.
+        #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_SYNC_CONCURRENCY as u64,
+              value_parser = clap::value_parser!(u64).range(1..=limits::MAX_SYNC_CONCURRENCY as u64))]
+        concurrency: u64,
+        /// Print the outcome as JSON (no progress display).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run history: list runs, or `show ID`.
+    Runs {
+        #[arg(long, value_name = "FILE", global = true)]
+        db: Option<PathBuf>,
+        /// How many runs, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<RunsAction>,
+    },
+    /// Records that failed validation: list, show, edit, replay.
+    Quarantine {
+        #[arg(long, value_name = "FILE", global = true)]
+        db: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Schema drift events: new fields, changed types, missing fields.
+    Drift {
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum NewLang {
+    Rust,
+    Python,
+    Js,
+}
+
+impl From<NewLang> for scaffold::Lang {
+    fn from(l: NewLang) -> Self {
+        match l {
+            NewLang::Rust => scaffold::Lang::Rust,
+            NewLang::Python => scaffold::Lang::Python,
+            NewLang::Js => scaffold::Lang::Js,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsAction {
+    /// One run in full.
+    Show { id: String },
+}
+
+#[derive(Debug, Args)]
+struct QuarantineSelect {
+    #[arg(long)]
+    connector: Option<String>,
+    #[arg(long)]
+    stream: Option<String>,
+    /// Only these quarantine ids (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+}
+
+impl QuarantineSelect {
+    fn filter(&self, all: bool, limit: Option<usize>) -> QuarantineFilter {
+        QuarantineFilter {
+            connector: self.connector.clone(),
+            stream: self.stream.clone(),
+            ids: self.ids.clone(),
+            all,
+            limit,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineAction {
+    /// Quarantined records (not yet replayed, unless --all).
+    List {
+        #[command(flatten)]
+        select: QuarantineSelect,
+        /// Include records already replayed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One quarantined record: raw JSON, errors, run, connector.
+    Show { id: i64 },
+    /// Replace a quarantined record's JSON (the original is kept for audit).
+    Edit {
+        id: i64,
+        /// File with the corrected record (a JSON object).
+        #[arg(long, value_name = "FILE")]
+        record: PathBuf,
+    },
+    /// Re-validate against each stream's current schema and upsert the
+    /// records that now pass, in one transaction.
+    Replay {
+        #[command(flatten)]
+        select: QuarantineSelect,
+    },
+}
+
+/// Config, grants and limits of one connector invocation.
+#[derive(Debug, Args)]
+struct Access {
+    /// The connector's config (a JSON file).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Let the connector reach [http(s)://]HOST[:PORT] (repeatable): a DNS
+    /// name, *.DOMAIN (its subdomains, not the apex), an IPv4 address or
+    /// [IPv6]. Nothing else is reachable; loopback, private and metadata
+    /// addresses only as an IP granted exactly.
+    #[arg(long = "allow-host", value_name = "[SCHEME://]HOST[:PORT]")]
+    allow_hosts: Vec<HostGrant>,
+    /// Bind secret NAME to the value of environment variable VAR or the
+    /// contents of file PATH (repeatable). Connectors write
+    /// {{secret:NAME}} in a header value or the URL query; the host
+    /// substitutes it.
+    #[arg(long = "secret", value_name = "NAME=env:VAR|NAME=file:PATH")]
+    secrets: Vec<SecretSpec>,
+    /// Let secret NAME be sent to HOST (same forms as --allow-host;
+    /// repeatable). A secret with no --secret-host is sent nowhere.
+    #[arg(long = "secret-host", value_name = "NAME=HOST")]
+    secret_hosts: Vec<SecretHost>,
+    /// Limits and the HTTP policy: the same settings, and the same bounds,
+    /// as an instance's `limits` and `http` tables in sluice.toml.
+    #[command(flatten)]
+    limits: LimitsOverride,
+}
+
+impl Access {
+    fn limits(&self) -> Result<Limits> {
+        self.limits
+            .limits()
+            .map_err(|e| anyhow::anyhow!(e.for_flag()))
+    }
+
+    fn secrets(&self) -> Result<Secrets> {
+        let secrets = Secrets::load(&self.secrets, &self.secret_hosts)?;
+        for name in secrets.unsendable() {
+            tracing::warn!("secret {name} has no --secret-host: it will not be sent anywhere");
+        }
+        Ok(secrets)
+    }
+
+    fn config_text(&self) -> Result<String> {
+        read_config(&self.config)
+    }
+}
+
+/// Open an existing database (never create one for a read-only command).
+fn open_existing(db: Option<&Path>) -> Result<SqliteStore> {
+    let db = db.context("--db FILE is required")?;
+    anyhow::ensure!(db.exists(), "database {} does not exist", db.display());
+    Ok(SqliteStore::open(db)?)
+}
+
+fn read_config(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))
+}
+
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Exit code of `sluice run` when another run holds the instance's lease
+/// (sysexits' EX_TEMPFAIL: try again later).
+pub const EXIT_INSTANCE_BUSY: u8 = 75;
+
+/// A cancellation that SIGTERM or Ctrl-C triggers: the first stops runs at
+/// their next commit (or after the grace period), a second at once.
+fn stop_on_signals() -> sluice_core::cancel::Cancel {
+    let cancel = sluice_core::cancel::Cancel::default();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        let mut next = async || {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        next().await;
+        eprintln!(
+            "stopping: each run ends at its next commit (or within {} s); a second signal stops at once",
+            limits::CANCEL_GRACE.as_secs()
+        );
+        on_signal.stop();
+        next().await;
+        eprintln!("stopping now");
+        on_signal.abort();
+    });
+    cancel
+}
+
+fn runtime(cli: &Cli) -> Result<Runtime> {
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir
+            .clone()
+            .or_else(RuntimeOptions::default_cache_dir)
+    };
+    Ok(Runtime::new(RuntimeOptions { cache_dir })?)
+}
+
+/// The registry directory: `--connectors-dir` (or its environment
+/// variable), else the one `sluice.toml` names, else the default.
+fn connectors_dir(cli: &Cli, from_file: Option<PathBuf>) -> PathBuf {
+    cli.connectors_dir
+        .clone()
+        .or(from_file)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONNECTORS_DIR))
+}
+
+/// A component argument: an existing file or anything path-like is a path;
+/// a bare name that is not a file is looked up in the registry.
+/// `STREAM=TABLE` of `--table`.
+fn parse_table_arg(text: &str) -> std::result::Result<(String, String), String> {
+    let (stream, table) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected STREAM=TABLE, got {text:?}"))?;
+    sluice_core::instance::check_table_name(table)?;
+    Ok((stream.to_string(), table.to_string()))
+}
+
+async fn resolve_component(cli: &Cli, rt: &Runtime, arg: &Path) -> Result<PathBuf> {
+    let bare = arg.to_str().is_some_and(is_bare_name);
+    if !bare || arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy();
+    let registry = Registry::scan(rt, &connectors_dir(cli, None))
+        .await
+        .with_context(|| format!("{name} is not a file, so it is looked up as a connector name"))?;
+    Ok(registry.get(&name)?.path.clone())
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Spec { component, json } => {
+            let start = Instant::now();
+            let rt = runtime(&cli)?;
+            let component = resolve_component(&cli, &rt, component).await?;
+            let (loaded, spec) = pipeline::spec(&rt, &component, &Limits::default()).await?;
+            output::print_spec(&spec, *json)?;
+            tracing::info!(
+                cache = ?loaded.cache,
+                load_ms = loaded.load_time.as_millis() as u64,
+                total_ms = start.elapsed().as_millis() as u64,
+                "spec answered"
+            );
+        }
+        Command::Check { component, access } => {
+            let limits = access.limits()?;
+            let rt = runtime(&cli)?;
+            let component = resolve_component(&cli, &rt, component).await?;
+            let config = access.config_text()?;
+            pipeline::check(
+                &rt,
+                &component,
+                &config,
+                &access.allow_hosts,
+                &access.secrets()?,
+                &limits,
+            )
+            .await?;
+            println!("config ok");
+        }
+        Command::Discover {
+            component,
+            access,
+            json,
+        } => {
+            let limits = access.limits()?;
+            let rt = runtime(&cli)?;
+            let component = resolve_component(&cli, &rt, component).await?;
+            let config = access.config_text()?;
+            let streams = pipeline::discover(
+                &rt,
+                &component,
+                &config,
+                &access.allow_hosts,
+                &access.secrets()?,
+                &limits,
+            )
+            .await?;
+            output::print_streams(&streams, *json)?;
+        }
+        Command::Run {
+            component,
+            access,
+            db,
+            full_refresh,
+            instance,
+            tables,
+            json,
+        } => {
+            let limits = access.limits()?;
+            let instance = match instance {
+                Some(name) => {
+                    sluice_core::instance::check_instance_name(name).map_err(anyhow::Error::msg)?;
+                    name.clone()
+                }
+                None => sluice_core::instance::default_instance(component)
+                    .map_err(anyhow::Error::msg)?,
+            };
+            let rt = runtime(&cli)?;
+            let req = RunRequest {
+                instance,
+                tables: tables.iter().cloned().collect(),
+                component: resolve_component(&cli, &rt, component).await?,
+                config: access.config_text()?,
+                db: db.clone(),
+                grants: access.allow_hosts.clone(),
+                secrets: access.secrets()?,
+                limits,
+                full_refresh: *full_refresh,
+                cancel: stop_on_signals(),
+                progress: None,
+            };
+            let report = match pipeline::run(&rt, &req).await {
+                Err(e @ pipeline::PipelineError::InstanceBusy { .. }) => {
+                    eprintln!("error: {}", sluice_core::text::escaped(&e.to_string()));
+                    return Ok(ExitCode::from(EXIT_INSTANCE_BUSY));
+                }
+                other => other?,
+            };
+            output::print_report(&report, *json)?;
+            if !report.succeeded() {
+                eprintln!(
+                    "error: run {} ended {}: {}",
+                    report.record.id,
+                    report.record.status,
+                    sluice_core::text::escaped(
+                        report.record.error.as_deref().unwrap_or("(no message)")
+                    )
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::TestConnector {
+            component,
+            access,
+            fixture,
+            json,
+        } => {
+            let limits = access.limits()?;
+            let rt = runtime(&cli)?;
+            let component = resolve_component(&cli, &rt, component).await?;
+            let mut config = access.config_text()?;
+            let mut grants = access.allow_hosts.clone();
+            let fixture = match fixture {
+                Some(cmd) => {
+                    let f = conformance::Fixture::start(cmd)?;
+                    config = config.replace(conformance::FIXTURE_URL_PLACEHOLDER, &f.url);
+                    grants.extend(f.grant());
+                    Some(f)
+                }
+                None => None,
+            };
+            let req = conformance::KitRequest {
+                component,
+                config,
+                grants,
+                secrets: access.secrets()?,
+                limits,
+            };
+            let report = conformance::run(&rt, &req).await?;
+            drop(fixture);
+            output::print_kit_report(&report, *json)?;
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::New {
+            name,
+            lang,
+            dir,
+            sluice_root,
+        } => {
+            let lang = scaffold::Lang::from(*lang);
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let root = sluice_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(scaffold::BUILT_FROM));
+            let root = std::fs::canonicalize(&root).with_context(|| {
+                format!(
+                    "the Sluice checkout {} is not there (give --sluice-root DIR)",
+                    root.display()
+                )
+            })?;
+            let made = scaffold::new(lang, name, &dir, &root)?;
+            println!(
+                "wrote {} files of a {} connector to {}",
+                made.files.len(),
+                lang.as_str(),
+                made.dir.display()
+            );
+            let abs = std::fs::canonicalize(&made.dir).unwrap_or(made.dir.clone());
+            println!("build:  {}", lang.build_command(&root, &abs));
+            println!("see {}/README.md", made.dir.display());
+        }
+        Command::Connectors { json } => {
+            let rt = runtime(&cli)?;
+            let dir = connectors_dir(&cli, None);
+            let registry = Registry::scan(&rt, &dir).await?;
+            output::print_connectors(&registry, *json)?;
+        }
+        Command::Sync {
+            names,
+            config_file,
+            concurrency,
+            json,
+        } => {
+            let config = OperatorConfig::load(config_file)?;
+            let selected = config.select(names)?;
+            let rt = Arc::new(runtime(&cli)?);
+            let by_name = selected.iter().any(|n| {
+                matches!(
+                    ComponentRef::parse(&config.file.instances[n.as_str()].component),
+                    ComponentRef::Name(_)
+                )
+            });
+            let registry = if by_name {
+                let dir = connectors_dir(&cli, config.connectors_dir());
+                Some(Registry::scan(&rt, &dir).await?)
+            } else {
+                None
+            };
+            let cancel = stop_on_signals();
+            let jobs: Vec<SyncJob> = selected
+                .iter()
+                .map(|name| SyncJob {
+                    instance: name.clone(),
+                    request: many::prepare(&config, name, registry.as_ref()).map(|mut r| {
+                        r.cancel = cancel.clone();
+                        r
+                    }),
+                })
+                .collect();
+            let display = progress::Display::new(*json);
+            let outcomes = many::run_all(
+                rt,
+                jobs,
+                usize::try_from(*concurrency).unwrap_or(limits::DEFAULT_SYNC_CONCURRENCY),
+                display.observer(),
+            )
+            .await;
+            display.finish().await;
+            output::print_sync(&outcomes, *json)?;
+            if !outcomes.iter().all(|o| o.succeeded()) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Runs {
+            db,
+            limit,
+            json,
+            action,
+        } => {
+            let mut store = open_existing(db.as_deref())?;
+            store.mark_crashed()?;
+            match action {
+                None => output::print_runs(&store.list_runs(*limit)?, *json)?,
+                Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,
+            }
+        }
+        Command::Quarantine { db, json, action } => {
+            let mut store = open_existing(db.as_deref())?;
+            match action {
+                QuarantineAction::List { select, all, limit } => {
+                    let entries = store.list_quarantine(&select.filter(*all, Some(*limit)))?;
+                    output::print_quarantine_list(&entries, *json)?;
+                }
+                QuarantineAction::Show { id } => {
+                    let entries = store.list_quarantine(&QuarantineFilter {
+                        ids: vec![*id],
+                        all: true,
+                        ..QuarantineFilter::default()
+                    })?;
+                    let entry = entries.first().ok_or(
+                        sluice_core::destination::StoreError::QuarantineNotFound(*id),
+                    )?;
+                    output::print_quarantine_entry(entry, *json)?;
+                }
+                QuarantineAction::Edit { id, record } => {
+                    let text = std::fs::read_to_string(record)
+                        .with_context(|| format!("cannot read {}", record.display()))?;
+                    store.edit_quarantined(*id, text.trim())?;
+                    println!("quarantined record {id} updated (original kept); replay it with `sluice quarantine replay --id {id}`");
+                }
+                QuarantineAction::Replay { select } => {
+                    let summary = pipeline::replay(&mut store, &select.filter(false, None))?;
+                    output::print_replay(&summary, *json)?;
+                }
+            }
+        }
+        Command::Drift {
+            db,
+            connector,
+            stream,
+            json,
+        } => {
+            let mut store = open_existing(Some(db))?;
+            let events = store.list_drift(connector.as_deref(), stream.as_deref())?;
+            output::print_drift(&events, *json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

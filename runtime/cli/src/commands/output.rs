@@ -1,0 +1,654 @@
+//! Human and JSON output of the subcommands. Human output shows every
+//! connector-controlled string (names, versions, streams, errors, drift,
+//! quarantine, kit details) through [`escaped`], one line each; JSON output
+//! keeps the exact text. Tables are laid out by `comfy_table` ([`table`]).
+
+use crate::conformance::Report as KitReport;
+use anyhow::Result;
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
+use serde_json::{json, Value};
+use sluice_core::connector::{ConnectorSpec, Stream, SyncMode};
+use sluice_core::destination::{DriftEvent, QuarantineEntry};
+use sluice_core::text::escaped;
+use sluice_core::RunRecord;
+use sluice_runner::pipeline::{ReplaySummary, RunReport};
+use sluice_runner::registry::Registry;
+use sluice_runner::sync::SyncOutcome;
+
+/// Spaces between two columns of a table.
+const COLUMN_GAP: u16 = 2;
+
+/// A plain-text table: no borders, columns [`COLUMN_GAP`] spaces apart and
+/// as wide as their widest cell, the columns in `right` (numbers) aligned
+/// right, every line `indent` spaces in, no trailing spaces. Every cell
+/// must be one line: connector text goes in through [`escaped`] (a raw
+/// line break would split a row).
+fn table(header: &[&str], right: &[usize], indent: u16, rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row);
+    }
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((if i == 0 { indent } else { 0 }, COLUMN_GAP));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t.trim_fmt()
+}
+
+/// Escaped text as a table cell.
+fn cell(text: &str) -> String {
+    escaped(text).to_string()
+}
+
+fn schema_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+fn modes(s: &Stream) -> Vec<&'static str> {
+    s.sync_modes
+        .iter()
+        .map(|m| match m {
+            SyncMode::FullRefresh => "full_refresh",
+            SyncMode::Incremental => "incremental",
+        })
+        .collect()
+}
+
+fn stream_json(s: &Stream) -> Value {
+    json!({
+        "name": s.name,
+        "json_schema": schema_value(&s.json_schema),
+        "primary_key": s.primary_key,
+        "cursor_field": s.cursor_field,
+        "sync_modes": modes(s),
+    })
+}
+
+fn print_stream_lines(streams: &[Stream]) {
+    for s in streams {
+        let key = if s.primary_key.is_empty() {
+            "(no primary key)".to_string()
+        } else {
+            format!("key ({})", escaped(&s.primary_key.join(", ")))
+        };
+        let cursor = s
+            .cursor_field
+            .as_deref()
+            .map(|c| format!("  cursor {}", escaped(c)))
+            .unwrap_or_default();
+        println!(
+            "  {}  {key}{cursor}  modes {}",
+            escaped(&s.name),
+            modes(s).join(", ")
+        );
+    }
+}
+
+pub fn print_spec(spec: &ConnectorSpec, as_json: bool) -> Result<()> {
+    if as_json {
+        let v = json!({
+            "name": spec.name,
+            "version": spec.version,
+            "description": spec.description,
+            "config_schema": schema_value(&spec.config_schema),
+            "streams": spec.streams.iter().map(stream_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} {} — {}",
+            escaped(&spec.name),
+            escaped(&spec.version),
+            escaped(&spec.description)
+        );
+        println!("streams:");
+        print_stream_lines(&spec.streams);
+    }
+    Ok(())
+}
+
+pub fn print_streams(streams: &[Stream], as_json: bool) -> Result<()> {
+    if as_json {
+        let v: Vec<Value> = streams.iter().map(stream_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_stream_lines(streams);
+    }
+    Ok(())
+}
+
+/// `n` bytes in a human unit.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let r = &report.record;
+    let secs = r.duration_ms.unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "run {}  {} {}  {}",
+        r.id,
+        escaped(&r.connector),
+        escaped(&r.connector_version),
+        r.status
+    );
+    println!(
+        "  streams:  {}",
+        escaped(&report.selected_streams.join(", "))
+    );
+    let tables: Vec<String> = report
+        .tables
+        .iter()
+        .map(|(stream, table)| format!("{stream} -> {table}"))
+        .collect();
+    println!("  tables:   {}", escaped(&tables.join(", ")));
+    if let Some(change) = &r.component_change {
+        println!("  component changed: {}", escaped(change));
+    }
+    println!(
+        "  records:  {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
+        r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
+    );
+    for d in &r.drift {
+        println!("  drift:    {}", escaped(d));
+    }
+    println!(
+        "  http:     {} calls, {} denied, {} failed, {} received",
+        r.http_requests,
+        r.http_denied,
+        report.http_failed,
+        human_bytes(r.http_bytes)
+    );
+    println!(
+        "  upstream: {} retries, {} ms throttled, {} breaker trips, {} failed fast (circuit open)",
+        r.http_retries, r.http_throttled_ms, r.http_breaker_trips, report.http_circuit_open
+    );
+    println!(
+        "  sandbox:  {} fuel, {} peak memory, component {} ({} ms)",
+        r.fuel_used,
+        human_bytes(r.peak_memory_bytes),
+        report.component_cache,
+        report.component_load_ms
+    );
+    let rate = if secs > 0.0 {
+        format!(" ({:.0} records/s)", r.records_upserted as f64 / secs)
+    } else {
+        String::new()
+    };
+    println!("  duration: {secs:.3} s{rate}");
+    if report.log_lines_suppressed > 0 {
+        println!(
+            "  log:      {} lines over the cap suppressed",
+            report.log_lines_suppressed
+        );
+    }
+    if report.http_log_lines_suppressed > 0 {
+        println!(
+            "  log:      {} host HTTP lines over the cap suppressed",
+            report.http_log_lines_suppressed
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("  error:    {}", escaped(e));
+    }
+    Ok(())
+}
+
+pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(runs)?);
+        return Ok(());
+    }
+    let rows = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                cell(&r.connector),
+                r.started_at.clone(),
+                r.status.as_str().to_string(),
+                r.records_emitted.to_string(),
+                r.records_upserted.to_string(),
+                r.http_requests.to_string(),
+                r.duration_ms
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.error.as_deref().map(cell).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "run",
+                "connector",
+                "started",
+                "status",
+                "emitted",
+                "upserted",
+                "http",
+                "ms",
+                "error",
+            ],
+            &[4, 5, 6, 7],
+            0,
+            rows,
+        )
+    );
+    Ok(())
+}
+
+pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!("run        {}", r.id);
+    println!(
+        "connector  {} {} (component sha256 {})",
+        escaped(&r.connector),
+        escaped(&r.connector_version),
+        r.component_hash
+    );
+    if let Some(change) = &r.component_change {
+        println!("changed    {}", escaped(change));
+    }
+    println!("status     {}", r.status);
+    println!(
+        "time       {} → {} ({} ms)",
+        r.started_at,
+        r.ended_at.as_deref().unwrap_or("-"),
+        r.duration_ms
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "records    {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
+        r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
+    );
+    for (stream, c) in &r.streams {
+        println!(
+            "  {}: {} emitted, {} valid, {} quarantined, {} upserted",
+            escaped(stream),
+            c.emitted,
+            c.valid,
+            c.quarantined,
+            c.upserted
+        );
+    }
+    for d in &r.drift {
+        println!("drift      {}", escaped(d));
+    }
+    println!(
+        "http       {} calls, {} denied, {}",
+        r.http_requests,
+        r.http_denied,
+        human_bytes(r.http_bytes)
+    );
+    println!(
+        "upstream   {} retries, {} ms throttled, {} breaker trips",
+        r.http_retries, r.http_throttled_ms, r.http_breaker_trips
+    );
+    println!(
+        "sandbox    {} fuel, {} peak memory",
+        r.fuel_used,
+        human_bytes(r.peak_memory_bytes)
+    );
+    if let Some(e) = &r.error {
+        println!("error      {}", escaped(e));
+    }
+    Ok(())
+}
+
+/// A record error as `PATH: MESSAGE`, escaped.
+fn record_error(err: &sluice_core::schema::RecordError) -> String {
+    let path = if err.path.is_empty() { "/" } else { &err.path };
+    format!("{}: {}", escaped(path), escaped(&err.message))
+}
+
+fn first_error(e: &QuarantineEntry) -> String {
+    e.errors.first().map(record_error).unwrap_or_default()
+}
+
+pub fn print_quarantine_list(entries: &[QuarantineEntry], as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+        return Ok(());
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                cell(&e.connector),
+                cell(&e.stream),
+                e.status.to_string(),
+                first_error(e),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["id", "connector", "stream", "status", "error"],
+            &[0],
+            0,
+            rows
+        )
+    );
+    println!("{} record(s)", entries.len());
+    Ok(())
+}
+
+pub fn print_quarantine_entry(e: &QuarantineEntry, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(e)?);
+        return Ok(());
+    }
+    println!("id          {}", e.id);
+    println!(
+        "connector   {} {}",
+        escaped(&e.connector),
+        escaped(&e.connector_version)
+    );
+    println!("stream      {}", escaped(&e.stream));
+    println!("run         {}", e.run_id);
+    println!("at          {}", e.quarantined_at);
+    println!(
+        "status      {}{}",
+        e.status,
+        e.replay_id
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    println!("record      {}", escaped(&e.record));
+    if let Some(o) = &e.original_record {
+        println!("original    {}", escaped(o));
+    }
+    println!("errors:");
+    for err in &e.errors {
+        println!("  {}", record_error(err));
+    }
+    Ok(())
+}
+
+pub fn print_replay(s: &ReplaySummary, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+    } else {
+        println!(
+            "{}: {} examined, {} replayed into their tables, {} still invalid",
+            s.replay_id, s.examined, s.replayed, s.still_invalid
+        );
+    }
+    Ok(())
+}
+
+pub fn print_drift(events: &[DriftEvent], as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(events)?);
+        return Ok(());
+    }
+    let rows = events
+        .iter()
+        .map(|d| {
+            vec![
+                cell(&d.connector),
+                cell(&d.stream),
+                cell(&d.path),
+                d.kind.to_string(),
+                cell(&d.observed_type),
+                d.count.to_string(),
+                cell(&d.sample),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "connector",
+                "stream",
+                "path",
+                "kind",
+                "type",
+                "count",
+                "sample"
+            ],
+            &[5],
+            0,
+            rows,
+        )
+    );
+    Ok(())
+}
+
+pub fn print_connectors(registry: &Registry, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(registry)?);
+        return Ok(());
+    }
+    let or_dash = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            cell(&v.join(", "))
+        }
+    };
+    let rows = registry
+        .entries
+        .values()
+        .map(|e| {
+            vec![
+                cell(&e.name),
+                cell(&e.version),
+                or_dash(&e.streams),
+                or_dash(&e.hosts),
+                cell(&e.path.display().to_string()),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["name", "version", "streams", "hosts", "path"],
+            &[],
+            0,
+            rows
+        )
+    );
+    for b in &registry.broken {
+        println!("(unusable) {}: {}", b.path.display(), escaped(&b.error));
+    }
+    if registry.entries.is_empty() && registry.broken.is_empty() {
+        println!("no components (*.wasm) in {}", registry.dir.display());
+    }
+    Ok(())
+}
+
+fn sync_status(o: &SyncOutcome) -> &'static str {
+    match &o.result {
+        Ok(r) => r.record.status.as_str(),
+        Err(_) => "error",
+    }
+}
+
+pub fn print_sync(outcomes: &[SyncOutcome], as_json: bool) -> Result<()> {
+    if as_json {
+        let v: Vec<Value> = outcomes
+            .iter()
+            .map(|o| {
+                let (run, error) = match &o.result {
+                    Ok(r) => (Some(r), r.record.error.clone()),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                json!({
+                    "instance": o.instance,
+                    "status": sync_status(o),
+                    "run_id": run.map(|r| r.record.id.clone()),
+                    "records_upserted": run.map_or(0, |r| r.record.records_upserted),
+                    "records_quarantined": run.map_or(0, |r| r.record.records_quarantined),
+                    "duration_ms": o.duration.as_millis() as u64,
+                    "error": error,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows = outcomes
+        .iter()
+        .map(|o| {
+            let records = match &o.result {
+                Ok(r) => r.record.records_upserted.to_string(),
+                Err(_) => "-".into(),
+            };
+            vec![
+                cell(&o.instance),
+                sync_status(o).to_string(),
+                records,
+                format!("{:.2} s", o.duration.as_secs_f64()),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["instance", "status", "records", "duration"],
+            &[2, 3],
+            0,
+            rows
+        )
+    );
+    for o in outcomes {
+        let error = match &o.result {
+            Ok(r) => r.record.error.clone(),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = error {
+            println!("{}: {}", escaped(&o.instance), escaped(&e));
+        }
+    }
+    let ok = outcomes.iter().filter(|o| o.succeeded()).count();
+    println!("{ok} of {} instances succeeded", outcomes.len());
+    Ok(())
+}
+
+/// The conformance kit's table: check, result, detail; then a verdict.
+pub fn print_kit_report(report: &KitReport, as_json: bool) -> Result<()> {
+    if as_json {
+        let mut v = serde_json::to_value(report)?;
+        v["passed"] = json!(report.passed());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "conformance of {} {}",
+        escaped(&report.connector),
+        escaped(&report.version)
+    );
+    let rows = report
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.check.to_string(),
+                r.outcome.as_str().to_string(),
+                cell(&r.detail),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["check", "result", "detail"], &[], 2, rows));
+    let failed = report
+        .rows
+        .iter()
+        .filter(|r| r.outcome == crate::conformance::Outcome::Fail)
+        .count();
+    if failed == 0 {
+        println!("PASS: {} checks", report.rows.len());
+    } else {
+        println!("FAIL: {failed} of {} checks failed", report.rows.len());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where `word` starts on `line`, in characters.
+    fn column(line: &str, word: &str) -> usize {
+        let at = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word:?} not in {line:?}"));
+        line[..at].chars().count()
+    }
+
+    #[test]
+    fn tables_stay_aligned_whatever_the_widths() {
+        let long = "a-connector-instance-name-far-longer-than-any-fixed-column";
+        let hostile = "evil\nrun 0000 succeeded\x1b[2J";
+        let shown = table(
+            &["name", "status", "records"],
+            &[2],
+            0,
+            vec![
+                vec![cell(long), "succeeded".into(), "7".into()],
+                vec![cell("b"), "failed".into(), "1234567".into()],
+                vec![cell(hostile), "é-ok".into(), "0".into()],
+            ],
+        );
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 4, "{shown}");
+        assert!(lines[0].starts_with("name  "), "{shown}");
+        let status = column(lines[0], "status");
+        assert_eq!(status, long.len() + COLUMN_GAP as usize, "{shown}");
+        for (line, word) in lines[1..].iter().zip(["succeeded", "failed", "é-ok"]) {
+            assert_eq!(column(line, word), status, "{shown}");
+            assert_eq!(line, &line.trim_end(), "trailing spaces: {line:?}");
+        }
+        // Numbers end where the header ends.
+        let end = |l: &str| l.chars().count();
+        assert!(lines.iter().all(|l| end(l) == end(lines[0])), "{shown}");
+        // Connector text stays escaped, one line.
+        assert!(
+            lines[3].starts_with("evil\\nrun 0000 succeeded\\x1b[2J"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\x1b'));
+        // An indent moves every line, header included.
+        let kit = table(
+            &["check", "result"],
+            &[],
+            2,
+            vec![vec!["x".into(), "PASS".into()]],
+        );
+        assert!(
+            kit.lines()
+                .all(|l| l.starts_with("  ") && !l.starts_with("   ")),
+            "{kit}"
+        );
+    }
+}

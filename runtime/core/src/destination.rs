@@ -1,0 +1,287 @@
+//! The destination seams: [`Destination`] (the write path: tables, state,
+//! commits of records with state in one transaction) and [`RunLog`] (run
+//! history, quarantine, drift, replay, the run lease), with the neutral
+//! types they carry. SQLite implements both today (`sluice-store`);
+//! Postgres sits beside it. [`Store`] is a backend that is both, as the one
+//! writer per database holds it.
+
+use serde::Serialize;
+
+use crate::row::{Row, StreamTable};
+pub use crate::run::{ComponentSeen, LeaseHolder, RunRecord, RunStatus, StreamCounts};
+pub use crate::schema::RecordError;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (the database's own words, e.g. `sqlite: database
+    /// is full`).
+    #[error("{backend}: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("stream {stream:?}: {reason}")]
+    InvalidStream { stream: String, reason: String },
+    #[error("table {table:?} exists with primary key ({existing}) but the stream declares ({declared}); drop the table or fix the stream")]
+    PrimaryKeyMismatch {
+        table: String,
+        existing: String,
+        declared: String,
+    },
+    #[error("cannot open database {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("run {0} not found")]
+    RunNotFound(String),
+    #[error("quarantined record {0} not found")]
+    QuarantineNotFound(i64),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("table {table:?} belongs to instance {owner:?} (stream {owner_stream:?}); instance {instance:?} cannot write stream {stream:?} into it: name another table with --table or `tables` in sluice.toml")]
+    TableTaken {
+        table: String,
+        owner: String,
+        owner_stream: String,
+        instance: String,
+        stream: String,
+    },
+    #[error("run {run_id} no longer holds the lease of instance {instance:?} (it expired and was taken over); its commit is refused")]
+    LeaseLost { instance: String, run_id: String },
+    #[error("table {table:?} exists but no Sluice instance owns it; instance {instance:?} will not write into it: name another table with --table or `tables` in sluice.toml")]
+    TableForeign { table: String, instance: String },
+}
+
+/// What one commit wrote.
+#[derive(Debug, Default, Clone)]
+pub struct CommitStats {
+    pub upserted: u64,
+    pub quarantined: u64,
+    /// Rows upserted per stream.
+    pub upserted_by_stream: std::collections::BTreeMap<String, u64>,
+    /// Rows removed by full-refresh sweeps.
+    pub swept: u64,
+}
+
+/// Records of one stream waiting for the next commit.
+pub type Batch = (std::sync::Arc<StreamTable>, Vec<Row>);
+
+/// A record that failed validation, waiting for the next commit.
+#[derive(Debug, Clone)]
+pub struct QuarantinedRecord {
+    pub stream: String,
+    /// The record exactly as the connector emitted it.
+    pub record: String,
+    pub errors: Vec<crate::schema::RecordError>,
+}
+
+/// Everything a run emitted since its last commit.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub batches: Vec<Batch>,
+    pub quarantine: Vec<QuarantinedRecord>,
+    pub drift: crate::schema::DriftBatch,
+}
+
+impl Pending {
+    /// Append `more`, merging consecutive batches of one table.
+    pub fn merge(&mut self, more: Pending) {
+        for (table, rows) in more.batches {
+            match self.batches.last_mut() {
+                Some((t, r)) if std::sync::Arc::ptr_eq(t, &table) => r.extend(rows),
+                _ => self.batches.push((table, rows)),
+            }
+        }
+        self.quarantine.extend(more.quarantine);
+        self.drift.extend(more.drift);
+    }
+
+    pub fn records(&self) -> usize {
+        self.batches.iter().map(|(_, r)| r.len()).sum::<usize>() + self.quarantine.len()
+    }
+}
+
+/// One commit: the run's pending records, quarantine and drift, the new
+/// state, and (at the end of a successful run) full-refresh sweeps, all in
+/// one transaction.
+#[derive(Debug)]
+pub struct CommitRequest<'a> {
+    pub run_id: &'a str,
+    pub connector: &'a str,
+    pub connector_version: &'a str,
+    pub pending: &'a Pending,
+    /// (stream, value)
+    pub state: Option<(&'a str, &'a str)>,
+    /// Full-refresh tables: delete every row this run did not write.
+    pub sweep: &'a [String],
+}
+
+/// A stream's declaration as last seen (for replay and drift).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamDef {
+    pub connector: String,
+    pub stream: String,
+    pub connector_version: String,
+    pub json_schema: String,
+    pub primary_key: Vec<String>,
+}
+
+/// A row of the quarantine table.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineEntry {
+    pub id: i64,
+    pub run_id: String,
+    pub connector: String,
+    pub connector_version: String,
+    pub stream: String,
+    pub record: String,
+    pub errors: Vec<crate::schema::RecordError>,
+    pub quarantined_at: String,
+    /// `quarantined` or `replayed`.
+    pub status: String,
+    pub replay_id: Option<String>,
+    /// The record before an operator edited it, if edited.
+    pub original_record: Option<String>,
+}
+
+/// Which quarantine rows to list or replay.
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineFilter {
+    pub connector: Option<String>,
+    pub stream: Option<String>,
+    pub ids: Vec<i64>,
+    /// Include rows already replayed.
+    pub all: bool,
+    pub limit: Option<usize>,
+}
+
+/// The outcome of a replay, applied in one transaction.
+#[derive(Debug, Default)]
+pub struct ReplayPlan {
+    pub replay_id: String,
+    /// Quarantine id, destination table and row of records that now pass.
+    pub accepted: Vec<(i64, std::sync::Arc<StreamTable>, Row)>,
+    /// Quarantine id and current errors of records that still fail.
+    pub rejected: Vec<(i64, Vec<crate::schema::RecordError>)>,
+}
+
+/// An aggregated drift event.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftEvent {
+    pub connector: String,
+    pub stream: String,
+    pub path: String,
+    pub kind: String,
+    pub observed_type: String,
+    pub first_seen_run: String,
+    pub last_seen_run: String,
+    pub first_seen_at: String,
+    pub sample: String,
+    pub count: u64,
+}
+
+/// The write path of a destination: a stream's table, its saved state,
+/// and commits that make records durable together with the state.
+pub trait Destination: Send + 'static {
+    /// Create the stream's table, or add columns the stream gained.
+    fn ensure_table(&mut self, table: &StreamTable) -> Result<(), StoreError>;
+    /// Make `table`'s destination table `instance`'s (for its stream), or
+    /// refuse if another instance or stream owns it, or if it exists and
+    /// no instance does.
+    fn claim_table(&mut self, instance: &str, table: &StreamTable) -> Result<(), StoreError>;
+    /// The destination table of `instance`'s `stream`, if it has one.
+    fn table_of(&mut self, instance: &str, stream: &str) -> Result<Option<String>, StoreError>;
+    /// The committed state of (`connector`, `stream`).
+    fn get_state(&mut self, connector: &str, stream: &str) -> Result<Option<String>, StoreError>;
+    /// Write a commit (records, quarantine, drift, state, sweeps) in ONE
+    /// transaction.
+    fn commit(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, StoreError>;
+    /// The rows of `table` now (for the conformance kit and the destination
+    /// test suite): column names, and each row's values in column order;
+    /// `None` if there is no such table.
+    fn scan(&mut self, table: &str) -> Result<Option<Scan>, StoreError>;
+}
+
+/// What [`Destination::scan`] read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scan {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<crate::value::Value>>,
+}
+
+/// The run log: run history, streams declared, quarantine and replay,
+/// drift events, the component each instance ran, and the run lease.
+pub trait RunLog: Send + 'static {
+    /// Take `instance`'s lease for `run_id`, held by process `holder`
+    /// (`host:pid`) for `ttl` unless renewed. An expired lease (or one of a
+    /// process on this host that is gone) is taken over; a live one is
+    /// not: its holder comes back.
+    fn claim_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<LeaseHolder>, StoreError>;
+    /// Extend the lease `run_id` holds by `ttl` from now; false if it no
+    /// longer holds it.
+    fn renew_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Give the lease back (if `run_id` still holds it).
+    fn release_lease(&mut self, instance: &str, run_id: &str) -> Result<(), StoreError>;
+    /// Record that `instance` runs the component `hash` (`connector`
+    /// `version`); returns the one it ran before, if any.
+    fn note_component(
+        &mut self,
+        instance: &str,
+        hash: &str,
+        connector: &str,
+        version: &str,
+    ) -> Result<Option<ComponentSeen>, StoreError>;
+    /// Remember the streams a connector declared in this run.
+    fn record_streams(&mut self, defs: &[StreamDef]) -> Result<(), StoreError>;
+    /// The last declaration of (`connector`, `stream`).
+    fn stream_def(
+        &mut self,
+        connector: &str,
+        stream: &str,
+    ) -> Result<Option<StreamDef>, StoreError>;
+    /// Quarantine rows matching `filter`, oldest first.
+    fn list_quarantine(
+        &mut self,
+        filter: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineEntry>, StoreError>;
+    /// Replace a quarantined record's JSON (keeping the original for audit).
+    fn edit_quarantined(&mut self, id: i64, record: &str) -> Result<(), StoreError>;
+    /// Upsert accepted records, mark them replayed and record the replay,
+    /// in ONE transaction.
+    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError>;
+    /// Drift events, newest first.
+    fn list_drift(
+        &mut self,
+        connector: Option<&str>,
+        stream: Option<&str>,
+    ) -> Result<Vec<DriftEvent>, StoreError>;
+    /// Record the start of a run.
+    fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;
+    /// Mark `running` runs whose process (recorded pid, on this machine)
+    /// is gone as `crashed`; returns how many.
+    fn mark_crashed(&mut self) -> Result<u64, StoreError>;
+    /// Update a run's row (end, status, counters).
+    fn update_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;
+    /// The newest `limit` runs, newest first.
+    fn list_runs(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+    /// One run by id.
+    fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError>;
+}
+
+/// A backend that is a destination and a run log in one database (SQLite
+/// today): what the per-database writer holds.
+pub trait Store: Destination + RunLog {}
+
+impl<T: Destination + RunLog> Store for T {}

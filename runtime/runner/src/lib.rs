@@ -1,0 +1,16 @@
+//! # sluice-runner
+//!
+//! The path of a run from source to destination: [`pipeline`] (lease the
+//! instance, drive a sandbox, validate and queue records through the run's
+//! [`channel`], commit with state), the connector [`registry`],
+//! `sluice.toml` ([`config`]), and many instances at once ([`sync`]).
+//! Depends on `sluice-core`, `sluice-wasm` and `sluice-store`.
+
+pub mod channel;
+pub mod check;
+pub mod config;
+pub mod pipeline;
+pub mod registry;
+pub mod sync;
+
+pub use pipeline::{PipelineError, RunReport, RunRequest};

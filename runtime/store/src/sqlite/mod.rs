@@ -1,0 +1,1426 @@
+//! The embedded SQLite store: WAL, `synchronous=NORMAL`, one write
+//! connection, prepared (cached) statements, one transaction per commit.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use sluice_core::destination::{
+    CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
+    QuarantineEntry, QuarantineFilter, ReplayPlan, RunLog, Scan, StoreError, StreamDef,
+};
+use sluice_core::row::{ColumnKind, Row, StreamTable, META_COLUMNS};
+use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
+use sluice_core::value::Value;
+
+pub mod checkpoint;
+
+use checkpoint::{Checkpointer, BACKSTOP_CHECKPOINT_PAGES};
+
+/// A failure inside the SQLite backend: SQLite's own, or one of the
+/// store's refusals. Leaves the backend as a [`StoreError`].
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<SqlError> for StoreError {
+    fn from(e: SqlError) -> Self {
+        match e {
+            SqlError::Sqlite(e) => StoreError::Backend {
+                backend: "sqlite",
+                message: e.to_string(),
+            },
+            SqlError::Store(e) => e,
+        }
+    }
+}
+
+/// `name` quoted as an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The SQLite column type of a column kind.
+pub fn sql_type(kind: ColumnKind) -> &'static str {
+    match kind {
+        ColumnKind::Integer | ColumnKind::Boolean => "INTEGER",
+        ColumnKind::Real => "REAL",
+        ColumnKind::Text | ColumnKind::Json => "TEXT",
+    }
+}
+
+/// A neutral value as SQLite binds it.
+fn bind(v: &Value) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(match v {
+        Value::Null => ValueRef::Null,
+        Value::Integer(n) => ValueRef::Integer(*n),
+        Value::Real(f) => ValueRef::Real(*f),
+        Value::Text(t) => ValueRef::Text(t.as_bytes()),
+    })
+}
+
+/// A value SQLite returned, as a neutral one (blobs, which Sluice never
+/// writes, as their hex text).
+fn neutral(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(n) => Value::Integer(n),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Text(b.iter().map(|x| format!("{x:02x}")).collect()),
+    }
+}
+
+/// How long a connection waits for another's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Prepared statements kept per connection.
+pub const STATEMENT_CACHE_CAPACITY: usize = 64;
+/// Page size of a database Sluice creates (SQLite's default is 4 KiB). A
+/// commit writes each dirty page to the WAL and a checkpoint writes it
+/// again, one `pwrite` per page: 16 KiB pages cut those calls by 4× and a
+/// 300k-record run's time by ~8 % (docs/benchmarks.md). An existing
+/// database keeps the page size it was created with.
+pub const NEW_DATABASE_PAGE_SIZE: u32 = 16_384;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS _sluice_state (
+    connector  TEXT NOT NULL,
+    stream     TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (connector, stream)
+);
+CREATE TABLE IF NOT EXISTS _sluice_runs (
+    id                TEXT PRIMARY KEY,
+    connector         TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    component_hash    TEXT NOT NULL,
+    started_at        TEXT NOT NULL,
+    ended_at          TEXT,
+    duration_ms       INTEGER,
+    status            TEXT NOT NULL,
+    records_emitted   INTEGER NOT NULL DEFAULT 0,
+    records_valid     INTEGER NOT NULL DEFAULT 0,
+    records_quarantined INTEGER NOT NULL DEFAULT 0,
+    records_upserted  INTEGER NOT NULL DEFAULT 0,
+    stream_counts     TEXT NOT NULL DEFAULT '{}',
+    drift             TEXT NOT NULL DEFAULT '[]',
+    commits           INTEGER NOT NULL DEFAULT 0,
+    http_requests     INTEGER NOT NULL DEFAULT 0,
+    http_denied       INTEGER NOT NULL DEFAULT 0,
+    http_bytes        INTEGER NOT NULL DEFAULT 0,
+    fuel_used         INTEGER NOT NULL DEFAULT 0,
+    peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
+    error             TEXT,
+    pid               INTEGER,
+    http_retries      INTEGER NOT NULL DEFAULT 0,
+    http_throttled_ms INTEGER NOT NULL DEFAULT 0,
+    http_breaker_trips INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS _sluice_runs_started ON _sluice_runs (started_at);
+CREATE TABLE IF NOT EXISTS _sluice_streams (
+    connector         TEXT NOT NULL,
+    stream            TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    json_schema       TEXT NOT NULL,
+    primary_key       TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
+    PRIMARY KEY (connector, stream)
+);
+CREATE TABLE IF NOT EXISTS _sluice_quarantine (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id            TEXT NOT NULL,
+    connector         TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    stream            TEXT NOT NULL,
+    record            TEXT NOT NULL,
+    errors            TEXT NOT NULL,
+    quarantined_at    TEXT NOT NULL,
+    status            TEXT NOT NULL DEFAULT 'quarantined',
+    replay_id         TEXT,
+    original_record   TEXT
+);
+CREATE INDEX IF NOT EXISTS _sluice_quarantine_stream ON _sluice_quarantine (connector, stream, status);
+CREATE TABLE IF NOT EXISTS _sluice_replays (
+    id            TEXT PRIMARY KEY,
+    at            TEXT NOT NULL,
+    examined      INTEGER NOT NULL,
+    replayed      INTEGER NOT NULL,
+    still_invalid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sluice_drift (
+    connector      TEXT NOT NULL,
+    stream         TEXT NOT NULL,
+    path           TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    observed_type  TEXT NOT NULL,
+    first_seen_run TEXT NOT NULL,
+    last_seen_run  TEXT NOT NULL,
+    first_seen_at  TEXT NOT NULL,
+    last_seen_at   TEXT NOT NULL,
+    sample         TEXT NOT NULL,
+    count          INTEGER NOT NULL,
+    PRIMARY KEY (connector, stream, path, kind, observed_type)
+);
+";
+
+/// Who owns each destination table, and what each instance ran last. A
+/// database made before instances owned their tables gets these (and its
+/// tables renamed) when first opened: see [`migrate_tables`].
+const INSTANCE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS _sluice_tables (
+    name       TEXT PRIMARY KEY,
+    instance   TEXT NOT NULL,
+    stream     TEXT NOT NULL,
+    claimed_at TEXT NOT NULL,
+    UNIQUE (instance, stream)
+);
+CREATE TABLE IF NOT EXISTS _sluice_leases (
+    instance   TEXT PRIMARY KEY,
+    run_id     TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    since      TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _sluice_instances (
+    instance          TEXT PRIMARY KEY,
+    component_hash    TEXT NOT NULL,
+    connector         TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    updated_at        TEXT NOT NULL
+);
+";
+
+/// Milliseconds since the Unix epoch now.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// This process as a lease holder: `host:pid`.
+pub fn lease_holder() -> String {
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether the lease holder `host:pid` is a process of this host that is
+/// gone: its lease need not wait to expire. A holder on another host is
+/// never known to be gone; its lease expires.
+fn holder_is_gone(holder: &str) -> bool {
+    let Some((host, pid)) = holder.rsplit_once(':') else {
+        return false;
+    };
+    host == host_name()
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// Whether `conn` has a table named `name`.
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// Give each instance of a database made before instances owned their
+/// tables its own: every stream table (named by the stream alone, and
+/// written by every connector that declared the stream) is renamed to its
+/// instance's default name and recorded as that instance's. Where several
+/// instances declared one stream, the one that declared it last gets the
+/// table; the others start a new one (their rows were mixed into it).
+/// One transaction: another process opening the database at the same time
+/// waits and then finds nothing left to do.
+fn migrate_tables(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if has_table(&tx, "_sluice_tables")? {
+        return Ok(());
+    }
+    tx.execute_batch(INSTANCE_SCHEMA)?;
+    let declared: Vec<(String, String)> = tx
+        .prepare("SELECT connector, stream FROM _sluice_streams ORDER BY updated_at DESC")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let now = now_rfc3339();
+    for (instance, stream) in declared {
+        // Gone already (a later declaration of the stream took it), or
+        // never made.
+        if !has_table(&tx, &stream)? {
+            continue;
+        }
+        let table = sluice_core::instance::default_table(&instance, &stream);
+        if has_table(&tx, &table)? {
+            continue;
+        }
+        tx.execute_batch(&format!(
+            "ALTER TABLE {} RENAME TO {}",
+            quote_ident(&stream),
+            quote_ident(&table)
+        ))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO _sluice_tables (name, instance, stream, claimed_at) VALUES (?1, ?2, ?3, ?4)",
+            params![table, instance, stream, now],
+        )?;
+        tracing::info!(%instance, %stream, %table, "moved the stream's table into its instance's namespace");
+    }
+    tx.commit()
+}
+
+const RUN_COLUMNS: &str = "id, connector, connector_version, component_hash, started_at, ended_at, \
+    duration_ms, status, records_emitted, records_upserted, commits, http_requests, http_denied, \
+    http_bytes, fuel_used, peak_memory_bytes, error, records_valid, records_quarantined, stream_counts, drift, \
+    http_retries, http_throttled_ms, http_breaker_trips, component_change";
+
+/// Columns `_sluice_runs` gained after its first release, with their
+/// declarations: added to databases created before them when opened.
+const RUN_COLUMNS_ADDED: &[(&str, &str)] = &[
+    ("http_retries", "INTEGER NOT NULL DEFAULT 0"),
+    ("http_throttled_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("http_breaker_trips", "INTEGER NOT NULL DEFAULT 0"),
+    ("component_change", "TEXT"),
+];
+
+/// Names of `table`'s columns.
+fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare(&format!("PRAGMA table_info({})", quote_ident(table)))?
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect()
+}
+
+/// Add the run columns an older database lacks. Another process may add
+/// one at the same moment: a failed `ALTER` is fine if the column is there.
+fn add_run_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let have = column_names(conn, "_sluice_runs")?;
+    for (name, decl) in RUN_COLUMNS_ADDED {
+        if have.iter().any(|c| c == name) {
+            continue;
+        }
+        if let Err(e) = conn.execute_batch(&format!(
+            "ALTER TABLE _sluice_runs ADD COLUMN {} {decl}",
+            quote_ident(name)
+        )) {
+            if !column_names(conn, "_sluice_runs")?
+                .iter()
+                .any(|c| c == name)
+            {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+const QUARANTINE_COLUMNS: &str =
+    "id, run_id, connector, connector_version, stream, record, errors, \
+    quarantined_at, status, replay_id, original_record";
+
+/// SQLite behind the [`Destination`] and [`RunLog`] seams.
+pub struct SqliteStore {
+    /// Declared first: dropped (its thread stopped) before `conn` closes.
+    checkpointer: Checkpointer,
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Open (or create) the database at `path` and its Sluice tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Takes effect only while the file is still empty (a new database).
+        conn.pragma_update(None, "page_size", NEW_DATABASE_PAGE_SIZE)
+            .map_err(open_err)?;
+        // Fails with "file is not a database" on a non-SQLite file.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        add_run_columns(&conn).map_err(open_err)?;
+        let mut conn = conn;
+        if !has_table(&conn, "_sluice_tables").map_err(open_err)? {
+            migrate_tables(&mut conn).map_err(open_err)?;
+        }
+        conn.execute_batch(INSTANCE_SCHEMA).map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        // Checkpoints run in the background (see checkpoint.rs); this
+        // connection's own are a backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)
+            .map_err(open_err)?;
+        Ok(SqliteStore {
+            checkpointer: Checkpointer::new(path),
+            conn,
+        })
+    }
+
+    /// Background checkpoints run so far (for tests).
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpointer.checkpoints()
+    }
+
+    /// The underlying connection (for tests and read-only tooling).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn upsert_sql(table: &StreamTable) -> String {
+        let mut cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        cols.extend(META_COLUMNS.iter().map(|c| quote_ident(c)));
+        let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            quote_ident(&table.table),
+            cols.join(", "),
+            placeholders.join(", ")
+        );
+        if !table.primary_key.is_empty() {
+            let pk: Vec<String> = table
+                .primary_key
+                .iter()
+                .map(|&i| quote_ident(&table.columns[i].name))
+                .collect();
+            let updates: Vec<String> = cols
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !table.primary_key.contains(i))
+                .map(|(_, c)| format!("{c} = excluded.{c}"))
+                .collect();
+            sql.push_str(&format!(
+                " ON CONFLICT ({}) DO UPDATE SET {}",
+                pk.join(", "),
+                updates.join(", ")
+            ));
+        }
+        sql
+    }
+}
+
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let status: String = row.get(7)?;
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(RunRecord {
+        id: row.get(0)?,
+        connector: row.get(1)?,
+        connector_version: row.get(2)?,
+        component_hash: row.get(3)?,
+        started_at: row.get(4)?,
+        ended_at: row.get(5)?,
+        duration_ms: row.get::<_, Option<i64>>(6)?.map(|d| d.max(0) as u64),
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        records_emitted: u(8)?,
+        records_upserted: u(9)?,
+        commits: u(10)?,
+        http_requests: u(11)?,
+        http_denied: u(12)?,
+        http_bytes: u(13)?,
+        fuel_used: u(14)?,
+        peak_memory_bytes: u(15)?,
+        error: row.get(16)?,
+        records_valid: u(17)?,
+        records_quarantined: u(18)?,
+        streams: serde_json::from_str(&row.get::<_, String>(19)?).unwrap_or_default(),
+        drift: serde_json::from_str(&row.get::<_, String>(20)?).unwrap_or_default(),
+        http_retries: u(21)?,
+        http_throttled_ms: u(22)?,
+        http_breaker_trips: u(23)?,
+        component_change: row.get(24)?,
+    })
+}
+
+fn quarantine_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QuarantineEntry> {
+    Ok(QuarantineEntry {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        connector: row.get(2)?,
+        connector_version: row.get(3)?,
+        stream: row.get(4)?,
+        record: row.get(5)?,
+        errors: serde_json::from_str(&row.get::<_, String>(6)?).unwrap_or_default(),
+        quarantined_at: row.get(7)?,
+        status: row.get(8)?,
+        replay_id: row.get(9)?,
+        original_record: row.get(10)?,
+    })
+}
+
+fn upsert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    table: &StreamTable,
+    rows: &[Row],
+    run_id: &str,
+    now: &str,
+) -> Result<u64, SqlError> {
+    let mut stmt = tx.prepare_cached(&SqliteStore::upsert_sql(table))?;
+    let n = table.columns.len();
+    // Parameters: the columns, then `_record`, `_run_id`, `_synced_at`. The
+    // run id and time are the same for every row, so they are bound once:
+    // SQLite keeps a statement's bindings from one execution to the next.
+    stmt.raw_bind_parameter(n + 2, run_id)?;
+    stmt.raw_bind_parameter(n + 3, now)?;
+    for row in rows {
+        if row.values.len() != n {
+            return Err(StoreError::InvalidStream {
+                stream: table.name.clone(),
+                reason: format!("a row has {} values for {n} columns", row.values.len()),
+            }
+            .into());
+        }
+        for (i, v) in row.values.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, bind(v))?;
+        }
+        stmt.raw_bind_parameter(n + 1, &row.raw)?;
+        stmt.raw_execute()?;
+    }
+    Ok(rows.len() as u64)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The backend's operations, in SQLite's terms; the [`Destination`] and
+/// [`RunLog`] impls below are these.
+impl SqliteStore {
+    fn ensure_table_sql(&mut self, table: &StreamTable) -> Result<(), SqlError> {
+        // IMMEDIATE takes the write lock first, so two processes (or two
+        // writers) creating the same table cannot race between the check
+        // and the CREATE.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let existing: Vec<(String, i64)> = tx
+            .prepare("SELECT name, pk FROM pragma_table_info(?1)")?
+            .query_map([&table.table], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        if existing.is_empty() {
+            let mut defs: Vec<String> = table
+                .columns
+                .iter()
+                .map(|c| format!("{} {}", quote_ident(&c.name), sql_type(c.kind)))
+                .collect();
+            defs.extend(
+                META_COLUMNS
+                    .iter()
+                    .map(|c| format!("{} TEXT NOT NULL", quote_ident(c))),
+            );
+            if !table.primary_key.is_empty() {
+                let pk: Vec<String> = table
+                    .primary_key
+                    .iter()
+                    .map(|&i| quote_ident(&table.columns[i].name))
+                    .collect();
+                defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+            }
+            tx.execute_batch(&format!(
+                "CREATE TABLE {} ({})",
+                quote_ident(&table.table),
+                defs.join(", ")
+            ))?;
+            tx.commit()?;
+            return Ok(());
+        }
+        let mut existing_pk: Vec<(i64, &str)> = existing
+            .iter()
+            .filter(|(_, pk)| *pk > 0)
+            .map(|(n, pk)| (*pk, n.as_str()))
+            .collect();
+        existing_pk.sort();
+        let existing_pk: Vec<&str> = existing_pk.into_iter().map(|(_, n)| n).collect();
+        let declared_pk: Vec<&str> = table
+            .primary_key
+            .iter()
+            .map(|&i| table.columns[i].name.as_str())
+            .collect();
+        if existing_pk != declared_pk {
+            return Err(StoreError::PrimaryKeyMismatch {
+                table: table.table.clone(),
+                existing: existing_pk.join(", "),
+                declared: declared_pk.join(", "),
+            }
+            .into());
+        }
+        for col in &table.columns {
+            if !existing.iter().any(|(n, _)| n == &col.name) {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {} ADD COLUMN {} {}",
+                    quote_ident(&table.table),
+                    quote_ident(&col.name),
+                    sql_type(col.kind)
+                ))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn claim_table_sql(&mut self, instance: &str, table: &StreamTable) -> Result<(), SqlError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let owner: Option<(String, String)> = tx
+            .prepare_cached("SELECT instance, stream FROM _sluice_tables WHERE name = ?1")?
+            .query_row([&table.table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match owner {
+            Some((i, s)) if i == instance && s == table.name => return Ok(()),
+            Some((owner, owner_stream)) => {
+                return Err(StoreError::TableTaken {
+                    table: table.table.clone(),
+                    owner,
+                    owner_stream,
+                    instance: instance.to_string(),
+                    stream: table.name.clone(),
+                }
+                .into())
+            }
+            None if has_table(&tx, &table.table)? => {
+                return Err(StoreError::TableForeign {
+                    table: table.table.clone(),
+                    instance: instance.to_string(),
+                }
+                .into())
+            }
+            None => {}
+        }
+        // The instance's stream may move to another table (the operator
+        // named one): the new claim replaces the old.
+        tx.execute(
+            "DELETE FROM _sluice_tables WHERE instance = ?1 AND stream = ?2",
+            params![instance, table.name],
+        )?;
+        tx.execute(
+            "INSERT INTO _sluice_tables (name, instance, stream, claimed_at) VALUES (?1, ?2, ?3, ?4)",
+            params![table.table, instance, table.name, now_rfc3339()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn claim_lease_sql(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LeaseHolder>, SqlError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = unix_ms();
+        let current: Option<(String, String, String, i64)> = tx
+            .prepare_cached(
+                "SELECT run_id, holder, since, expires_ms FROM _sluice_leases WHERE instance = ?1",
+            )?
+            .query_row([instance], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        if let Some((held_by, holder_then, since, expires)) = current {
+            let live = expires > now && !holder_is_gone(&holder_then);
+            if live && held_by != run_id {
+                return Ok(Some(LeaseHolder {
+                    run_id: held_by,
+                    holder: holder_then,
+                    since,
+                }));
+            }
+        }
+        tx.execute(
+            "INSERT INTO _sluice_leases (instance, run_id, holder, since, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (instance) DO UPDATE SET run_id = excluded.run_id, holder = excluded.holder, \
+             since = excluded.since, expires_ms = excluded.expires_ms",
+            params![instance, run_id, holder, now_rfc3339(), now + ms(ttl)],
+        )?;
+        tx.commit()?;
+        Ok(None)
+    }
+
+    fn renew_lease_sql(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        ttl: Duration,
+    ) -> Result<bool, SqlError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE _sluice_leases SET expires_ms = ?3 WHERE instance = ?1 AND run_id = ?2",
+            )?
+            .execute(params![instance, run_id, unix_ms() + ms(ttl)])?;
+        Ok(n > 0)
+    }
+
+    fn release_lease_sql(&mut self, instance: &str, run_id: &str) -> Result<(), SqlError> {
+        self.conn
+            .prepare_cached("DELETE FROM _sluice_leases WHERE instance = ?1 AND run_id = ?2")?
+            .execute(params![instance, run_id])?;
+        Ok(())
+    }
+
+    fn table_of_sql(&mut self, instance: &str, stream: &str) -> Result<Option<String>, SqlError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name FROM _sluice_tables WHERE instance = ?1 AND stream = ?2")?
+            .query_row(params![instance, stream], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn note_component_sql(
+        &mut self,
+        instance: &str,
+        hash: &str,
+        connector: &str,
+        version: &str,
+    ) -> Result<Option<ComponentSeen>, SqlError> {
+        // IMMEDIATE: it reads, then writes (a deferred transaction would
+        // fail at once, not wait, if another writer came in between).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let before = tx
+            .prepare_cached(
+                "SELECT component_hash, connector, connector_version FROM _sluice_instances WHERE instance = ?1",
+            )?
+            .query_row([instance], |r| {
+                Ok(ComponentSeen {
+                    component_hash: r.get(0)?,
+                    connector: r.get(1)?,
+                    connector_version: r.get(2)?,
+                })
+            })
+            .optional()?;
+        tx.execute(
+            "INSERT INTO _sluice_instances (instance, component_hash, connector, connector_version, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (instance) DO UPDATE SET \
+             component_hash = excluded.component_hash, connector = excluded.connector, \
+             connector_version = excluded.connector_version, updated_at = excluded.updated_at",
+            params![instance, hash, connector, version, now_rfc3339()],
+        )?;
+        tx.commit()?;
+        Ok(before)
+    }
+
+    fn get_state_sql(&mut self, connector: &str, stream: &str) -> Result<Option<String>, SqlError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM _sluice_state WHERE connector = ?1 AND stream = ?2")?
+            .query_row(params![connector, stream], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn commit_sql(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, SqlError> {
+        let now = now_rfc3339();
+        // IMMEDIATE: the fence below reads before anything is written.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Fencing: a run whose lease was taken over (it expired while the
+        // run was stalled) writes nothing more.
+        let holds: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM _sluice_leases WHERE instance = ?1 AND run_id = ?2",
+            )?
+            .query_row(params![req.connector, req.run_id], |r| r.get(0))?;
+        if holds == 0 {
+            return Err(StoreError::LeaseLost {
+                instance: req.connector.to_string(),
+                run_id: req.run_id.to_string(),
+            }
+            .into());
+        }
+        let mut stats = CommitStats::default();
+        for (table, rows) in &req.pending.batches {
+            let n = upsert_rows(&tx, table, rows, req.run_id, &now)?;
+            stats.upserted += n;
+            *stats
+                .upserted_by_stream
+                .entry(table.name.clone())
+                .or_default() += n;
+        }
+        if !req.pending.quarantine.is_empty() {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _sluice_quarantine (run_id, connector, connector_version, stream, record, errors, quarantined_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for q in &req.pending.quarantine {
+                let errors = serde_json::to_string(&q.errors).unwrap_or_else(|_| "[]".into());
+                stmt.execute(params![
+                    req.run_id,
+                    req.connector,
+                    req.connector_version,
+                    q.stream,
+                    q.record,
+                    errors,
+                    now
+                ])?;
+                stats.quarantined += 1;
+            }
+        }
+        if !req.pending.drift.is_empty() {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _sluice_drift (connector, stream, path, kind, observed_type, first_seen_run, last_seen_run, \
+                 first_seen_at, last_seen_at, sample, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?7, ?8, ?9) \
+                 ON CONFLICT (connector, stream, path, kind, observed_type) DO UPDATE SET \
+                 last_seen_run = excluded.last_seen_run, last_seen_at = excluded.last_seen_at, count = count + excluded.count",
+            )?;
+            for d in &req.pending.drift {
+                stmt.execute(params![
+                    req.connector,
+                    d.stream,
+                    d.path,
+                    d.kind.as_str(),
+                    d.observed_type,
+                    req.run_id,
+                    now,
+                    d.sample,
+                    i(d.count)
+                ])?;
+            }
+        }
+        if let Some((stream, value)) = req.state {
+            tx.prepare_cached(
+                "INSERT INTO _sluice_state (connector, stream, value, run_id, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (connector, stream) DO UPDATE SET value = excluded.value, \
+                 run_id = excluded.run_id, updated_at = excluded.updated_at",
+            )?
+            .execute(params![req.connector, stream, value, req.run_id, now])?;
+        }
+        for table in req.sweep {
+            stats.swept += tx.execute(
+                &format!("DELETE FROM {} WHERE \"_run_id\" <> ?1", quote_ident(table)),
+                [req.run_id],
+            )? as u64;
+        }
+        tx.commit()?;
+        self.checkpointer.nudge();
+        Ok(stats)
+    }
+
+    fn record_streams_sql(&mut self, defs: &[StreamDef]) -> Result<(), SqlError> {
+        let now = now_rfc3339();
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO _sluice_streams (connector, stream, connector_version, json_schema, primary_key, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (connector, stream) DO UPDATE SET \
+                 connector_version = excluded.connector_version, json_schema = excluded.json_schema, \
+                 primary_key = excluded.primary_key, updated_at = excluded.updated_at",
+            )?;
+            for d in defs {
+                let pk = serde_json::to_string(&d.primary_key).unwrap_or_else(|_| "[]".into());
+                stmt.execute(params![
+                    d.connector,
+                    d.stream,
+                    d.connector_version,
+                    d.json_schema,
+                    pk,
+                    now
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn stream_def_sql(
+        &mut self,
+        connector: &str,
+        stream: &str,
+    ) -> Result<Option<StreamDef>, SqlError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT connector, stream, connector_version, json_schema, primary_key FROM _sluice_streams \
+                 WHERE connector = ?1 AND stream = ?2",
+            )?
+            .query_row(params![connector, stream], |r| {
+                Ok(StreamDef {
+                    connector: r.get(0)?,
+                    stream: r.get(1)?,
+                    connector_version: r.get(2)?,
+                    json_schema: r.get(3)?,
+                    primary_key: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                })
+            })
+            .optional()?)
+    }
+
+    fn list_quarantine_sql(
+        &mut self,
+        f: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineEntry>, SqlError> {
+        let mut sql = format!("SELECT {QUARANTINE_COLUMNS} FROM _sluice_quarantine WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if !f.all {
+            sql.push_str(" AND status = 'quarantined'");
+        }
+        if let Some(c) = &f.connector {
+            args.push(rusqlite::types::Value::Text(c.clone()));
+            sql.push_str(&format!(" AND connector = ?{}", args.len()));
+        }
+        if let Some(s) = &f.stream {
+            args.push(rusqlite::types::Value::Text(s.clone()));
+            sql.push_str(&format!(" AND stream = ?{}", args.len()));
+        }
+        if !f.ids.is_empty() {
+            let list: Vec<String> = f.ids.iter().map(|id| id.to_string()).collect();
+            sql.push_str(&format!(" AND id IN ({})", list.join(", ")));
+        }
+        sql.push_str(" ORDER BY id");
+        if let Some(limit) = f.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map(params_from_iter(args.iter()), quarantine_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn edit_quarantined_sql(&mut self, id: i64, record: &str) -> Result<(), SqlError> {
+        match serde_json::from_str::<serde_json::Value>(record) {
+            Ok(serde_json::Value::Object(_)) => {}
+            _ => {
+                return Err(
+                    StoreError::Invalid("the edited record must be a JSON object".into()).into(),
+                )
+            }
+        }
+        let n = self.conn.execute(
+            "UPDATE _sluice_quarantine SET original_record = coalesce(original_record, record), record = ?2 \
+             WHERE id = ?1 AND status = 'quarantined'",
+            params![id, record],
+        )?;
+        if n == 0 {
+            return Err(StoreError::QuarantineNotFound(id).into());
+        }
+        Ok(())
+    }
+
+    fn apply_replay_sql(&mut self, plan: &ReplayPlan) -> Result<(), SqlError> {
+        let now = now_rfc3339();
+        let tx = self.conn.transaction()?;
+        for (id, table, row) in &plan.accepted {
+            upsert_rows(&tx, table, std::slice::from_ref(row), &plan.replay_id, &now)?;
+            tx.prepare_cached(
+                "UPDATE _sluice_quarantine SET status = 'replayed', replay_id = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, plan.replay_id])?;
+        }
+        for (id, errors) in &plan.rejected {
+            let errors = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
+            tx.prepare_cached("UPDATE _sluice_quarantine SET errors = ?2 WHERE id = ?1")?
+                .execute(params![id, errors])?;
+        }
+        tx.execute(
+            "INSERT INTO _sluice_replays (id, at, examined, replayed, still_invalid) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                plan.replay_id,
+                now,
+                i((plan.accepted.len() + plan.rejected.len()) as u64),
+                i(plan.accepted.len() as u64),
+                i(plan.rejected.len() as u64)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_drift_sql(
+        &mut self,
+        connector: Option<&str>,
+        stream: Option<&str>,
+    ) -> Result<Vec<DriftEvent>, SqlError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT connector, stream, path, kind, observed_type, first_seen_run, last_seen_run, first_seen_at, sample, count \
+             FROM _sluice_drift WHERE (?1 IS NULL OR connector = ?1) AND (?2 IS NULL OR stream = ?2) \
+             ORDER BY last_seen_at DESC, connector, stream, path",
+        )?;
+        let rows = stmt
+            .query_map(params![connector, stream], |r| {
+                Ok(DriftEvent {
+                    connector: r.get(0)?,
+                    stream: r.get(1)?,
+                    path: r.get(2)?,
+                    kind: r.get(3)?,
+                    observed_type: r.get(4)?,
+                    first_seen_run: r.get(5)?,
+                    last_seen_run: r.get(6)?,
+                    first_seen_at: r.get(7)?,
+                    sample: r.get(8)?,
+                    count: r.get::<_, i64>(9)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn insert_run_sql(&mut self, run: &RunRecord) -> Result<(), SqlError> {
+        // The identity and start (with this process's pid, so a later
+        // process can tell the run crashed) ...
+        self.conn.execute(
+            "INSERT INTO _sluice_runs (id, connector, connector_version, component_hash, started_at, status, pid) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                run.id,
+                run.connector,
+                run.connector_version,
+                run.component_hash,
+                run.started_at,
+                run.status.as_str(),
+                std::process::id()
+            ],
+        )?;
+        // ... then every counter, as at the end of a run.
+        self.update_run_sql(run)
+    }
+
+    fn mark_crashed_sql(&mut self) -> Result<u64, SqlError> {
+        // A running run is alive exactly while it holds its instance's
+        // lease: one that expired (or whose process on this host is gone)
+        // means the run ended without recording its end.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let leases: Vec<(String, String)> = tx
+            .prepare("SELECT instance, holder FROM _sluice_leases")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (instance, holder) in leases {
+            if holder_is_gone(&holder) {
+                tx.execute(
+                    "DELETE FROM _sluice_leases WHERE instance = ?1",
+                    [&instance],
+                )?;
+            }
+        }
+        let n = tx.execute(
+            "UPDATE _sluice_runs SET status = 'crashed', \
+             error = 'the run ended without recording its end: its lease expired (the process running it was killed or lost)' \
+             WHERE status = 'running' AND NOT EXISTS \
+             (SELECT 1 FROM _sluice_leases l WHERE l.run_id = _sluice_runs.id AND l.expires_ms > ?1)",
+            [unix_ms()],
+        )? as u64;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn update_run_sql(&mut self, run: &RunRecord) -> Result<(), SqlError> {
+        let n = self.conn.execute(
+            "UPDATE _sluice_runs SET ended_at = ?2, duration_ms = ?3, status = ?4, records_emitted = ?5, \
+             records_upserted = ?6, commits = ?7, http_requests = ?8, http_denied = ?9, http_bytes = ?10, \
+             fuel_used = ?11, peak_memory_bytes = ?12, error = ?13, records_valid = ?14, \
+             records_quarantined = ?15, stream_counts = ?16, drift = ?17, http_retries = ?18, \
+             http_throttled_ms = ?19, http_breaker_trips = ?20, component_change = ?21 WHERE id = ?1",
+            params![
+                run.id,
+                run.ended_at,
+                run.duration_ms.map(i),
+                run.status.as_str(),
+                i(run.records_emitted),
+                i(run.records_upserted),
+                i(run.commits),
+                i(run.http_requests),
+                i(run.http_denied),
+                i(run.http_bytes),
+                i(run.fuel_used),
+                i(run.peak_memory_bytes),
+                run.error,
+                i(run.records_valid),
+                i(run.records_quarantined),
+                serde_json::to_string(&run.streams).unwrap_or_else(|_| "{}".into()),
+                serde_json::to_string(&run.drift).unwrap_or_else(|_| "[]".into()),
+                i(run.http_retries),
+                i(run.http_throttled_ms),
+                i(run.http_breaker_trips),
+                run.component_change,
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::RunNotFound(run.id.clone()).into());
+        }
+        Ok(())
+    }
+
+    fn list_runs_sql(&mut self, limit: usize) -> Result<Vec<RunRecord>, SqlError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM _sluice_runs ORDER BY started_at DESC, id DESC LIMIT ?1"
+        ))?;
+        let rows = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], run_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn scan_sql(&mut self, table: &str) -> Result<Option<Scan>, SqlError> {
+        if !has_table(&self.conn, table)? {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT * FROM {}", quote_ident(table)))?;
+        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let n = columns.len();
+        let rows = stmt
+            .query_map([], |r| (0..n).map(|i| r.get_ref(i).map(neutral)).collect())?
+            .collect::<Result<Vec<Vec<Value>>, _>>()?;
+        Ok(Some(Scan { columns, rows }))
+    }
+
+    fn get_run_sql(&mut self, id: &str) -> Result<RunRecord, SqlError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM _sluice_runs WHERE id = ?1"),
+                [id],
+                run_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::RunNotFound(id.to_string()).into())
+    }
+}
+
+impl Destination for SqliteStore {
+    fn ensure_table(&mut self, table: &StreamTable) -> Result<(), StoreError> {
+        Ok(self.ensure_table_sql(table)?)
+    }
+
+    fn claim_table(&mut self, instance: &str, table: &StreamTable) -> Result<(), StoreError> {
+        Ok(self.claim_table_sql(instance, table)?)
+    }
+
+    fn table_of(&mut self, instance: &str, stream: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.table_of_sql(instance, stream)?)
+    }
+
+    fn get_state(&mut self, connector: &str, stream: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get_state_sql(connector, stream)?)
+    }
+
+    fn commit(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, StoreError> {
+        Ok(self.commit_sql(req)?)
+    }
+
+    fn scan(&mut self, table: &str) -> Result<Option<Scan>, StoreError> {
+        Ok(self.scan_sql(table)?)
+    }
+}
+
+impl RunLog for SqliteStore {
+    fn claim_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LeaseHolder>, StoreError> {
+        Ok(self.claim_lease_sql(instance, run_id, holder, ttl)?)
+    }
+
+    fn renew_lease(
+        &mut self,
+        instance: &str,
+        run_id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(self.renew_lease_sql(instance, run_id, ttl)?)
+    }
+
+    fn release_lease(&mut self, instance: &str, run_id: &str) -> Result<(), StoreError> {
+        Ok(self.release_lease_sql(instance, run_id)?)
+    }
+
+    fn note_component(
+        &mut self,
+        instance: &str,
+        hash: &str,
+        connector: &str,
+        version: &str,
+    ) -> Result<Option<ComponentSeen>, StoreError> {
+        Ok(self.note_component_sql(instance, hash, connector, version)?)
+    }
+
+    fn record_streams(&mut self, defs: &[StreamDef]) -> Result<(), StoreError> {
+        Ok(self.record_streams_sql(defs)?)
+    }
+
+    fn stream_def(
+        &mut self,
+        connector: &str,
+        stream: &str,
+    ) -> Result<Option<StreamDef>, StoreError> {
+        Ok(self.stream_def_sql(connector, stream)?)
+    }
+
+    fn list_quarantine(
+        &mut self,
+        f: &QuarantineFilter,
+    ) -> Result<Vec<QuarantineEntry>, StoreError> {
+        Ok(self.list_quarantine_sql(f)?)
+    }
+
+    fn edit_quarantined(&mut self, id: i64, record: &str) -> Result<(), StoreError> {
+        Ok(self.edit_quarantined_sql(id, record)?)
+    }
+
+    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError> {
+        Ok(self.apply_replay_sql(plan)?)
+    }
+
+    fn list_drift(
+        &mut self,
+        connector: Option<&str>,
+        stream: Option<&str>,
+    ) -> Result<Vec<DriftEvent>, StoreError> {
+        Ok(self.list_drift_sql(connector, stream)?)
+    }
+
+    fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        Ok(self.insert_run_sql(run)?)
+    }
+
+    fn mark_crashed(&mut self) -> Result<u64, StoreError> {
+        Ok(self.mark_crashed_sql()?)
+    }
+
+    fn update_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        Ok(self.update_run_sql(run)?)
+    }
+
+    fn list_runs(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        Ok(self.list_runs_sql(limit)?)
+    }
+
+    fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError> {
+        Ok(self.get_run_sql(id)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::destination::Pending;
+    use sluice_core::value::Value as SqlValue;
+
+    fn page_size(conn: &Connection) -> u32 {
+        conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn new_databases_get_the_page_size_and_old_ones_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = SqliteStore::open(&dir.path().join("new.db")).unwrap();
+        assert_eq!(page_size(new.connection()), NEW_DATABASE_PAGE_SIZE);
+
+        // A database created elsewhere with SQLite's default pages.
+        let old_path = dir.path().join("old.db");
+        let conn = Connection::open(&old_path).unwrap();
+        conn.execute_batch(
+            "PRAGMA page_size = 4096; CREATE TABLE t (x); INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+        drop(conn);
+        let mut old = SqliteStore::open(&old_path).unwrap();
+        assert_eq!(page_size(old.connection()), 4096);
+        assert_eq!(old.get_state("c", "s").unwrap(), None);
+        let x: i64 = old
+            .connection()
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 1);
+    }
+
+    /// A store at `path` with table `t` (`id` integer key, `text`).
+    fn store_with_table(path: &Path) -> (SqliteStore, std::sync::Arc<StreamTable>) {
+        let mut store = SqliteStore::open(path).unwrap();
+        let schema = r#"{"properties":{"id":{"type":"integer"},"text":{"type":"string"}}}"#;
+        let table =
+            std::sync::Arc::new(StreamTable::from_spec("t", schema, &["id".to_string()]).unwrap());
+        store.ensure_table(&table).unwrap();
+        // Run `r` of instance `c` holds the lease its commits are fenced by.
+        let held = store.claim_lease("c", "r", "here:1", Duration::from_secs(60));
+        assert_eq!(held.unwrap(), None);
+        (store, table)
+    }
+
+    /// Commit `rows` into `table` (and `state` of stream `t`) for run `r`.
+    fn commit_rows(
+        store: &mut SqliteStore,
+        table: &std::sync::Arc<StreamTable>,
+        rows: Vec<Row>,
+        state: Option<(&str, &str)>,
+    ) -> Result<CommitStats, StoreError> {
+        let pending = Pending {
+            batches: vec![(table.clone(), rows)],
+            ..Pending::default()
+        };
+        store.commit(&CommitRequest {
+            run_id: "r",
+            connector: "c",
+            connector_version: "1",
+            pending: &pending,
+            state,
+            sweep: &[],
+        })
+    }
+
+    fn rows_in_t(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn commits_are_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.db");
+        let (mut store, table) = store_with_table(&path);
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let before = db_len();
+        // ~2 MB over ten commits: far below the writer's own (backstop)
+        // checkpoint threshold, so only the background checkpoints can move
+        // these pages into the database file.
+        let text = "x".repeat(1_000);
+        for c in 0..10 {
+            let rows = (0..200)
+                .map(|i| Row {
+                    values: vec![SqlValue::Integer(c * 200 + i), SqlValue::Text(text.clone())],
+                    raw: "{}".into(),
+                })
+                .collect();
+            commit_rows(&mut store, &table, rows, None).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // (The file grows while the checkpoint runs; it is counted after.)
+        while (db_len() < before + 1_000_000 || store.checkpoints() == 0)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(store.checkpoints() > 0);
+        assert!(db_len() >= before + 1_000_000, "{} -> {}", before, db_len());
+        assert_eq!(rows_in_t(store.connection()), 2_000);
+        // Closing stops the checkpoint thread; the data stays whole.
+        drop(store);
+        assert_eq!(rows_in_t(&Connection::open(&path).unwrap()), 2_000);
+    }
+
+    #[test]
+    fn a_row_with_the_wrong_number_of_values_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, table) = store_with_table(&dir.path().join("rows.db"));
+        let row = |values: Vec<SqlValue>| Row {
+            values,
+            raw: "{}".into(),
+        };
+        let rows = vec![
+            row(vec![SqlValue::Integer(1), SqlValue::Text("a".into())]),
+            row(vec![SqlValue::Integer(2)]),
+        ];
+        let err = commit_rows(&mut store, &table, rows, Some(("t", "{}"))).unwrap_err();
+        assert!(err.to_string().contains("1 values for 2 columns"), "{err}");
+        assert_eq!(
+            rows_in_t(store.connection()),
+            0,
+            "nothing of the failed commit is stored"
+        );
+        assert_eq!(store.get_state("c", "t").unwrap(), None);
+    }
+
+    #[test]
+    fn a_live_lease_is_refused_an_expired_or_orphaned_one_taken_over_and_commits_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, table) = store_with_table(&dir.path().join("lease.db"));
+        let ttl = Duration::from_secs(60);
+        // Run `r` holds instance `c`: another run is told who holds it.
+        let held = store.claim_lease("c", "r2", "elsewhere:7", ttl).unwrap();
+        assert_eq!(
+            held.map(|h| (h.run_id, h.holder)),
+            Some(("r".into(), "here:1".into()))
+        );
+        assert!(store.renew_lease("c", "r", ttl).unwrap());
+        assert!(!store.renew_lease("c", "r2", ttl).unwrap());
+        // A lease of another host that expired is taken over...
+        store
+            .connection()
+            .execute("UPDATE _sluice_leases SET expires_ms = 0", [])
+            .unwrap();
+        assert_eq!(
+            store.claim_lease("c", "r2", "elsewhere:7", ttl).unwrap(),
+            None
+        );
+        // ... and the old holder's commit is refused whole.
+        let row = Row {
+            values: vec![SqlValue::Integer(1), SqlValue::Text("a".into())],
+            raw: "{}".into(),
+        };
+        let err = commit_rows(&mut store, &table, vec![row], Some(("t", "{}"))).unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        assert_eq!(rows_in_t(store.connection()), 0);
+        assert!(!store.renew_lease("c", "r", ttl).unwrap());
+        // A live lease of a process of this host that is gone is taken over
+        // at once (no waiting for it to expire).
+        let gone = format!("{}:{}", host_name(), u32::MAX - 1);
+        store
+            .connection()
+            .execute("UPDATE _sluice_leases SET holder = ?1", [&gone])
+            .unwrap();
+        assert_eq!(
+            store.claim_lease("c", "r3", &lease_holder(), ttl).unwrap(),
+            None
+        );
+        store.release_lease("c", "r3").unwrap();
+        assert_eq!(
+            store.claim_lease("c", "r4", "elsewhere:8", ttl).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_running_run_without_a_live_lease_is_crashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = store_with_table(&dir.path().join("crash.db"));
+        let run = |id: &str| RunRecord::started(id, "c", "1", "h");
+        store.insert_run(&run("r")).unwrap();
+        store.insert_run(&run("orphan")).unwrap();
+        assert_eq!(
+            store.mark_crashed().unwrap(),
+            1,
+            "only the run without a lease"
+        );
+        assert_eq!(store.get_run("r").unwrap().status, RunStatus::Running);
+        assert_eq!(store.get_run("orphan").unwrap().status, RunStatus::Crashed);
+        store
+            .connection()
+            .execute("UPDATE _sluice_leases SET expires_ms = 0", [])
+            .unwrap();
+        assert_eq!(store.mark_crashed().unwrap(), 1);
+        let r = store.get_run("r").unwrap();
+        assert_eq!(r.status, RunStatus::Crashed);
+        assert!(r.error.unwrap().contains("lease expired"));
+    }
+}

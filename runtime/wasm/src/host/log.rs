@@ -1,0 +1,81 @@
+//! The `log` capability: guest log lines into `tracing`, tagged with the run
+//! id and connector, truncated, capped per run and escaped (one line each).
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::{log, types::Level};
+use sluice_core::limits::MAX_LOG_MESSAGE_BYTES;
+use sluice_core::secrets::Secrets;
+use sluice_core::text::{escaped, truncate};
+
+/// Per-run state of the `log` capability.
+#[derive(Debug)]
+pub struct LogCtx {
+    pub run_id: String,
+    pub connector: String,
+    pub max_lines: u64,
+    /// Lines written.
+    pub lines: u64,
+    /// Lines over the cap, counted and not written.
+    pub suppressed: u64,
+    /// The last error-level line (e.g. a panic message the SDK logged just
+    /// before trapping), quoted in the run's error.
+    pub last_error: Option<String>,
+    /// Values redacted from every line before it is kept or written.
+    pub secrets: Secrets,
+}
+
+impl LogCtx {
+    pub fn new(run_id: &str, connector: &str, max_lines: u64, secrets: &Secrets) -> Self {
+        LogCtx {
+            run_id: run_id.to_string(),
+            connector: connector.to_string(),
+            max_lines,
+            lines: 0,
+            suppressed: 0,
+            last_error: None,
+            secrets: secrets.clone(),
+        }
+    }
+}
+
+impl log::Host for LogCtx {
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        // Redact before truncating, so a cut cannot leave half a secret.
+        let message = self.secrets.redact(&message).into_owned();
+        if level == Level::Error {
+            self.last_error = Some(truncate(&message, MAX_LOG_MESSAGE_BYTES).to_string());
+        }
+        if self.lines >= self.max_lines {
+            self.suppressed += 1;
+            return Ok(());
+        }
+        self.lines += 1;
+        // One event per message, on one line: newlines, carriage returns
+        // and escape sequences are shown escaped, never sent to the terminal.
+        let msg = escaped(truncate(&message, MAX_LOG_MESSAGE_BYTES));
+        let (run, conn) = (self.run_id.as_str(), self.connector.as_str());
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "guest", run_id = run, connector = conn, "{msg}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "guest", run_id = run, connector = conn, "{msg}")
+            }
+            Level::Info => tracing::info!(target: "guest", run_id = run, connector = conn, "{msg}"),
+            Level::Warn => tracing::warn!(target: "guest", run_id = run, connector = conn, "{msg}"),
+            Level::Error => {
+                tracing::error!(target: "guest", run_id = run, connector = conn, "{msg}")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Link the `log` interface, reaching each store's [`LogCtx`] through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut LogCtx,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get)
+}
