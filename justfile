@@ -41,6 +41,7 @@ lint:
     cargo fmt --all -- --check
     cd connectors && cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    scripts/check-layers.sh
 
 # The whole test suite: lints, guest builds, host tests, guest unit tests.
 test: lint build-connectors build

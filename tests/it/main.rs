@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod egress;
+mod executor;
 mod github;
 mod guarantees;
 mod js_guest;

@@ -269,8 +269,8 @@ pub trait RunLog: Send + 'static {
     ) -> Result<Vec<DriftEvent>, StoreError>;
     /// Record the start of a run.
     fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;
-    /// Mark `running` runs whose process (recorded pid, on this machine)
-    /// is gone as `crashed`; returns how many.
+    /// Mark `running` runs that hold no live lease (it expired, or its
+    /// process on this host is gone) as `crashed`; returns how many.
     fn mark_crashed(&mut self) -> Result<u64, StoreError>;
     /// Update a run's row (end, status, counters).
     fn update_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;

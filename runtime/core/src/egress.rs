@@ -161,6 +161,8 @@ impl FromStr for HostGrant {
     }
 }
 
+crate::text::serde_as_text!(HostGrant);
+
 impl fmt::Display for HostGrant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(s) = &self.scheme {

@@ -24,6 +24,7 @@ pub mod instance;
 pub mod limits;
 pub mod row;
 pub mod run;
+pub mod run_spec;
 pub mod schema;
 pub mod secrets;
 pub mod spec_check;

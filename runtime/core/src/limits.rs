@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Fuel (≈ WebAssembly instructions) one run may spend across `spec`,
 /// `discover` and `read`. Bounds CPU deterministically.
@@ -229,6 +229,23 @@ pub const MAX_RATE_LIMIT_RPS: f64 = 1_000_000.0;
 /// Burst of a `--rate-limit` without `/BURST`: one request at a time.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 1;
 
+impl fmt::Display for RateLimit {
+    /// `HOST=RPS/BURST`, as `--rate-limit` takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]={}/{}", self.host, self.rps, self.burst)
+        } else {
+            write!(f, "{}={}/{}", self.host, self.rps, self.burst)
+        }
+    }
+}
+
+impl Serialize for RateLimit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for RateLimit {
     /// A `"HOST=RPS[/BURST]"` string, as `--rate-limit` takes.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -412,6 +429,12 @@ impl FromStr for ByteSize {
     }
 }
 
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -457,6 +480,19 @@ impl FromStr for Seconds {
                     "{s:?} is not a duration ({e}; give seconds or a duration such as 90s or 15m)"
                 )
             })
+    }
+}
+
+impl Serialize for Seconds {
+    /// A number when finite; NaN and the infinities as their text (which
+    /// [`Seconds::from_str`] reads back), so a value stays as written until
+    /// [`LimitsOverride::apply`] checks it.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_finite() {
+            s.serialize_f64(self.0)
+        } else {
+            s.serialize_str(&self.0.to_string())
+        }
     }
 }
 
@@ -601,7 +637,7 @@ fn at_least(setting: Setting, v: u64, min: u64) -> Result<u64, LimitError> {
 /// (clap); in `sluice.toml` an instance's `limits` table deserializes into
 /// it and its `http` table into [`LimitsOverride::http`]. Values are kept
 /// as written; [`LimitsOverride::apply`] checks the same bounds for both.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
     /// Fuel (≈ instructions) for the run, at least 1 [default: 20000000000].
@@ -642,7 +678,7 @@ pub struct LimitsOverride {
 
 /// The HTTP settings of [`LimitsOverride`]: `--http-timeout`, `--retries`,
 /// `--rate-limit`, `--breaker-*`, or an instance's `http` table.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct HttpOverride {
     /// Timeout of one HTTP request attempt in seconds (or e.g. 20s)

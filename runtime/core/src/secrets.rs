@@ -150,6 +150,25 @@ impl FromStr for SecretSpec {
     }
 }
 
+impl fmt::Display for SecretSpec {
+    /// `NAME=env:VAR` or `NAME=file:PATH`: the reference, never the value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            SecretSource::Env(var) => write!(f, "{}=env:{var}", self.name),
+            SecretSource::File(path) => write!(f, "{}=file:{}", self.name, path.display()),
+        }
+    }
+}
+
+impl fmt::Display for SecretHost {
+    /// `NAME=HOST`, as `--secret-host` takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.host)
+    }
+}
+
+crate::text::serde_as_text!(SecretSpec, SecretHost);
+
 impl FromStr for SecretHost {
     type Err = SecretError;
 

@@ -92,6 +92,29 @@ pub fn truncate(message: &str, max: usize) -> &str {
     &message[..end]
 }
 
+/// Serialize and deserialize each type as its text: its `Display` out,
+/// its `FromStr` back in (grants, secret references: the forms an operator
+/// writes on the command line, so a serialised run spec reads the same).
+#[macro_export]
+macro_rules! serde_as_text {
+    ($($t:ty),+ $(,)?) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )+};
+}
+
+pub use serde_as_text;
+
 #[cfg(test)]
 mod tests {
     use super::*;

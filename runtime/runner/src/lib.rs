@@ -9,8 +9,10 @@
 pub mod channel;
 pub mod check;
 pub mod config;
+pub mod executor;
 pub mod pipeline;
 pub mod registry;
 pub mod sync;
 
+pub use executor::{Executor, LocalExecutor, RunEvent, RunHandle};
 pub use pipeline::{PipelineError, RunReport, RunRequest};

@@ -15,9 +15,11 @@ use clap::{Args, Parser, Subcommand};
 use sluice_core::destination::{QuarantineFilter, RunLog};
 use sluice_core::egress::HostGrant;
 use sluice_core::limits::{self, Limits, LimitsOverride};
+use sluice_core::run_spec::{ComponentSource, RunSpec};
 use sluice_core::secrets::{SecretHost, SecretSpec, Secrets};
 use sluice_runner::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_FILE};
-use sluice_runner::pipeline::{self, RunRequest};
+use sluice_runner::executor::{Executor, ExecutorError, LocalExecutor};
+use sluice_runner::pipeline;
 use sluice_runner::registry::{Registry, CONNECTORS_DIR_ENV, DEFAULT_CONNECTORS_DIR};
 use sluice_runner::sync::{self as many, SyncJob};
 use sluice_store::SqliteStore;
@@ -476,7 +478,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             tables,
             json,
         } => {
-            let limits = access.limits()?;
+            // Checked here, so a bad flag is named as the flag; the executor
+            // checks the same override again where the run executes.
+            access.limits()?;
             let instance = match instance {
                 Some(name) => {
                     sluice_core::instance::check_instance_name(name).map_err(anyhow::Error::msg)?;
@@ -485,22 +489,27 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 None => sluice_core::instance::default_instance(component)
                     .map_err(anyhow::Error::msg)?,
             };
-            let rt = runtime(&cli)?;
-            let req = RunRequest {
+            let rt = Arc::new(runtime(&cli)?);
+            let spec = RunSpec {
+                component: ComponentSource::Path(resolve_component(&cli, &rt, component).await?),
+                component_digest: None,
+                config: access.config_text()?,
+                destination: db
+                    .to_str()
+                    .context("--db must be a UTF-8 path")?
+                    .to_string(),
                 instance,
                 tables: tables.iter().cloned().collect(),
-                component: resolve_component(&cli, &rt, component).await?,
-                config: access.config_text()?,
-                db: db.clone(),
                 grants: access.allow_hosts.clone(),
-                secrets: access.secrets()?,
-                limits,
+                secrets: access.secrets.clone(),
+                secret_hosts: access.secret_hosts.clone(),
+                limits: access.limits.clone(),
+                http: access.limits.http.clone(),
                 full_refresh: *full_refresh,
-                cancel: stop_on_signals(),
-                progress: None,
             };
-            let report = match pipeline::run(&rt, &req).await {
-                Err(e @ pipeline::PipelineError::InstanceBusy { .. }) => {
+            let executor = LocalExecutor::new(rt, connectors_dir(&cli, None));
+            let report = match executor.submit(spec, stop_on_signals()).finish().await {
+                Err(ExecutorError::Pipeline(e @ pipeline::PipelineError::InstanceBusy { .. })) => {
                     eprintln!("error: {}", sluice_core::text::escaped(&e.to_string()));
                     return Ok(ExitCode::from(EXIT_INSTANCE_BUSY));
                 }
