@@ -1,7 +1,7 @@
 //! The integration tests: one binary (one link of wasmtime, cranelift and
 //! SQLite for all of them), a module per area, sharing one harness
 //! (`common`: scratch directories, the built guests, the `sluice` binary).
-//! Run one area with `cargo test --test it adversarial::`.
+//! Run one area with `cargo test -p sluice --test it adversarial::`.
 
 mod common;
 
