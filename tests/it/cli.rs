@@ -1108,7 +1108,7 @@ fn errors_print_each_cause_once() {
         ),
         (
             vec!["runs".as_ref(), "--db".as_ref(), dir.as_os_str()],
-            "unable to open database file",
+            "it is not a file",
         ),
     ];
     for (args, cause) in cases {
@@ -1118,5 +1118,269 @@ fn errors_print_each_cause_once() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+    }
+}
+
+// ------------------------------------------------- read-only commands
+
+/// Skip (saying why) where no read-only mount can be made.
+macro_rules! require_read_only_mount {
+    () => {
+        if let Some(why) = common::read_only_mount_unavailable() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// The read-only commands' JSON, run with `dir` mounted read-only.
+fn read_only_json(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = common::sluice_read_only(dir, args);
+    assert!(out.ok, "{args:?} on a read-only filesystem: {out:?}");
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", out.stdout))
+}
+
+#[test]
+fn read_only_commands_work_on_a_read_only_filesystem_and_change_nothing() {
+    require_read_only_mount!();
+    let s = Scratch::new();
+    // Ids 9, 19, …, 99 are quarantined (amount a string); 90.. drift.
+    let fixture = sluice_fixture::items::ItemsConfig {
+        total: 100,
+        wrong_type_every: Some(10),
+        drift_from: Some(90),
+        ..Default::default()
+    };
+    let (router, _state) = sluice_fixture::items::router(fixture);
+    let fx = Running::start(router, 0).unwrap();
+    let cfg = s.write(
+        "items.json",
+        format!(r#"{{"base_url": "{}", "page_size": 30}}"#, fx.base_url()),
+    );
+    let db_path = s.path("sluice.db");
+    let grant = format!("127.0.0.1:{}", fx.addr.port());
+    let out = sluice([
+        "run".as_ref(),
+        guest("items").as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--db".as_ref(),
+        db_path.as_os_str(),
+        "--allow-host".as_ref(),
+        grant.as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(out.ok, "{out:?}");
+    let run_id = report(&out)["id"].as_str().unwrap().to_string();
+    // A run whose process died before recording its end (it holds no
+    // lease): the next `sluice run` on the database marks it crashed.
+    db(&db_path)
+        .execute(
+            "INSERT INTO _sluice_runs (id, connector, connector_version, component_hash, started_at, status) \
+             VALUES ('orphan', 'items', '0.1.0', 'h', '2000-01-01T00:00:00Z', 'running')",
+            [],
+        )
+        .unwrap();
+    // Every connection closed: the database file alone.
+    let before = common::listing(s.dir.path());
+    assert!(
+        !before
+            .iter()
+            .any(|(name, ..)| name.starts_with("sluice.db-")),
+        "{before:?}"
+    );
+    let bytes = std::fs::read(&db_path).unwrap();
+
+    let dir = s.dir.path();
+    let dbs = db_path.as_os_str();
+    let runs = read_only_json(
+        dir,
+        &["runs".as_ref(), "--db".as_ref(), dbs, "--json".as_ref()],
+    );
+    let status = |id: &str| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no run {id}: {runs}"))["status"]
+            .clone()
+    };
+    assert_eq!(status(&run_id), "succeeded");
+    assert_eq!(status("orphan"), "crashed", "shown as it would be marked");
+    let orphan = read_only_json(
+        dir,
+        &[
+            "runs".as_ref(),
+            "show".as_ref(),
+            "orphan".as_ref(),
+            "--db".as_ref(),
+            dbs,
+            "--json".as_ref(),
+        ],
+    );
+    assert_eq!(orphan["status"], "crashed");
+    assert!(
+        orphan["error"].as_str().unwrap().contains("lease expired"),
+        "{orphan}"
+    );
+    let quarantined = read_only_json(
+        dir,
+        &[
+            "quarantine".as_ref(),
+            "list".as_ref(),
+            "--db".as_ref(),
+            dbs,
+            "--json".as_ref(),
+        ],
+    );
+    assert_eq!(quarantined.as_array().unwrap().len(), 10, "{quarantined}");
+    let id = quarantined[0]["id"].to_string();
+    let shown = read_only_json(
+        dir,
+        &[
+            "quarantine".as_ref(),
+            "show".as_ref(),
+            id.as_ref(),
+            "--db".as_ref(),
+            dbs,
+            "--json".as_ref(),
+        ],
+    );
+    assert_eq!(shown["errors"][0]["path"], "/amount", "{shown}");
+    let drift = read_only_json(
+        dir,
+        &["drift".as_ref(), "--db".as_ref(), dbs, "--json".as_ref()],
+    );
+    assert!(
+        drift
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/region"),
+        "{drift}"
+    );
+    // A command that writes is refused by the filesystem, in one line.
+    let replay = common::sluice_read_only(
+        dir,
+        [
+            "quarantine".as_ref(),
+            "replay".as_ref(),
+            "--db".as_ref(),
+            dbs,
+        ] as [&std::ffi::OsStr; 4],
+    );
+    assert!(
+        !replay.ok && replay.stderr.trim().lines().count() == 1,
+        "{replay:?}"
+    );
+
+    assert_eq!(common::listing(dir), before, "no file created or touched");
+    assert_eq!(std::fs::read(&db_path).unwrap(), bytes);
+    let still: String = db(&db_path)
+        .query_row(
+            "SELECT status FROM _sluice_runs WHERE id = 'orphan'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(still, "running", "nothing was marked");
+}
+
+#[test]
+fn a_database_a_writer_has_open_reads_on_a_read_only_filesystem_but_a_wal_without_its_index_does_not(
+) {
+    require_read_only_mount!();
+    let s = Scratch::new();
+    let out = misbehave(&s, r#"{"behaviour": "ok", "committed": 2}"#, &[]);
+    assert!(out.ok, "{out:?}");
+    let db_path = s.path("sluice.db");
+    // A writer holds the database open with a commit in its -wal only.
+    let writer = db(&db_path);
+    writer
+        .execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; \
+             INSERT INTO _sluice_runs (id, connector, connector_version, component_hash, started_at, status) \
+             VALUES ('late', 'misbehave', '0.1.0', 'h', '2100-01-01T00:00:00Z', 'succeeded');",
+        )
+        .unwrap();
+    let runs = read_only_json(
+        s.dir.path(),
+        &[
+            "runs".as_ref(),
+            "--db".as_ref(),
+            db_path.as_os_str(),
+            "--json".as_ref(),
+        ],
+    );
+    assert_eq!(
+        runs[0]["id"], "late",
+        "the commit in the -wal is read: {runs}"
+    );
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+
+    // A copy of the database and its -wal without the -shm index: the
+    // commit cannot be read on a read-only filesystem (reading the file
+    // alone would silently miss it).
+    let copy = Scratch::new();
+    let copied = copy.path("sluice.db");
+    std::fs::copy(&db_path, &copied).unwrap();
+    std::fs::copy(s.path("sluice.db-wal"), copy.path("sluice.db-wal")).unwrap();
+    drop(writer);
+    let out = common::sluice_read_only(
+        copy.dir.path(),
+        ["runs".as_ref(), "--db".as_ref(), copied.as_os_str()] as [&std::ffi::OsStr; 3],
+    );
+    assert!(!out.ok, "{out:?}");
+    let err = out.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}-wal holds changes not yet in the database file",
+            copied.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn read_only_commands_of_a_missing_database_say_so_in_one_line_and_create_nothing() {
+    let s = Scratch::new();
+    let missing = s.path("missing.db");
+    let m = missing.as_os_str();
+    let commands: [Vec<&std::ffi::OsStr>; 5] = [
+        vec!["runs".as_ref(), "--db".as_ref(), m],
+        vec![
+            "runs".as_ref(),
+            "show".as_ref(),
+            "x".as_ref(),
+            "--db".as_ref(),
+            m,
+        ],
+        vec!["quarantine".as_ref(), "list".as_ref(), "--db".as_ref(), m],
+        vec![
+            "quarantine".as_ref(),
+            "show".as_ref(),
+            "1".as_ref(),
+            "--db".as_ref(),
+            m,
+        ],
+        vec!["drift".as_ref(), "--db".as_ref(), m],
+    ];
+    for args in commands {
+        let out = sluice(&args);
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        assert_eq!(
+            out.stderr.trim(),
+            format!(
+                "error: cannot open database {}: it does not exist",
+                missing.display()
+            ),
+            "{args:?}"
+        );
+        assert!(
+            common::listing(s.dir.path()).is_empty(),
+            "{args:?} created a file"
+        );
     }
 }

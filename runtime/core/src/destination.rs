@@ -51,6 +51,14 @@ pub enum StoreError {
     LeaseLost { instance: String, run_id: String },
     #[error("table {table:?} exists but no Sluice instance owns it; instance {instance:?} will not write into it: name another table with --table or `tables` in sluice.toml")]
     TableForeign { table: String, instance: String },
+    /// A write through a store opened read-only (it refuses every write
+    /// before SQLite is asked).
+    #[error("database {path} is open read-only: {operation} writes to it, which needs a write-capable open")]
+    ReadOnly {
+        path: String,
+        /// The refused operation (its trait method's name).
+        operation: &'static str,
+    },
 }
 
 /// What one commit wrote.

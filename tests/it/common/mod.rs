@@ -135,3 +135,84 @@ pub fn stream_table(db: &rusqlite::Connection, stream: &str) -> String {
     )
     .unwrap_or_else(|e| panic!("no table of stream {stream}: {e}"))
 }
+
+/// `sh -c` script that bind-mounts `$1` over itself read-only, then runs
+/// the rest of its arguments (inside `unshare --mount`: the mount belongs
+/// to that process tree alone).
+const READ_ONLY_MOUNT_SCRIPT: &str =
+    r#"mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@""#;
+
+/// A command that runs `program` with `dir` mounted read-only: a truly
+/// read-only filesystem (the tests run as root, which writes past file
+/// permissions but not past a read-only mount).
+fn with_read_only(dir: &Path, program: &Path) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(READ_ONLY_MOUNT_SCRIPT)
+        .arg("sh")
+        .arg(dir)
+        .arg(program);
+    cmd
+}
+
+/// Why no read-only mount can be made here, if none can (no `unshare`, or
+/// no right to mount: not root); panics if one is made but can be written.
+pub fn read_only_mount_unavailable() -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    let out = match with_read_only(dir.path(), Path::new("sh"))
+        .arg("-c")
+        .arg(r#"echo x > "$0""#)
+        .arg(&probe)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => return Some(format!("cannot run unshare: {e}")),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("Read-only file system") {
+        assert!(!probe.exists());
+        return None;
+    }
+    assert!(!out.status.success(), "the read-only mount was written");
+    Some(format!("no read-only mount: {}", stderr.trim()))
+}
+
+/// Run the `sluice` binary with `args` while `dir` is mounted read-only
+/// (see [`read_only_mount_unavailable`]).
+pub fn sluice_read_only<I, S>(dir: &Path, args: I) -> Out
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = with_read_only(dir, Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .args(args)
+        .env("SLUICE_CACHE_DIR", cache_dir())
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .expect("spawn unshare");
+    Out {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Each file of `dir`: name, length, modification time.
+pub fn listing(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -320,11 +320,19 @@ impl Access {
     }
 }
 
-/// Open an existing database (never create one for a read-only command).
+/// Open an existing database to write (never create one for a command
+/// that edits it).
 fn open_existing(db: Option<&Path>) -> Result<SqliteStore> {
     let db = db.context("--db FILE is required")?;
     anyhow::ensure!(db.exists(), "database {} does not exist", db.display());
     Ok(SqliteStore::open(db)?)
+}
+
+/// Open an existing database read-only, for a command that only reads: it
+/// changes nothing and works on a read-only filesystem.
+fn open_read_only(db: Option<&Path>) -> Result<SqliteStore> {
+    let db = db.context("--db FILE is required")?;
+    Ok(SqliteStore::open_read_only(db)?)
 }
 
 fn read_config(path: &Path) -> Result<String> {
@@ -648,22 +656,25 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
             action,
         } => {
-            let mut store = open_existing(db.as_deref())?;
-            store.mark_crashed()?;
+            // Read-only, so nothing is marked: a `running` run whose lease
+            // is gone is shown `crashed` (as the next write-capable command
+            // records it).
+            let mut store = open_read_only(db.as_deref())?;
             match action {
                 None => output::print_runs(&store.list_runs(*limit)?, *json)?,
                 Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,
             }
         }
         Command::Quarantine { db, json, action } => {
-            let mut store = open_existing(db.as_deref())?;
+            let db = db.as_deref();
             match action {
                 QuarantineAction::List { select, all, limit } => {
-                    let entries = store.list_quarantine(&select.filter(*all, Some(*limit)))?;
+                    let entries =
+                        open_read_only(db)?.list_quarantine(&select.filter(*all, Some(*limit)))?;
                     output::print_quarantine_list(&entries, *json)?;
                 }
                 QuarantineAction::Show { id } => {
-                    let entries = store.list_quarantine(&QuarantineFilter {
+                    let entries = open_read_only(db)?.list_quarantine(&QuarantineFilter {
                         ids: vec![*id],
                         all: true,
                         ..QuarantineFilter::default()
@@ -674,13 +685,15 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     output::print_quarantine_entry(entry, *json)?;
                 }
                 QuarantineAction::Edit { id, record } => {
+                    let mut store = open_existing(db)?;
                     let text = std::fs::read_to_string(record)
                         .with_context(|| format!("cannot read {}", record.display()))?;
                     store.edit_quarantined(*id, text.trim())?;
                     println!("quarantined record {id} updated (original kept); replay it with `sluice quarantine replay --id {id}`");
                 }
                 QuarantineAction::Replay { select } => {
-                    let summary = pipeline::replay(&mut store, &select.filter(false, None))?;
+                    let summary =
+                        pipeline::replay(&mut open_existing(db)?, &select.filter(false, None))?;
                     output::print_replay(&summary, *json)?;
                 }
             }
@@ -691,8 +704,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             stream,
             json,
         } => {
-            let mut store = open_existing(Some(db))?;
-            let events = store.list_drift(connector.as_deref(), stream.as_deref())?;
+            let events =
+                open_read_only(Some(db))?.list_drift(connector.as_deref(), stream.as_deref())?;
             output::print_drift(&events, *json)?;
         }
     }

@@ -293,13 +293,19 @@ const RUN_COLUMNS: &str = "id, connector, connector_version, component_hash, sta
     http_retries, http_throttled_ms, http_breaker_trips, component_change";
 
 /// Columns `_sluice_runs` gained after its first release, with their
-/// declarations: added to databases created before them when opened.
-const RUN_COLUMNS_ADDED: &[(&str, &str)] = &[
-    ("http_retries", "INTEGER NOT NULL DEFAULT 0"),
-    ("http_throttled_ms", "INTEGER NOT NULL DEFAULT 0"),
-    ("http_breaker_trips", "INTEGER NOT NULL DEFAULT 0"),
-    ("component_change", "TEXT"),
+/// declarations and the value (SQL) an older row reads as: added to
+/// databases created before them when opened to write; a read-only open
+/// reads the value in their place.
+const RUN_COLUMNS_ADDED: &[(&str, &str, &str)] = &[
+    ("http_retries", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("http_throttled_ms", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("http_breaker_trips", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("component_change", "TEXT", "NULL"),
 ];
+
+/// The error of a `running` run found without a live lease (recorded by
+/// [`RunLog::mark_crashed`], shown by a read-only store).
+const CRASHED_ERROR: &str = "the run ended without recording its end: its lease expired (the process running it was killed or lost)";
 
 /// Names of `table`'s columns.
 fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
@@ -312,7 +318,7 @@ fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>>
 /// one at the same moment: a failed `ALTER` is fine if the column is there.
 fn add_run_columns(conn: &Connection) -> rusqlite::Result<()> {
     let have = column_names(conn, "_sluice_runs")?;
-    for (name, decl) in RUN_COLUMNS_ADDED {
+    for (name, decl, _) in RUN_COLUMNS_ADDED {
         if have.iter().any(|c| c == name) {
             continue;
         }
@@ -335,11 +341,97 @@ const QUARANTINE_COLUMNS: &str =
     "id, run_id, connector, connector_version, stream, record, errors, \
     quarantined_at, status, replay_id, original_record";
 
+/// How [`SqliteStore::open_read_only`] reads a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnlyMode {
+    /// A read-only connection that takes part in SQLite's WAL locking
+    /// through the `-shm` index: it sees every commit, also those still in
+    /// the `-wal` log and those of a writer working at the same time.
+    /// SQLite creates the `-shm` (and an empty `-wal`) beside a WAL
+    /// database if they are missing and the directory lets it.
+    Shared,
+    /// SQLite's `immutable=1`: the database file alone, no locks, no
+    /// `-wal` or `-shm`. Used only where [`ReadOnlyMode::Shared`] cannot
+    /// open (the `-shm` cannot be created: a read-only directory) and the
+    /// file holds every commit (no `-wal` or `-journal` with anything in
+    /// it beside it).
+    Immutable,
+}
+
+/// What a store opened read-only remembers.
+struct ReadOnly {
+    /// The database as the caller named it (for errors).
+    path: String,
+    mode: ReadOnlyMode,
+}
+
 /// SQLite behind the [`Destination`] and [`RunLog`] seams.
 pub struct SqliteStore {
     /// Declared first: dropped (its thread stopped) before `conn` closes.
-    checkpointer: Checkpointer,
+    /// `None` when open read-only (nothing to checkpoint).
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
+    /// `Some` when open read-only: every write is refused.
+    read_only: Option<ReadOnly>,
+}
+
+/// A probe that makes SQLite read the database's header and schema (and,
+/// in WAL mode, open the `-wal` log and `-shm` index): a connection that
+/// cannot read the database fails here, not at open.
+const READ_PROBE: &str = "SELECT count(*) FROM sqlite_master";
+
+/// The file beside database `db` with `suffix` (`-wal`, `-shm`, `-journal`).
+fn side_file(db: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Whether the file beside `db` with `suffix` may hold something: it
+/// exists and is not empty, or it cannot be looked at.
+fn side_file_holds_data(db: &Path, suffix: &str) -> bool {
+    match std::fs::metadata(side_file(db, suffix)) {
+        Ok(m) => m.len() > 0,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// `path` (absolute) as an SQLite URI filename with `query`: every byte
+/// but unreserved ones and `/` percent-encoded (so `?`, `#` and `%` in a
+/// name stay part of it).
+fn sqlite_uri(path: &Path, query: &str) -> String {
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
+}
+
+/// A read-only connection to `path` (absolute) in `mode` that has read
+/// the database's schema: SQLite's error if it cannot.
+fn connect_read_only(path: &Path, mode: ReadOnlyMode) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    // No SQLITE_OPEN_CREATE: SQLite creates no database file.
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match mode {
+        // A plain file name (no URI flag): a name like `file:x` is a file.
+        ReadOnlyMode::Shared => Connection::open_with_flags(path, flags)?,
+        ReadOnlyMode::Immutable => Connection::open_with_flags(
+            sqlite_uri(path, "immutable=1"),
+            flags | OpenFlags::SQLITE_OPEN_URI,
+        )?,
+    };
+    // A connection setting, not a write: a reader may meet a writer's
+    // lock while the WAL index is rebuilt.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.query_row(READ_PROBE, [], |r| r.get::<_, i64>(0))?;
+    Ok(conn)
 }
 
 impl SqliteStore {
@@ -372,14 +464,170 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)
             .map_err(open_err)?;
         Ok(SqliteStore {
-            checkpointer: Checkpointer::new(path),
+            checkpointer: Some(Checkpointer::new(path)),
             conn,
+            read_only: None,
         })
+    }
+
+    /// Open the existing database at `path` to read only: for commands
+    /// that look (run history, quarantine, drift), also where neither the
+    /// database nor its directory may be written (a read-only filesystem).
+    ///
+    /// Nothing is created or changed: no database file (a missing one is
+    /// an error), no Sluice tables, no migration, no pragma that writes,
+    /// no checkpoint thread. Every write through [`Destination`] or
+    /// [`RunLog`] is refused with [`StoreError::ReadOnly`].
+    ///
+    /// WAL: a reader of a WAL database needs the `-shm` index, which SQLite
+    /// creates (with an empty `-wal`) if it is missing — harmless files, not
+    /// a change of the database, and what lets a reader see a concurrent
+    /// writer's commits. So the store first opens as such a reader
+    /// ([`ReadOnlyMode::Shared`]). Where the `-shm` cannot be created (a
+    /// read-only directory) SQLite refuses with SQLITE_CANTOPEN; then, and
+    /// only if no `-wal` (or `-journal`) with anything in it lies beside
+    /// the database, it reads the file alone with `immutable=1`
+    /// ([`ReadOnlyMode::Immutable`]): a cleanly closed Sluice database
+    /// holds every commit in its file (the last connection to close folds
+    /// the WAL in and removes it). SQLite's own refusal, not a guess from
+    /// permission bits (which root ignores), decides. If the `-wal` holds
+    /// commits and no `-shm` can be made, immutable would silently miss
+    /// them (it never reads the `-wal`): that is an error saying what to
+    /// do. An immutable read takes no locks, so a writer that starts on
+    /// the same file through another, writable, mount while it reads could
+    /// be seen half-done; the commands that open read-only read for a
+    /// moment and print, so that is accepted rather than refusing to read.
+    ///
+    /// A database of an older Sluice is read as far as it goes: a Sluice
+    /// table it lacks reads as empty, run columns it lacks as the values
+    /// opening it to write would give them. A `running` run without a live
+    /// lease reads as `crashed`, as [`RunLog::mark_crashed`] would record
+    /// it (nothing is written).
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        let open_err = |message: String| StoreError::Open {
+            path: shown.clone(),
+            message,
+        };
+        // Checked first, for a clear error (SQLite, told not to create the
+        // file, would only say "unable to open database file").
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            // (SQLite would read a directory and report a disk I/O error.)
+            Ok(_) => return Err(open_err("it is not a file".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(open_err("it does not exist".into()))
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        }
+        // Absolute: the URI form of immutable needs it, and the side files
+        // are looked for where SQLite looks.
+        let abs = std::fs::canonicalize(path).map_err(|e| open_err(e.to_string()))?;
+        let (conn, mode) = match connect_read_only(&abs, ReadOnlyMode::Shared) {
+            Ok(conn) => (conn, ReadOnlyMode::Shared),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) => {
+                if let Some(log) = ["-wal", "-journal"]
+                    .into_iter()
+                    .find(|suffix| side_file_holds_data(&abs, suffix))
+                {
+                    return Err(open_err(format!(
+                        "{e}: {shown}{log} holds changes not yet in the database file, which SQLite cannot read without creating files beside it (a read-only directory?); open the database once where it is writable (any write-capable sluice command folds them in)"
+                    )));
+                }
+                let conn = connect_read_only(&abs, ReadOnlyMode::Immutable)
+                    .map_err(|e| open_err(e.to_string()))?;
+                (conn, ReadOnlyMode::Immutable)
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        };
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        Ok(SqliteStore {
+            checkpointer: None,
+            conn,
+            read_only: Some(ReadOnly { path: shown, mode }),
+        })
+    }
+
+    /// How the store reads, if it was opened read-only.
+    pub fn read_only_mode(&self) -> Option<ReadOnlyMode> {
+        self.read_only.as_ref().map(|r| r.mode)
+    }
+
+    /// Refuse `operation` (a write) if open read-only.
+    fn writable(&self, operation: &'static str) -> Result<(), StoreError> {
+        match &self.read_only {
+            Some(r) => Err(StoreError::ReadOnly {
+                path: r.path.clone(),
+                operation,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a read of Sluice table `table` finds nothing because the
+    /// database (of an older Sluice, opened read-only) lacks it. A store
+    /// open to write has every table.
+    fn lacks(&self, table: &str) -> rusqlite::Result<bool> {
+        Ok(self.read_only.is_some() && !has_table(&self.conn, table)?)
+    }
+
+    /// The run columns to select: [`RUN_COLUMNS`], with the values of the
+    /// columns an older database (opened read-only) lacks in their place.
+    fn run_columns(&self) -> rusqlite::Result<std::borrow::Cow<'static, str>> {
+        if self.read_only.is_none() {
+            return Ok(RUN_COLUMNS.into());
+        }
+        let have = column_names(&self.conn, "_sluice_runs")?;
+        let cols: Vec<String> = RUN_COLUMNS
+            .split(',')
+            .map(str::trim)
+            .map(|col| {
+                match RUN_COLUMNS_ADDED
+                    .iter()
+                    .find(|(name, ..)| *name == col && !have.iter().any(|h| h == name))
+                {
+                    Some((name, _, value)) => format!("{value} AS {}", quote_ident(name)),
+                    None => col.to_string(),
+                }
+            })
+            .collect();
+        Ok(cols.join(", ").into())
+    }
+
+    /// Read-only: show `running` runs without a live lease as `crashed`,
+    /// as [`RunLog::mark_crashed`] would record them (a store open to write
+    /// leaves that to `mark_crashed`).
+    fn show_crashed(&self, runs: &mut [RunRecord]) -> rusqlite::Result<()> {
+        if self.read_only.is_none() {
+            return Ok(());
+        }
+        let leases = !self.lacks("_sluice_leases")?;
+        let now = unix_ms();
+        for run in runs.iter_mut().filter(|r| r.status == RunStatus::Running) {
+            let holder: Option<String> = if leases {
+                self.conn
+                    .query_row(
+                        "SELECT holder FROM _sluice_leases WHERE run_id = ?1 AND expires_ms > ?2",
+                        params![run.id, now],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+            } else {
+                None
+            };
+            if holder.is_none_or(|h| holder_is_gone(&h)) {
+                run.status = RunStatus::Crashed;
+                run.error = Some(CRASHED_ERROR.to_string());
+            }
+        }
+        Ok(())
     }
 
     /// Background checkpoints run so far (for tests).
     pub fn checkpoints(&self) -> u64 {
-        self.checkpointer.checkpoints()
+        self.checkpointer
+            .as_ref()
+            .map_or(0, Checkpointer::checkpoints)
     }
 
     /// The underlying connection (for tests and read-only tooling).
@@ -682,6 +930,9 @@ impl SqliteStore {
     }
 
     fn table_of_sql(&mut self, instance: &str, stream: &str) -> Result<Option<String>, SqlError> {
+        if self.lacks("_sluice_tables")? {
+            return Ok(None);
+        }
         Ok(self
             .conn
             .prepare_cached("SELECT name FROM _sluice_tables WHERE instance = ?1 AND stream = ?2")?
@@ -725,6 +976,9 @@ impl SqliteStore {
     }
 
     fn get_state_sql(&mut self, connector: &str, stream: &str) -> Result<Option<String>, SqlError> {
+        if self.lacks("_sluice_state")? {
+            return Ok(None);
+        }
         Ok(self
             .conn
             .prepare_cached("SELECT value FROM _sluice_state WHERE connector = ?1 AND stream = ?2")?
@@ -817,7 +1071,9 @@ impl SqliteStore {
             )? as u64;
         }
         tx.commit()?;
-        self.checkpointer.nudge();
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.nudge();
+        }
         Ok(stats)
     }
 
@@ -852,6 +1108,9 @@ impl SqliteStore {
         connector: &str,
         stream: &str,
     ) -> Result<Option<StreamDef>, SqlError> {
+        if self.lacks("_sluice_streams")? {
+            return Ok(None);
+        }
         Ok(self
             .conn
             .prepare_cached(
@@ -874,6 +1133,9 @@ impl SqliteStore {
         &mut self,
         f: &QuarantineFilter,
     ) -> Result<Vec<QuarantineEntry>, SqlError> {
+        if self.lacks("_sluice_quarantine")? {
+            return Ok(Vec::new());
+        }
         let mut sql = format!("SELECT {QUARANTINE_COLUMNS} FROM _sluice_quarantine WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if !f.all {
@@ -956,6 +1218,9 @@ impl SqliteStore {
         connector: Option<&str>,
         stream: Option<&str>,
     ) -> Result<Vec<DriftEvent>, SqlError> {
+        if self.lacks("_sluice_drift")? {
+            return Ok(Vec::new());
+        }
         let mut stmt = self.conn.prepare(
             "SELECT connector, stream, path, kind, observed_type, first_seen_run, last_seen_run, first_seen_at, sample, count \
              FROM _sluice_drift WHERE (?1 IS NULL OR connector = ?1) AND (?2 IS NULL OR stream = ?2) \
@@ -1020,11 +1285,10 @@ impl SqliteStore {
             }
         }
         let n = tx.execute(
-            "UPDATE _sluice_runs SET status = 'crashed', \
-             error = 'the run ended without recording its end: its lease expired (the process running it was killed or lost)' \
+            "UPDATE _sluice_runs SET status = 'crashed', error = ?2 \
              WHERE status = 'running' AND NOT EXISTS \
              (SELECT 1 FROM _sluice_leases l WHERE l.run_id = _sluice_runs.id AND l.expires_ms > ?1)",
-            [unix_ms()],
+            params![unix_ms(), CRASHED_ERROR],
         )? as u64;
         tx.commit()?;
         Ok(n)
@@ -1068,12 +1332,17 @@ impl SqliteStore {
     }
 
     fn list_runs_sql(&mut self, limit: usize) -> Result<Vec<RunRecord>, SqlError> {
+        if self.lacks("_sluice_runs")? {
+            return Ok(Vec::new());
+        }
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM _sluice_runs ORDER BY started_at DESC, id DESC LIMIT ?1"
+            "SELECT {} FROM _sluice_runs ORDER BY started_at DESC, id DESC LIMIT ?1",
+            self.run_columns()?
         ))?;
-        let rows = stmt
+        let mut rows: Vec<RunRecord> = stmt
             .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], run_from_row)?
             .collect::<Result<_, _>>()?;
+        self.show_crashed(&mut rows)?;
         Ok(rows)
     }
 
@@ -1093,23 +1362,35 @@ impl SqliteStore {
     }
 
     fn get_run_sql(&mut self, id: &str) -> Result<RunRecord, SqlError> {
-        self.conn
+        let not_found = || StoreError::RunNotFound(id.to_string()).into();
+        if self.lacks("_sluice_runs")? {
+            return Err(not_found());
+        }
+        let mut run = self
+            .conn
             .query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM _sluice_runs WHERE id = ?1"),
+                &format!(
+                    "SELECT {} FROM _sluice_runs WHERE id = ?1",
+                    self.run_columns()?
+                ),
                 [id],
                 run_from_row,
             )
             .optional()?
-            .ok_or_else(|| StoreError::RunNotFound(id.to_string()).into())
+            .ok_or_else(not_found)?;
+        self.show_crashed(std::slice::from_mut(&mut run))?;
+        Ok(run)
     }
 }
 
 impl Destination for SqliteStore {
     fn ensure_table(&mut self, table: &StreamTable) -> Result<(), StoreError> {
+        self.writable("ensure_table")?;
         Ok(self.ensure_table_sql(table)?)
     }
 
     fn claim_table(&mut self, instance: &str, table: &StreamTable) -> Result<(), StoreError> {
+        self.writable("claim_table")?;
         Ok(self.claim_table_sql(instance, table)?)
     }
 
@@ -1122,6 +1403,7 @@ impl Destination for SqliteStore {
     }
 
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, StoreError> {
+        self.writable("commit")?;
         Ok(self.commit_sql(req)?)
     }
 
@@ -1138,6 +1420,7 @@ impl RunLog for SqliteStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<LeaseHolder>, StoreError> {
+        self.writable("claim_lease")?;
         Ok(self.claim_lease_sql(instance, run_id, holder, ttl)?)
     }
 
@@ -1147,10 +1430,12 @@ impl RunLog for SqliteStore {
         run_id: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        self.writable("renew_lease")?;
         Ok(self.renew_lease_sql(instance, run_id, ttl)?)
     }
 
     fn release_lease(&mut self, instance: &str, run_id: &str) -> Result<(), StoreError> {
+        self.writable("release_lease")?;
         Ok(self.release_lease_sql(instance, run_id)?)
     }
 
@@ -1161,10 +1446,12 @@ impl RunLog for SqliteStore {
         connector: &str,
         version: &str,
     ) -> Result<Option<ComponentSeen>, StoreError> {
+        self.writable("note_component")?;
         Ok(self.note_component_sql(instance, hash, connector, version)?)
     }
 
     fn record_streams(&mut self, defs: &[StreamDef]) -> Result<(), StoreError> {
+        self.writable("record_streams")?;
         Ok(self.record_streams_sql(defs)?)
     }
 
@@ -1184,10 +1471,12 @@ impl RunLog for SqliteStore {
     }
 
     fn edit_quarantined(&mut self, id: i64, record: &str) -> Result<(), StoreError> {
+        self.writable("edit_quarantined")?;
         Ok(self.edit_quarantined_sql(id, record)?)
     }
 
     fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError> {
+        self.writable("apply_replay")?;
         Ok(self.apply_replay_sql(plan)?)
     }
 
@@ -1200,14 +1489,17 @@ impl RunLog for SqliteStore {
     }
 
     fn insert_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        self.writable("insert_run")?;
         Ok(self.insert_run_sql(run)?)
     }
 
     fn mark_crashed(&mut self) -> Result<u64, StoreError> {
+        self.writable("mark_crashed")?;
         Ok(self.mark_crashed_sql()?)
     }
 
     fn update_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        self.writable("update_run")?;
         Ok(self.update_run_sql(run)?)
     }
 
@@ -1422,5 +1714,392 @@ mod tests {
         let r = store.get_run("r").unwrap();
         assert_eq!(r.status, RunStatus::Crashed);
         assert!(r.error.unwrap().contains("lease expired"));
+    }
+
+    // ------------------------------------------------------- read-only
+
+    /// A Sluice database at `path`, closed: table `t` with one row, state
+    /// `{"n":1}` of (`c`, `t`), a succeeded run `done` and a `running` run
+    /// `orphan` that holds no lease.
+    fn closed_database(path: &Path) {
+        let (mut store, table) = store_with_table(path);
+        let row = Row {
+            values: vec![SqlValue::Integer(1), SqlValue::Text("a".into())],
+            raw: "{}".into(),
+        };
+        commit_rows(&mut store, &table, vec![row], Some(("t", r#"{"n":1}"#))).unwrap();
+        let mut done = RunRecord::started("done", "c", "1", "h");
+        done.status = RunStatus::Succeeded;
+        store.insert_run(&done).unwrap();
+        store
+            .insert_run(&RunRecord::started("orphan", "other", "1", "h"))
+            .unwrap();
+        store.release_lease("c", "r").unwrap();
+    }
+
+    /// Each file of `dir`: name, length, modification time.
+    fn listing(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.len(),
+                    m.modified().unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn a_read_only_open_changes_no_byte_of_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.db");
+        closed_database(&path);
+        assert_eq!(
+            listing(dir.path()).len(),
+            1,
+            "closed cleanly: the database file alone"
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+        let mut store = SqliteStore::open_read_only(&path).unwrap();
+        // The directory is writable: a reader that sees concurrent commits.
+        assert_eq!(store.read_only_mode(), Some(ReadOnlyMode::Shared));
+        assert_eq!(
+            store.get_state("c", "t").unwrap().as_deref(),
+            Some(r#"{"n":1}"#)
+        );
+        assert_eq!(store.list_runs(10).unwrap().len(), 2);
+        assert_eq!(store.scan("t").unwrap().unwrap().rows.len(), 1);
+        drop(store);
+
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the file is unchanged"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        // SQLite's reader of a WAL database makes the -shm index (and an
+        // empty -wal) beside it where it may: nothing is logged in them.
+        for (name, len, _) in listing(dir.path()) {
+            match name.as_str() {
+                "ro.db" | "ro.db-shm" => {}
+                "ro.db-wal" => assert_eq!(len, 0, "a reader logs nothing"),
+                other => panic!("a read-only open created {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_only_store_refuses_every_write_and_shows_an_orphaned_run_crashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.db");
+        closed_database(&path);
+        let mut store = SqliteStore::open_read_only(&path).unwrap();
+
+        let runs = store.list_runs(10).unwrap();
+        let orphan = runs.iter().find(|r| r.id == "orphan").unwrap();
+        assert_eq!(
+            orphan.status,
+            RunStatus::Crashed,
+            "as mark_crashed would record it"
+        );
+        assert_eq!(orphan.error.as_deref(), Some(CRASHED_ERROR));
+        assert_eq!(store.get_run("orphan").unwrap().status, RunStatus::Crashed);
+        assert_eq!(store.get_run("done").unwrap().status, RunStatus::Succeeded);
+
+        let table = StreamTable::from_spec("t", r#"{"properties":{"id":{"type":"integer"}}}"#, &[])
+            .unwrap();
+        let pending = Pending::default();
+        let ttl = Duration::from_secs(60);
+        let refused: Vec<(&str, StoreError)> = vec![
+            ("ensure_table", store.ensure_table(&table).unwrap_err()),
+            ("claim_table", store.claim_table("c", &table).unwrap_err()),
+            (
+                "commit",
+                store
+                    .commit(&CommitRequest {
+                        run_id: "r",
+                        connector: "c",
+                        connector_version: "1",
+                        pending: &pending,
+                        state: Some(("t", "{}")),
+                        sweep: &[],
+                    })
+                    .unwrap_err(),
+            ),
+            (
+                "claim_lease",
+                store.claim_lease("c", "r", "here:1", ttl).unwrap_err(),
+            ),
+            ("renew_lease", store.renew_lease("c", "r", ttl).unwrap_err()),
+            ("release_lease", store.release_lease("c", "r").unwrap_err()),
+            (
+                "note_component",
+                store.note_component("c", "h", "c", "1").unwrap_err(),
+            ),
+            ("record_streams", store.record_streams(&[]).unwrap_err()),
+            (
+                "edit_quarantined",
+                store.edit_quarantined(1, "{}").unwrap_err(),
+            ),
+            (
+                "apply_replay",
+                store.apply_replay(&ReplayPlan::default()).unwrap_err(),
+            ),
+            (
+                "insert_run",
+                store
+                    .insert_run(&RunRecord::started("x", "c", "1", "h"))
+                    .unwrap_err(),
+            ),
+            ("mark_crashed", store.mark_crashed().unwrap_err()),
+            (
+                "update_run",
+                store
+                    .update_run(&RunRecord::started("done", "c", "1", "h"))
+                    .unwrap_err(),
+            ),
+        ];
+        for (operation, err) in refused {
+            assert!(
+                matches!(&err, StoreError::ReadOnly { operation: o, .. } if *o == operation),
+                "{operation}: {err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "database {} is open read-only: {operation} writes to it, which needs a write-capable open",
+                    path.display()
+                )
+            );
+        }
+        drop(store);
+        // Nothing was marked: the file still says `running`.
+        assert_eq!(
+            SqliteStore::open_read_only(&path)
+                .unwrap()
+                .connection()
+                .query_row(
+                    "SELECT status FROM _sluice_runs WHERE id = 'orphan'",
+                    [],
+                    |r| { r.get::<_, String>(0) }
+                )
+                .unwrap(),
+            "running"
+        );
+    }
+
+    #[test]
+    fn a_missing_database_is_an_error_and_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.db");
+        let err = SqliteStore::open_read_only(&path).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot open database {}: it does not exist", path.display())
+        );
+        assert!(listing(dir.path()).is_empty(), "nothing created");
+    }
+
+    #[test]
+    fn a_database_of_an_older_sluice_is_read_as_far_as_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        // The first released runs table (no HTTP resilience columns, no
+        // component change), and no other Sluice table.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE _sluice_runs (id TEXT PRIMARY KEY, connector TEXT NOT NULL, \
+             connector_version TEXT NOT NULL, component_hash TEXT NOT NULL, started_at TEXT NOT NULL, \
+             ended_at TEXT, duration_ms INTEGER, status TEXT NOT NULL, \
+             records_emitted INTEGER NOT NULL DEFAULT 0, records_valid INTEGER NOT NULL DEFAULT 0, \
+             records_quarantined INTEGER NOT NULL DEFAULT 0, records_upserted INTEGER NOT NULL DEFAULT 0, \
+             stream_counts TEXT NOT NULL DEFAULT '{}', drift TEXT NOT NULL DEFAULT '[]', \
+             commits INTEGER NOT NULL DEFAULT 0, http_requests INTEGER NOT NULL DEFAULT 0, \
+             http_denied INTEGER NOT NULL DEFAULT 0, http_bytes INTEGER NOT NULL DEFAULT 0, \
+             fuel_used INTEGER NOT NULL DEFAULT 0, peak_memory_bytes INTEGER NOT NULL DEFAULT 0, \
+             error TEXT, pid INTEGER);
+             INSERT INTO _sluice_runs (id, connector, connector_version, component_hash, started_at, status) \
+             VALUES ('old', 'c', '1', 'h', '2026-01-01T00:00:00Z', 'succeeded'), \
+             ('stuck', 'c', '1', 'h', '2026-01-02T00:00:00Z', 'running');",
+        )
+        .unwrap();
+        drop(conn);
+        let bytes = std::fs::read(&path).unwrap();
+
+        let mut store = SqliteStore::open_read_only(&path).unwrap();
+        let runs = store.list_runs(10).unwrap();
+        let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["stuck", "old"]);
+        let old = store.get_run("old").unwrap();
+        assert_eq!(old.status, RunStatus::Succeeded);
+        assert_eq!(
+            (
+                old.http_retries,
+                old.http_throttled_ms,
+                old.http_breaker_trips
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(old.component_change, None);
+        // No leases table: no run holds a lease.
+        assert_eq!(runs[0].status, RunStatus::Crashed);
+        assert!(store
+            .list_quarantine(&QuarantineFilter::default())
+            .unwrap()
+            .is_empty());
+        assert!(store.list_drift(None, None).unwrap().is_empty());
+        assert_eq!(store.get_state("c", "s").unwrap(), None);
+        assert!(store.stream_def("c", "s").unwrap().is_none());
+        assert_eq!(store.table_of("c", "s").unwrap(), None);
+        assert!(matches!(
+            store.get_run("nope").unwrap_err(),
+            StoreError::RunNotFound(_)
+        ));
+        drop(store);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "not migrated");
+    }
+
+    /// The directory a read-only mount's child test reads (set by its
+    /// parent, [`a_read_only_filesystem_is_read_without_creating_anything`]).
+    const READ_ONLY_CHILD_DIR_ENV: &str = "SLUICE_STORE_TEST_READ_ONLY_DIR";
+
+    /// `sh -c` script that bind-mounts `$1` over itself read-only, then
+    /// runs the rest of its arguments (inside `unshare --mount`: the mount
+    /// is this process tree's alone).
+    const READ_ONLY_MOUNT_SCRIPT: &str =
+        r#"mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@""#;
+
+    /// A command that runs `program` with `dir` mounted read-only: a truly
+    /// read-only filesystem (root writes past file permissions, not past
+    /// a read-only mount).
+    fn with_read_only(dir: &Path, program: &Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(READ_ONLY_MOUNT_SCRIPT)
+            .arg("sh")
+            .arg(dir)
+            .arg(program);
+        cmd
+    }
+
+    /// Why no read-only mount can be made here, if none can (no `unshare`,
+    /// or no right to mount); panics if one is made but can be written.
+    fn read_only_mount_unavailable() -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        let out = match with_read_only(dir.path(), Path::new("sh"))
+            .arg("-c")
+            .arg(r#"echo x > "$0""#)
+            .arg(&probe)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) => return Some(format!("cannot run unshare: {e}")),
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("Read-only file system") {
+            assert!(!probe.exists());
+            return None;
+        }
+        assert!(!out.status.success(), "the read-only mount was written");
+        Some(format!("no read-only mount: {}", stderr.trim()))
+    }
+
+    #[test]
+    fn a_read_only_filesystem_is_read_without_creating_anything() {
+        if let Some(why) = read_only_mount_unavailable() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Closed cleanly: the file alone, every commit in it.
+        closed_database(&dir.path().join("clean.db"));
+        // A writer has it open with a commit in the -wal only (its -shm
+        // beside it).
+        closed_database(&dir.path().join("live.db"));
+        let live = Connection::open(dir.path().join("live.db")).unwrap();
+        live.execute_batch(
+            r#"PRAGMA wal_autocheckpoint = 0; UPDATE _sluice_state SET value = '{"n":2}';"#,
+        )
+        .unwrap();
+        // A commit in the -wal, and no -shm (a copy taken while a writer
+        // had it open).
+        for suffix in ["", "-wal"] {
+            std::fs::copy(
+                side_file(&dir.path().join("live.db"), suffix),
+                side_file(&dir.path().join("pending.db"), suffix),
+            )
+            .unwrap();
+        }
+        let before = listing(dir.path());
+        let clean = std::fs::read(dir.path().join("clean.db")).unwrap();
+
+        let out = with_read_only(dir.path(), &std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sqlite::tests::read_only_mount_child",
+                "--include-ignored",
+                "--nocapture",
+            ])
+            .env(READ_ONLY_CHILD_DIR_ENV, dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // (Before the writer closes, which folds its -wal in.)
+        assert_eq!(listing(dir.path()), before, "nothing created or changed");
+        assert_eq!(std::fs::read(dir.path().join("clean.db")).unwrap(), clean);
+        drop(live);
+    }
+
+    /// What [`a_read_only_filesystem_is_read_without_creating_anything`]
+    /// runs inside its read-only mount.
+    #[test]
+    #[ignore = "runs inside a read-only mount, started by a_read_only_filesystem_is_read_without_creating_anything"]
+    fn read_only_mount_child() {
+        let dir = std::path::PathBuf::from(std::env::var_os(READ_ONLY_CHILD_DIR_ENV).unwrap());
+        assert!(
+            std::fs::write(dir.join("probe"), "x").is_err(),
+            "not read-only"
+        );
+
+        let mut clean = SqliteStore::open_read_only(&dir.join("clean.db")).unwrap();
+        assert_eq!(clean.read_only_mode(), Some(ReadOnlyMode::Immutable));
+        assert_eq!(
+            clean.get_state("c", "t").unwrap().as_deref(),
+            Some(r#"{"n":1}"#)
+        );
+        assert_eq!(clean.list_runs(10).unwrap().len(), 2);
+        assert_eq!(clean.get_run("orphan").unwrap().status, RunStatus::Crashed);
+
+        let mut live = SqliteStore::open_read_only(&dir.join("live.db")).unwrap();
+        assert_eq!(live.read_only_mode(), Some(ReadOnlyMode::Shared));
+        assert_eq!(
+            live.get_state("c", "t").unwrap().as_deref(),
+            Some(r#"{"n":2}"#),
+            "the writer's commit in the -wal"
+        );
+
+        let err = SqliteStore::open_read_only(&dir.join("pending.db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("pending.db-wal holds changes not yet in the database file"),
+            "{err}"
+        );
     }
 }
