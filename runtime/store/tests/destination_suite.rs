@@ -119,6 +119,53 @@ fn postgres_errors_name_the_backend_and_never_the_password() {
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
 }
 
+#[test]
+fn postgres_store_serves_runs_from_the_writer_thread() {
+    // The synchronous client blocks on a runtime of its own: it is
+    // connected outside any tokio runtime and then called only from the
+    // writer's std thread, while the runs are async tasks.
+    let cluster = Cluster::start();
+    let mut store = PostgresStore::connect(&cluster.url, "writer").unwrap();
+    let t = table("t", SCHEMA, &["id"]);
+    sluice_core::destination::Destination::ensure_table(&mut store, &t).unwrap();
+    hold_lease(&mut store);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = sluice_store::WriterHandle::spawn(Box::new(store));
+        let writer = handle.writer.clone();
+        let run: Arc<str> = RUN.into();
+        writer
+            .append(
+                run.clone(),
+                batch(&t, vec![row(&t, r#"{"id":1,"text":"a"}"#)]),
+            )
+            .await
+            .unwrap();
+        let stats = writer
+            .commit(sluice_store::Commit {
+                run_id: run,
+                connector: INSTANCE.into(),
+                connector_version: "1".into(),
+                state: Some(("t".into(), "s1".into())),
+                sweep: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(stats.upserted, 1);
+        let state = writer
+            .call(|s| s.get_state(INSTANCE, "t"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.as_deref(), Some("s1"));
+        drop(writer);
+        handle.close().await;
+    });
+}
+
 /// A throwaway Postgres cluster: started by scripts/pg-cluster.sh in a
 /// temp dir, stopped when dropped (a failing test too).
 struct Cluster {
