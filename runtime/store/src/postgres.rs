@@ -43,10 +43,15 @@ pub const DEFAULT_SCHEMA: &str = "public";
 /// one would be cut silently, so two tables could become one. Refused.
 pub const MAX_IDENTIFIER_LEN: usize = 63;
 
-/// The first key of the advisory locks this store takes
-/// (`pg_advisory_xact_lock(class, key)`): one class per kind of lock.
+/// Advisory locks (`pg_advisory_xact_lock(class, key)`, held to the end of
+/// the transaction) have one class per kind, so Sluice's never meet each
+/// other's or another application's by chance. This one: creating the
+/// `_sluice_*` tables (key 0).
 const LOCK_SCHEMA: i32 = 0x5_1C_E0;
+/// Claims of one instance's lease (key: the instance's `hashtext`).
 const LOCK_LEASE: i32 = LOCK_SCHEMA + 1;
+/// Creating, widening or claiming one destination table (key: its name's
+/// `hashtext`).
 const LOCK_TABLE: i32 = LOCK_SCHEMA + 2;
 
 const SCHEMA: &str = "
