@@ -79,9 +79,15 @@ fn sqlite_passes_the_destination_suite() {
     run_suite(|name| Box::new(SqliteStore::open(&dir.path().join(format!("{name}.db"))).unwrap()));
 }
 
+/// Every Postgres test, on one cluster: `initdb` is most of their time
+/// (about 1 s on an idle machine), so it happens once.
 #[test]
 fn postgres_passes_the_destination_suite() {
     let cluster = Cluster::start();
+    eprintln!("errors name the backend and never the password");
+    errors_name_the_backend_and_never_the_password(&cluster);
+    eprintln!("the store serves runs from the writer thread");
+    serves_runs_from_the_writer_thread(&cluster);
     let mut first = true;
     run_suite(|name| {
         // The first case in the default schema, the others each in their
@@ -95,9 +101,7 @@ fn postgres_passes_the_destination_suite() {
     });
 }
 
-#[test]
-fn postgres_errors_name_the_backend_and_never_the_password() {
-    let cluster = Cluster::start();
+fn errors_name_the_backend_and_never_the_password(cluster: &Cluster) {
     // The trust cluster takes any password: a wrong database shows the
     // error path instead.
     let url = cluster
@@ -119,12 +123,10 @@ fn postgres_errors_name_the_backend_and_never_the_password() {
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
 }
 
-#[test]
-fn postgres_store_serves_runs_from_the_writer_thread() {
+fn serves_runs_from_the_writer_thread(cluster: &Cluster) {
     // The synchronous client blocks on a runtime of its own: it is
     // connected outside any tokio runtime and then called only from the
     // writer's std thread, while the runs are async tasks.
-    let cluster = Cluster::start();
     let mut store = PostgresStore::connect(&cluster.url, "writer").unwrap();
     let t = table("t", SCHEMA, &["id"]);
     sluice_core::destination::Destination::ensure_table(&mut store, &t).unwrap();
