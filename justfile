@@ -11,11 +11,14 @@ default:
 
 # Install what the build needs: the WASM guest toolchain (Debian packages)
 # the JavaScript guest toolchain (npm, into .tools/js-guest) and the Python
-# one (componentize-py from PyPI, into .tools/py-guest).
+# one (componentize-py from PyPI, into .tools/py-guest), and Debian's
+# PostgreSQL server for the Postgres destination's tests (which start
+# throwaway clusters with scripts/pg-cluster.sh).
 setup:
     scripts/setup-guest-toolchain.sh
     scripts/setup-js-guest.sh
     scripts/setup-python-guest.sh
+    scripts/setup-postgres.sh
 
 # Build the example connectors to WebAssembly components.
 build-connectors: setup

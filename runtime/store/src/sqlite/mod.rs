@@ -200,13 +200,14 @@ CREATE TABLE IF NOT EXISTS _sluice_instances (
 ";
 
 /// Milliseconds since the Unix epoch now.
-fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn ms(d: Duration) -> i64 {
+/// `d` in whole milliseconds (saturating).
+pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -224,7 +225,7 @@ fn host_name() -> String {
 /// Whether the lease holder `host:pid` is a process of this host that is
 /// gone: its lease need not wait to expire. A holder on another host is
 /// never known to be gone; its lease expires.
-fn holder_is_gone(holder: &str) -> bool {
+pub(crate) fn holder_is_gone(holder: &str) -> bool {
     let Some((host, pid)) = holder.rsplit_once(':') else {
         return false;
     };
