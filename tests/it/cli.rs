@@ -1274,6 +1274,11 @@ fn read_only_commands_work_on_a_read_only_filesystem_and_change_nothing() {
         !replay.ok && replay.stderr.trim().lines().count() == 1,
         "{replay:?}"
     );
+    assert!(
+        replay.stderr.contains("cannot be written there"),
+        "{}",
+        replay.stderr
+    );
 
     assert_eq!(common::listing(dir), before, "no file created or touched");
     assert_eq!(std::fs::read(&db_path).unwrap(), bytes);

@@ -55,6 +55,15 @@ pub fn sql_type(kind: ColumnKind) -> &'static str {
     }
 }
 
+/// Whether SQLite failed because the database (or the `-wal`/`-shm` beside
+/// it) cannot be written.
+fn cannot_write(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+    )
+}
+
 /// A neutral value as SQLite binds it.
 fn bind(v: &Value) -> ToSqlOutput<'_> {
     ToSqlOutput::Borrowed(match v {
@@ -440,7 +449,13 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |e: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message: if cannot_write(&e) && path.is_file() {
+                // SQLite says "unable to open database file" or "attempt
+                // to write a readonly database": name the likely cause.
+                format!("{e}: it cannot be written there (a read-only filesystem, or no write access to the file or its directory), and this command writes to it")
+            } else {
+                e.to_string()
+            },
         };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
