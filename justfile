@@ -39,6 +39,11 @@ bench *ARGS: setup
 demo: build-connectors build
     scripts/demo.sh
 
+# The demo into a throwaway PostgreSQL server on 127.0.0.1 (started and
+# stopped by scripts/pg-cluster.sh) instead of ./sluice.db.
+demo-postgres: build-connectors build
+    scripts/demo-postgres.sh
+
 # Formatting and lints (host workspace and guest crates).
 lint:
     cargo fmt --all -- --check

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: start the Open-Meteo fixture on 127.0.0.1, run the open-meteo
 # connector in the sandbox into ./sluice.db twice (the second run resumes
-# from state and changes nothing), and show the run history.
+# from state and changes nothing), and show the run history. SLUICE_DB
+# picks another database: a file, or a postgres:// URL (default schema, as
+# scripts/demo-postgres.sh does).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -49,7 +51,13 @@ echo
 echo "== sluice runs"
 "$bin/sluice" runs --db "$db" --limit 5
 echo
-python3 - "$db" <<'PY'
+case "$db" in
+postgres://* | postgresql://*)
+    psql "$db" -X -q -c "SELECT count(*) AS rows, count(DISTINCT (location, time)) AS distinct_keys FROM open_meteo__hourly_weather" \
+        -c "SELECT location, time, temperature_2m, wind_speed_10m FROM open_meteo__hourly_weather ORDER BY time, location LIMIT 3"
+    ;;
+*)
+    python3 - "$db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 n, keys = db.execute("SELECT count(*), count(DISTINCT location || time) FROM open_meteo__hourly_weather").fetchone()
@@ -57,3 +65,5 @@ print(f"open_meteo__hourly_weather: {n} rows, {keys} distinct (location, time) k
 for row in db.execute("SELECT location, time, temperature_2m, wind_speed_10m FROM open_meteo__hourly_weather ORDER BY time, location LIMIT 3"):
     print("  ", row)
 PY
+    ;;
+esac

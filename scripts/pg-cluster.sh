@@ -11,6 +11,9 @@
 # `postgres` OS user (Debian's package creates it; created here if not),
 # and DIR is handed to that user. Durability is off (fsync, synchronous
 # commit, full-page writes): the data is thrown away with DIR.
+# With PG_PASSWORD_FILE=FILE in the environment, `start` makes a cluster
+# whose TCP connections need the password in FILE (scram-sha-256) instead
+# of trusting them: for the tests of where Sluice takes passwords from.
 # Exit status 3: PostgreSQL is not installed (run scripts/setup-postgres.sh).
 set -euo pipefail
 
@@ -60,13 +63,21 @@ start)
         parent=$(dirname "$dir")
         as_owner test -x "$parent" || chmod o+x "$parent"
     fi
+    auth=(-A trust)
+    if [ -n "${PG_PASSWORD_FILE:-}" ]; then
+        # initdb reads the file as the server's user: a copy it can read.
+        cp "$PG_PASSWORD_FILE" "$dir/pwfile"
+        [ "$(id -u)" = 0 ] && chown postgres "$dir/pwfile"
+        auth=(--auth-local=trust --auth-host=scram-sha-256 --pwfile="$dir/pwfile")
+    fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
-        as_owner "$bindir/initdb" -D "$dir/data" -U "$PG_USER" -A trust \
+        as_owner "$bindir/initdb" -D "$dir/data" -U "$PG_USER" "${auth[@]}" \
             --no-sync --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || {
             cat "$dir/initdb.log" >&2
             exit 1
         }
     fi
+    rm -f "$dir/pwfile"
     for _ in $(seq "$START_ATTEMPTS"); do
         port=$(free_port)
         if as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -s start \

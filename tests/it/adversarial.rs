@@ -45,10 +45,13 @@ fn request(component: PathBuf, db: PathBuf, config: String, limits: Limits) -> R
     RunRequest {
         instance: sluice_core::instance::default_instance(&component).unwrap(),
         tables: Default::default(),
+        streams: Vec::new(),
+        modes: Default::default(),
         cancel: Default::default(),
         component,
         config,
-        db,
+        db: db.into(),
+        db_password: None,
         grants: Vec::new(),
         secrets: Default::default(),
         limits,
@@ -1199,6 +1202,7 @@ async fn sixteen_concurrent_runs_four_hostile_good_ones_match_a_clean_run() {
     let mut seen = 0;
     while let Some(done) = set.join_next().await {
         let (i, db, expect, report) = done.unwrap();
+        let db = db.as_sqlite().unwrap().to_path_buf();
         assert_eq!(
             report.record.status, expect,
             "run {i}: {:?}",

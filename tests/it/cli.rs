@@ -232,7 +232,7 @@ fn open_meteo_picks_up_new_hours_and_backfills_gaps() {
     assert_values_match_fixture(&conn);
 }
 
-fn misbehave(s: &Scratch, config: &str, extra: &[&str]) -> common::Out {
+pub(crate) fn misbehave(s: &Scratch, config: &str, extra: &[&str]) -> common::Out {
     let cfg = s.write("misbehave.json", config);
     let db = s.path("sluice.db");
     let mut args = vec![
@@ -726,7 +726,7 @@ fn max_http_requests_flag_ends_the_run_with_http_budget() {
 
 /// `sluice run` of the misbehave guest with `config` into `s`'s database,
 /// as a child process (stdout: the JSON report).
-fn spawn_misbehave(s: &Scratch, config: &str, extra: &[&str]) -> std::process::Child {
+pub(crate) fn spawn_misbehave(s: &Scratch, config: &str, extra: &[&str]) -> std::process::Child {
     let cfg = s.write("spawned.json", config);
     std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("run")
@@ -746,7 +746,7 @@ fn spawn_misbehave(s: &Scratch, config: &str, extra: &[&str]) -> std::process::C
 }
 
 /// Wait (up to a minute) until `sql` counts at least `n` in `s`'s database.
-fn wait_for(s: &Scratch, sql: &str, n: i64) {
+pub(crate) fn wait_for(s: &Scratch, sql: &str, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let seen = rusqlite::Connection::open(s.path("sluice.db"))
@@ -776,7 +776,7 @@ fn last_run(s: &Scratch) -> (String, Option<String>, i64) {
     (last.0.clone(), last.1.clone(), last.2)
 }
 
-const LEASED: &str = "SELECT count(*) FROM _sluice_leases";
+pub(crate) const LEASED: &str = "SELECT count(*) FROM _sluice_leases";
 const RUNNING: &str = "SELECT count(*) FROM _sluice_runs WHERE status = 'running'";
 
 #[test]

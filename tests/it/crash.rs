@@ -4,11 +4,11 @@
 //! kill that the committed state is never ahead of the data (and the data
 //! never ahead of the state), reruns until a run completes, and compares the
 //! final tables with a clean run's: identical rows, no duplicates, identical
-//! quarantine.
+//! quarantine. The same on Postgres, on a throwaway server.
 
 use crate::common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ use sluice_fixture::Running;
 const RECORDS: u64 = 50_000;
 /// Kills required across the test.
 const MIN_KILLS: usize = 20;
+/// Kills required on Postgres (each round's clean run is slower there).
+const MIN_KILLS_POSTGRES: usize = 10;
 /// Fixed seed, so a failure can be replayed.
 const SEED: u64 = 0x5EED_CAFE_F00D;
 
@@ -37,12 +39,12 @@ impl Rng {
     }
 }
 
-fn spawn_run(config: &Path, db: &Path, port: u16) -> Child {
+fn spawn_run(config: &Path, db: &Target, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", guest("items").to_str().unwrap(), "--config"])
         .arg(config)
         .arg("--db")
-        .arg(db)
+        .arg(db.arg())
         .args(["--allow-host", &format!("127.0.0.1:{port}")])
         .env("SLUICE_CACHE_DIR", common::cache_dir())
         .env("SLUICE_LOG", "off")
@@ -52,61 +54,127 @@ fn spawn_run(config: &Path, db: &Path, port: u16) -> Child {
         .expect("spawn sluice")
 }
 
+/// A destination the test runs into and reads back.
+enum Target {
+    Sqlite(PathBuf),
+    /// A schema of a throwaway server.
+    Postgres {
+        server: String,
+        schema: String,
+    },
+}
+
+/// The queries the test asks, in each backend's SQL (`{s}` is the
+/// schema prefix: empty for SQLite).
+const ROWS: &str = "SELECT {json}(id, updated_at, name, email, amount, active, tags, version, note, _record){text} \
+     FROM {s}items__items ORDER BY id";
+const QUARANTINE: &str =
+    "SELECT {json}(stream, record, errors, status){text} FROM {s}_sluice_quarantine ORDER BY record";
+const STATE: &str = "SELECT value FROM {s}_sluice_state WHERE connector = 'items'";
+
+impl Target {
+    fn arg(&self) -> String {
+        match self {
+            Target::Sqlite(p) => p.display().to_string(),
+            Target::Postgres { server, schema } => format!("{server}?schema={schema}"),
+        }
+    }
+
+    fn sql(&self, template: &str) -> String {
+        let (json, text, s) = match self {
+            Target::Sqlite(_) => ("json_array", "", String::new()),
+            Target::Postgres { schema, .. } => ("json_build_array", "::text", format!("{schema}.")),
+        };
+        template
+            .replace("{json}", json)
+            .replace("{text}", text)
+            .replace("{s}", &s)
+    }
+
+    /// Has a run made its tables?
+    fn has(&self, table: &str) -> bool {
+        match self {
+            Target::Sqlite(p) => {
+                p.exists()
+                    && count(
+                        &db(p),
+                        &format!("SELECT count(*) FROM sqlite_master WHERE name = '{table}'"),
+                    ) == 1
+            }
+            Target::Postgres { server, schema } => {
+                let mut c = postgres::Client::connect(server, postgres::NoTls).unwrap();
+                c.query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("{schema}.{table}")],
+                )
+                .unwrap()
+                .get(0)
+            }
+        }
+    }
+
+    /// Every value of the one text column `template` selects.
+    fn strings(&self, template: &str) -> Vec<String> {
+        let sql = self.sql(template);
+        match self {
+            Target::Sqlite(p) => db(p)
+                .prepare(&sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            Target::Postgres { server, .. } => {
+                let mut c = postgres::Client::connect(server, postgres::NoTls).unwrap();
+                c.query(&sql, &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            }
+        }
+    }
+
+    /// The one number `template` selects (an integer count).
+    fn count(&self, template: &str) -> i64 {
+        let sql = self.sql(template);
+        match self {
+            Target::Sqlite(p) => count(&db(p), &sql),
+            Target::Postgres { server, .. } => {
+                let mut c = postgres::Client::connect(server, postgres::NoTls).unwrap();
+                c.query_one(&sql, &[]).unwrap().get(0)
+            }
+        }
+    }
+}
+
 /// Everything a run leaves behind that must match a clean run's.
-fn tables(path: &Path) -> (Vec<String>, Vec<String>, Option<String>) {
-    let conn = db(path);
-    let rows = conn
-        .prepare(
-            "SELECT json_array(id, updated_at, name, email, amount, active, tags, version, note, _record) \
-             FROM items__items ORDER BY id",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let quarantine = conn
-        .prepare("SELECT json_array(stream, record, errors, status) FROM _sluice_quarantine ORDER BY record")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let state = conn
-        .query_row(
-            "SELECT value FROM _sluice_state WHERE connector = 'items'",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
-    (rows, quarantine, state)
+fn tables(t: &Target) -> (Vec<String>, Vec<String>, Option<String>) {
+    (
+        t.strings(ROWS),
+        t.strings(QUARANTINE),
+        t.strings(STATE).into_iter().next(),
+    )
 }
 
 /// After a kill: rows and quarantine hold exactly the records up to the
 /// committed cursor — state never ahead of the data, data never ahead of it.
-fn assert_consistent(path: &Path, valid_upto: &dyn Fn(&str) -> (i64, i64)) {
-    let conn = db(path);
-    let tables_exist = count(
-        &conn,
-        "SELECT count(*) FROM sqlite_master WHERE name = 'items__items'",
-    ) == 1;
-    let state: Option<String> = conn
-        .query_row(
-            "SELECT value FROM _sluice_state WHERE connector = 'items'",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
+fn assert_consistent(t: &Target, valid_upto: &dyn Fn(&str) -> (i64, i64)) {
+    let state = if t.has("_sluice_state") {
+        t.strings(STATE).into_iter().next()
+    } else {
+        None
+    };
     let cursor = state.as_deref().map(|v| {
         serde_json::from_str::<serde_json::Value>(v).unwrap()["updated_at"]
             .as_str()
             .unwrap()
             .to_string()
     });
-    let (rows, quarantined) = if tables_exist {
+    let (rows, quarantined) = if t.has("items__items") {
         (
-            count(&conn, "SELECT count(*) FROM items__items"),
-            count(&conn, "SELECT count(*) FROM _sluice_quarantine"),
+            t.count("SELECT count(*) FROM {s}items__items"),
+            t.count("SELECT count(*) FROM {s}_sluice_quarantine"),
         )
     } else {
         (0, 0)
@@ -117,13 +185,10 @@ fn assert_consistent(path: &Path, valid_upto: &dyn Fn(&str) -> (i64, i64)) {
             let (valid, invalid) = valid_upto(&c);
             assert_eq!(rows, valid, "rows vs committed cursor {c}");
             assert_eq!(quarantined, invalid, "quarantine vs committed cursor {c}");
-            let beyond: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM items__items WHERE updated_at > ?1",
-                    [&c],
-                    |r| r.get(0),
-                )
-                .unwrap();
+            // The cursor is an RFC 3339 timestamp: no quote in it.
+            let beyond = t.count(&format!(
+                "SELECT count(*) FROM {{s}}items__items WHERE updated_at > '{c}'"
+            ));
             assert_eq!(beyond, 0, "rows past the committed cursor");
         }
     }
@@ -131,6 +196,26 @@ fn assert_consistent(path: &Path, valid_upto: &dyn Fn(&str) -> (i64, i64)) {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
+    let s = Scratch::new();
+    crash_until(MIN_KILLS, |name| {
+        Target::Sqlite(s.path(&format!("{name}.db")))
+    });
+}
+
+/// The same on Postgres: a throwaway server, a schema per round.
+#[test]
+fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing_on_postgres() {
+    let cluster = sluice_fixture::postgres::Cluster::start();
+    crash_until(MIN_KILLS_POSTGRES, |name| Target::Postgres {
+        server: cluster.url.clone(),
+        schema: name.replace('-', "_"),
+    });
+}
+
+/// Kill runs into fresh targets (`target(name)`) at random moments until
+/// `min_kills` kills, checking after each; then every round's final
+/// tables against a clean run's.
+fn crash_until(min_kills: usize, target: impl Fn(&str) -> Target) {
     let fixture = ItemsConfig {
         total: RECORDS,
         wrong_type_every: Some(997),
@@ -166,7 +251,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
     };
 
     // The clean run.
-    let clean = s.path("clean.db");
+    let clean = target("clean");
     let start = Instant::now();
     let status = spawn_run(&config, &clean, port).wait().unwrap();
     let clean_time = start.elapsed();
@@ -180,13 +265,13 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let mut kills = 0;
     let mut total_crashed = 0;
     let mut round = 0;
-    while kills < MIN_KILLS {
+    while kills < min_kills {
         round += 1;
         assert!(
             round <= 40,
-            "could not land {MIN_KILLS} kills (clean run {clean_time:?})"
+            "could not land {min_kills} kills (clean run {clean_time:?})"
         );
-        let crash = s.path(&format!("crash-{round}.db"));
+        let crash = target(&format!("crash-{round}"));
         let mut round_kills = 0;
         loop {
             let mut child = spawn_run(&config, &crash, port);
@@ -197,9 +282,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
                 child.wait().unwrap();
                 kills += 1;
                 round_kills += 1;
-                if crash.exists() {
-                    assert_consistent(&crash, &valid_upto);
-                }
+                assert_consistent(&crash, &valid_upto);
                 continue;
             }
             assert!(child.wait().unwrap().success(), "a rerun failed");
@@ -217,15 +300,8 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
         );
         assert_eq!(got.2, expected.2, "round {round}: final state");
         // Every killed run is in the history, marked crashed by a later run.
-        let history = db(&crash);
-        let crashed = count(
-            &history,
-            "SELECT count(*) FROM _sluice_runs WHERE status = 'crashed'",
-        );
-        let running = count(
-            &history,
-            "SELECT count(*) FROM _sluice_runs WHERE status = 'running'",
-        );
+        let crashed = crash.count("SELECT count(*) FROM {s}_sluice_runs WHERE status = 'crashed'");
+        let running = crash.count("SELECT count(*) FROM {s}_sluice_runs WHERE status = 'running'");
         assert_eq!(running, 0, "round {round}: runs left 'running'");
         assert!(
             crashed <= round_kills as i64,

@@ -31,7 +31,8 @@ fn spec(s: &Scratch, config: &str) -> RunSpec {
         component: ComponentSource::Registry("misbehave".into()),
         component_digest: None,
         config: config.into(),
-        destination: s.path("sluice.db").to_str().unwrap().into(),
+        destination: s.path("sluice.db").into(),
+        db_password: None,
         instance: "m".into(),
         tables: Default::default(),
         grants: Vec::new(),
@@ -40,6 +41,8 @@ fn spec(s: &Scratch, config: &str) -> RunSpec {
         limits: Default::default(),
         http: Default::default(),
         full_refresh: false,
+        streams: Vec::new(),
+        modes: Default::default(),
     }
 }
 

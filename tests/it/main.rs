@@ -14,6 +14,8 @@ mod executor;
 mod github;
 mod guarantees;
 mod js_guest;
+mod on_postgres;
+mod operator;
 mod resilience;
 mod sandbox;
 mod scaffold;

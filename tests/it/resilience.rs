@@ -56,7 +56,8 @@ fn request(s: &Scratch, db: &str, fx: &Running, page_size: u32, http: HttpPolicy
             r#"{{"base_url": "{}", "page_size": {page_size}}}"#,
             fx.base_url()
         ),
-        db: s.path(db),
+        db: s.path(db).into(),
+        db_password: None,
         grants: vec![format!("127.0.0.1:{}", fx.addr.port()).parse().unwrap()],
         secrets: Default::default(),
         limits: Limits {
@@ -66,6 +67,8 @@ fn request(s: &Scratch, db: &str, fx: &Running, page_size: u32, http: HttpPolicy
         full_refresh: false,
         instance: "items".into(),
         tables: Default::default(),
+        streams: Vec::new(),
+        modes: Default::default(),
         cancel: Default::default(),
         progress: None,
     }

@@ -16,13 +16,16 @@ fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
     RunRequest {
         component: guest("misbehave"),
         config: config.to_string(),
-        db: s.path("sluice.db"),
+        db: s.path("sluice.db").into(),
+        db_password: None,
         grants: Vec::new(),
         secrets: Default::default(),
         limits,
         full_refresh: false,
         instance: "misbehave".into(),
         tables: Default::default(),
+        streams: Vec::new(),
+        modes: Default::default(),
         cancel: Default::default(),
         progress: None,
     }

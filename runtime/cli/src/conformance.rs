@@ -25,6 +25,7 @@ use sluice_core::connector::{self, ConnectorError, SyncMode};
 use sluice_core::destination::{Destination, QuarantineFilter, RunLog};
 use sluice_core::egress::HostGrant;
 use sluice_core::limits::Limits;
+use sluice_core::location::DbLocation;
 use sluice_core::row::META_COLUMNS;
 use sluice_core::schema::StreamSchema;
 use sluice_core::secrets::Secrets;
@@ -626,13 +627,16 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
     let run_req = |full_refresh: bool| RunRequest {
         component: req.component.clone(),
         config: req.config.clone(),
-        db: db.clone(),
+        db: DbLocation::sqlite(&db),
+        db_password: None,
         grants: req.grants.clone(),
         secrets: req.secrets.clone(),
         limits: req.limits.clone(),
         full_refresh,
         instance: KIT_INSTANCE.to_string(),
         tables: BTreeMap::new(),
+        streams: Vec::new(),
+        modes: Default::default(),
         cancel: Default::default(),
         progress: None,
     };

@@ -218,6 +218,52 @@ pub struct Scan {
     pub rows: Vec<Vec<crate::value::Value>>,
 }
 
+/// One stream's checkpoint state, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateEntry {
+    pub stream: String,
+    /// The state the connector committed (or the operator set): text,
+    /// usually JSON.
+    pub value: String,
+    /// The run that committed it, or `operator:<change id>`.
+    pub run_id: String,
+    pub updated_at: String,
+}
+
+/// An operator's change of an instance's checkpoint state (`sluice state
+/// set|reset`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// The change's id (it becomes the state's `run_id` as
+    /// `operator:<id>`).
+    pub id: String,
+    pub instance: String,
+    /// One stream, or (reset only) every stream of the instance.
+    pub stream: Option<String>,
+    /// The new state; `None` removes it (the next run starts from the
+    /// beginning).
+    pub value: Option<String>,
+    /// Who made it: `user@host:pid`.
+    pub by: String,
+}
+
+/// One audited state change, as the run log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateChangeRecord {
+    pub id: String,
+    pub at: String,
+    pub instance: String,
+    pub stream: String,
+    /// `set` or `reset`.
+    pub action: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+    pub by: String,
+}
+
+/// The prefix of the `run_id` of a state an operator set.
+pub const OPERATOR_RUN_PREFIX: &str = "operator:";
+
 /// The run log: run history, streams declared, quarantine and replay,
 /// drift events, the component each instance ran, and the run lease.
 pub trait RunLog: Send + 'static {
@@ -286,6 +332,18 @@ pub trait RunLog: Send + 'static {
     fn list_runs(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
     /// One run by id.
     fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError>;
+    /// Every stream's checkpoint state of `instance`, by stream name.
+    fn list_state(&mut self, instance: &str) -> Result<Vec<StateEntry>, StoreError>;
+    /// Apply an operator's state change and audit it, in ONE transaction;
+    /// returns the audit rows it wrote (one per stream changed; none when
+    /// there was nothing to reset). The caller holds the instance's lease.
+    fn change_state(&mut self, change: &StateChange) -> Result<Vec<StateChangeRecord>, StoreError>;
+    /// The audit of state changes (of `instance`, or all), newest first.
+    fn list_state_changes(
+        &mut self,
+        instance: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StateChangeRecord>, StoreError>;
 }
 
 /// A backend that is a destination and a run log in one database (SQLite

@@ -22,6 +22,8 @@ pub mod egress;
 pub mod flat;
 pub mod instance;
 pub mod limits;
+pub mod location;
+pub mod mode;
 pub mod row;
 pub mod run;
 pub mod run_spec;

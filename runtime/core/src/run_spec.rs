@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::egress::HostGrant;
 use crate::limits::{HttpOverride, LimitsOverride};
-use crate::secrets::{SecretHost, SecretSpec};
+use crate::location::DbLocation;
+use crate::mode::WriteMode;
+use crate::secrets::{SecretHost, SecretSource, SecretSpec};
 
 /// The component a run executes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,8 +36,14 @@ pub struct RunSpec {
     pub component_digest: Option<String>,
     /// The connector's config, JSON text.
     pub config: String,
-    /// The destination: a SQLite database file.
-    pub destination: String,
+    /// The destination: a SQLite database file or a Postgres URL (which
+    /// never holds a password).
+    pub destination: DbLocation,
+    /// Where the destination's password comes from on the executing
+    /// machine (`env:VAR` or `file:PATH`), if not from `PGPASSWORD` or the
+    /// libpq passfile there.
+    #[serde(default)]
+    pub db_password: Option<SecretSource>,
     /// The instance the run belongs to (state, history, tables).
     pub instance: String,
     /// Destination tables chosen by stream.
@@ -60,6 +68,12 @@ pub struct RunSpec {
     /// Read every stream in full-refresh mode.
     #[serde(default)]
     pub full_refresh: bool,
+    /// The streams to read (empty: all).
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// Write modes by stream (the others merge).
+    #[serde(default)]
+    pub modes: BTreeMap<String, WriteMode>,
 }
 
 impl RunSpec {
@@ -84,7 +98,10 @@ mod tests {
             component: ComponentSource::Registry("items".into()),
             component_digest: Some("ab".repeat(32)),
             config: r#"{"base_url":"http://127.0.0.1:1"}"#.into(),
-            destination: "/tmp/x.db".into(),
+            destination: "postgres://sluice@127.0.0.1:5432/app?schema=raw"
+                .parse()
+                .unwrap(),
+            db_password: Some("env:PG_PW".parse().unwrap()),
             instance: "items".into(),
             tables: [("items".to_string(), "t".to_string())].into(),
             grants: vec![
@@ -108,6 +125,8 @@ mod tests {
                 ..HttpOverride::default()
             },
             full_refresh: true,
+            streams: vec!["items".into()],
+            modes: [("items".to_string(), WriteMode::Append)].into(),
         }
     }
 
@@ -117,6 +136,12 @@ mod tests {
         let json = s.to_json();
         assert!(json.contains(r#""TOKEN=env:GH_TOKEN""#), "{json}");
         assert!(json.contains(r#""KEY=file:/run/key""#), "{json}");
+        assert!(json.contains(r#""db_password":"env:PG_PW""#), "{json}");
+        assert!(json.contains(r#""modes":{"items":"append"}"#), "{json}");
+        assert!(
+            json.contains(r#""destination":"postgres://sluice@127.0.0.1:5432/app?schema=raw""#),
+            "{json}"
+        );
         let back = RunSpec::from_json(&json).unwrap();
         // NaN is never equal to itself: compare it apart.
         assert!(back.limits.timeout.unwrap().0.is_nan());
@@ -135,6 +160,17 @@ mod tests {
         assert!(e.contains("ftp"), "{e}");
         let mut v: serde_json::Value = serde_json::from_str(&spec().to_json()).unwrap();
         v["secrets"] = serde_json::json!(["TOKEN=hunter2"]);
+        let e = RunSpec::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains("never the secret itself"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&spec().to_json()).unwrap();
+        v["destination"] = serde_json::json!("postgres://u:hunter2@h/db");
+        let e = RunSpec::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(
+            e.contains("holds a password") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let mut v: serde_json::Value = serde_json::from_str(&spec().to_json()).unwrap();
+        v["db_password"] = serde_json::json!("hunter2");
         let e = RunSpec::from_json(&v.to_string()).unwrap_err().to_string();
         assert!(e.contains("never the secret itself"), "{e}");
         let e = RunSpec::from_json(r#"{"surprise": 1}"#)

@@ -82,6 +82,52 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
+impl SecretSource {
+    /// Read the value (`name` is the secret's name in errors).
+    pub fn read(&self, name: &str) -> Result<String, SecretError> {
+        match self {
+            SecretSource::Env(var) => std::env::var(var).map_err(|_| SecretError::MissingEnv {
+                name: name.to_string(),
+                var: var.clone(),
+            }),
+            SecretSource::File(path) => read_file(name, path),
+        }
+    }
+}
+
+impl FromStr for SecretSource {
+    type Err = String;
+
+    /// `env:VAR` or `file:PATH`: a reference, never the value itself.
+    fn from_str(source: &str) -> Result<Self, Self::Err> {
+        if let Some(var) = source.strip_prefix("env:") {
+            if var.is_empty() {
+                return Err("empty environment variable name".into());
+            }
+            Ok(SecretSource::Env(var.to_string()))
+        } else if let Some(path) = source.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("empty file path".into());
+            }
+            Ok(SecretSource::File(PathBuf::from(path)))
+        } else {
+            Err("the value must be env:VAR or file:PATH (never the secret itself)".into())
+        }
+    }
+}
+
+impl fmt::Display for SecretSource {
+    /// `env:VAR` or `file:PATH`: the reference, never the value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(var) => write!(f, "env:{var}"),
+            SecretSource::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+crate::text::serde_as_text!(SecretSource);
+
 /// One `--secret NAME=env:VAR` or `--secret NAME=file:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {
@@ -128,21 +174,7 @@ impl FromStr for SecretSpec {
             .split_once('=')
             .ok_or_else(|| bad("write NAME=env:VAR or NAME=file:PATH".into()))?;
         check_name(name).map_err(bad)?;
-        let source = if let Some(var) = source.strip_prefix("env:") {
-            if var.is_empty() {
-                return Err(bad("empty environment variable name".into()));
-            }
-            SecretSource::Env(var.to_string())
-        } else if let Some(path) = source.strip_prefix("file:") {
-            if path.is_empty() {
-                return Err(bad("empty file path".into()));
-            }
-            SecretSource::File(PathBuf::from(path))
-        } else {
-            return Err(bad(
-                "the value must be env:VAR or file:PATH (never the secret itself)".into(),
-            ));
-        };
+        let source = source.parse().map_err(bad)?;
         Ok(SecretSpec {
             name: name.to_string(),
             source,
@@ -153,10 +185,7 @@ impl FromStr for SecretSpec {
 impl fmt::Display for SecretSpec {
     /// `NAME=env:VAR` or `NAME=file:PATH`: the reference, never the value.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            SecretSource::Env(var) => write!(f, "{}=env:{var}", self.name),
-            SecretSource::File(path) => write!(f, "{}=file:{}", self.name, path.display()),
-        }
+        write!(f, "{}={}", self.name, self.source)
     }
 }
 
@@ -247,15 +276,7 @@ impl Secrets {
     pub fn load(specs: &[SecretSpec], hosts: &[SecretHost]) -> Result<Secrets, SecretError> {
         let mut values = Vec::new();
         for spec in specs {
-            let value = match &spec.source {
-                SecretSource::Env(var) => {
-                    std::env::var(var).map_err(|_| SecretError::MissingEnv {
-                        name: spec.name.clone(),
-                        var: var.clone(),
-                    })?
-                }
-                SecretSource::File(path) => read_file(&spec.name, path)?,
-            };
+            let value = spec.source.read(&spec.name)?;
             values.push((spec.name.clone(), value));
         }
         Secrets::from_values(values, hosts)

@@ -37,7 +37,9 @@ use std::str::FromStr;
 
 use sluice_core::egress::HostGrant;
 use sluice_core::limits::{HttpOverride, LimitError, Limits, LimitsOverride};
-use sluice_core::secrets::{SecretError, SecretHost, SecretSpec, Secrets};
+use sluice_core::location::DbLocation;
+use sluice_core::mode::WriteMode;
+use sluice_core::secrets::{SecretError, SecretHost, SecretSource, SecretSpec, Secrets};
 
 /// The config file read when none is named (`--config-file`).
 pub const DEFAULT_CONFIG_FILE: &str = "sluice.toml";
@@ -88,9 +90,14 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Database of instances that name none.
+    /// Database of instances that name none: a SQLite file (relative to
+    /// this file's directory) or a `postgres://` URL without a password.
     #[serde(default)]
-    pub db: Option<PathBuf>,
+    pub db: Option<DbLocation>,
+    /// Where the Postgres password of `db` comes from (`env:VAR` or
+    /// `file:PATH`), if not from `PGPASSWORD` or the passfile.
+    #[serde(default)]
+    pub db_password: Option<SecretSource>,
     /// Directory of the connector registry (overridden by
     /// `--connectors-dir`).
     #[serde(default)]
@@ -114,7 +121,11 @@ pub struct InstanceConfig {
     pub config_file: Option<PathBuf>,
     /// The database; defaults to the top-level `db`.
     #[serde(default)]
-    pub db: Option<PathBuf>,
+    pub db: Option<DbLocation>,
+    /// The Postgres password's reference; defaults to the top-level
+    /// `db_password`.
+    #[serde(default)]
+    pub db_password: Option<SecretSource>,
     /// Hosts the connector may reach, as for `--allow-host`.
     #[serde(default, deserialize_with = "parse_each")]
     pub allow_hosts: Vec<HostGrant>,
@@ -140,6 +151,13 @@ pub struct InstanceConfig {
     /// `<instance>__<stream>`), as for `--table`.
     #[serde(default)]
     pub tables: BTreeMap<String, String>,
+    /// The streams to read, as for `--stream` (default: every stream).
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// `STREAM = "append" | "merge" | "full_refresh"`: a stream's write
+    /// mode, as for `--mode` (default `merge`).
+    #[serde(default)]
+    pub modes: BTreeMap<String, WriteMode>,
 }
 
 impl InstanceConfig {
@@ -197,13 +215,18 @@ pub struct Instance {
     pub component: ComponentRef,
     /// The connector's config, JSON text.
     pub config: String,
-    pub db: PathBuf,
+    pub db: DbLocation,
+    pub db_password: Option<SecretSource>,
     pub grants: Vec<HostGrant>,
     pub secrets: Secrets,
     pub limits: Limits,
     pub full_refresh: bool,
     /// Destination tables the operator chose, by stream.
     pub tables: BTreeMap<String, String>,
+    /// The streams to read (empty: all).
+    pub streams: Vec<String>,
+    /// Write modes the operator chose, by stream.
+    pub modes: BTreeMap<String, WriteMode>,
 }
 
 impl OperatorConfig {
@@ -419,12 +442,16 @@ impl OperatorConfig {
             .overrides()
             .limits()
             .map_err(|e| self.limit_error(name, &e))?;
-        let db = inst
-            .db
-            .as_deref()
-            .or(self.file.db.as_deref())
-            .map(|p| self.resolve_path(p))
-            .ok_or_else(|| self.instance_error(name, "no database"))?;
+        let db = match inst.db.as_ref().or(self.file.db.as_ref()) {
+            Some(DbLocation::Sqlite(p)) => DbLocation::Sqlite(self.resolve_path(p)),
+            Some(pg) => pg.clone(),
+            None => return Err(self.instance_error(name, "no database")),
+        };
+        let db_password = inst
+            .db_password
+            .as_ref()
+            .or(self.file.db_password.as_ref())
+            .cloned();
         let component = match ComponentRef::parse(&inst.component) {
             ComponentRef::Path(p) => ComponentRef::Path(self.resolve_path(&p)),
             named => named,
@@ -434,11 +461,14 @@ impl OperatorConfig {
             component,
             config,
             db,
+            db_password,
             grants: inst.allow_hosts.clone(),
             secrets,
             limits,
             full_refresh: inst.full_refresh,
             tables: inst.tables.clone(),
+            streams: inst.streams.clone(),
+            modes: inst.modes.clone(),
         })
     }
 }
@@ -591,6 +621,56 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_db_is_a_url_without_a_password_and_its_password_a_reference() {
+        let c = parse(
+            r#"
+db = "postgres://sluice@127.0.0.1:5432/app?schema=raw"
+db_password = "env:SLUICE_PG_PASSWORD"
+[instances.a]
+component = "items"
+[instances.b]
+component = "items"
+db = "b.db"
+[instances.c]
+component = "items"
+db_password = "file:/run/pg"
+"#,
+        )
+        .unwrap();
+        let a = c.instance("a").unwrap();
+        match &a.db {
+            DbLocation::Postgres(pg) => assert_eq!(pg.schema(), "raw"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            a.db_password,
+            Some(SecretSource::Env("SLUICE_PG_PASSWORD".into()))
+        );
+        assert_eq!(
+            c.instance("b").unwrap().db,
+            DbLocation::sqlite("/etc/sluice/b.db")
+        );
+        assert_eq!(
+            c.instance("c").unwrap().db_password,
+            Some(SecretSource::File("/run/pg".into()))
+        );
+        let e = parse("db = \"postgres://u:hunter2@h/db\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("holds a password") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = parse("db = \"x.db\"\ndb_password = \"hunter2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("never the secret itself") && !e.contains("hunter2"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn parses_instances_and_resolves_paths() {
         let c = parse(
             r#"
@@ -610,7 +690,7 @@ db = "/var/b.db"
         assert_eq!(c.names(), ["a", "b"]);
         let a = c.instance("a").unwrap();
         assert_eq!(a.component, ComponentRef::Name("items".into()));
-        assert_eq!(a.db, Path::new("/etc/sluice/all.db"));
+        assert_eq!(a.db, DbLocation::sqlite("/etc/sluice/all.db"));
         assert_eq!(a.grants.len(), 2);
         assert_eq!(a.limits.fuel, 1000);
         assert_eq!(a.limits.memory_bytes, 64 << 20);
@@ -633,7 +713,7 @@ db = "/var/b.db"
             b.component,
             ComponentRef::Path("/etc/sluice/../c/items.wasm".into())
         );
-        assert_eq!(b.db, Path::new("/var/b.db"));
+        assert_eq!(b.db, DbLocation::sqlite("/var/b.db"));
         assert_eq!(b.config, "{}");
     }
 

@@ -143,13 +143,16 @@ impl LocalExecutor {
         Ok(RunRequest {
             component,
             config: spec.config,
-            db: PathBuf::from(spec.destination),
+            db: spec.destination,
+            db_password: spec.db_password,
             grants: spec.grants,
             secrets,
             limits,
             full_refresh: spec.full_refresh,
             instance: spec.instance,
             tables: spec.tables,
+            streams: spec.streams,
+            modes: spec.modes,
             cancel,
             progress: Some(Arc::new(RunProgress::default())),
         })

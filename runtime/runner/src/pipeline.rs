@@ -11,18 +11,18 @@ use serde::Serialize;
 pub use crate::channel::RunProgress;
 use crate::channel::{ReadChannel, RunCounters, RunStream};
 use sluice_core::connector::{self, ConfiguredStream, SyncMode};
-use sluice_core::destination::{
-    QuarantineFilter, ReplayPlan, RunLog, Store, StoreError, StreamDef,
-};
+use sluice_core::destination::{QuarantineFilter, ReplayPlan, Store, StoreError, StreamDef};
 use sluice_core::egress::HostGrant;
 use sluice_core::flat::FlatCheck;
 use sluice_core::limits::{Limits, CANCEL_GRACE, LEASE_HEARTBEAT, LEASE_TTL};
+use sluice_core::location::DbLocation;
+use sluice_core::mode::WriteMode;
 use sluice_core::row::StreamTable;
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::schema::{DriftKind, ParseFailure, RecordError, StreamSchema, Verdict};
-use sluice_core::secrets::Secrets;
+use sluice_core::secrets::{SecretSource, Secrets};
 use sluice_core::spec_check::{self, SpecError};
-use sluice_store::{SqliteStore, WriterHandle};
+use sluice_store::WriterHandle;
 use sluice_wasm::engine::{CacheOutcome, Loaded, Runtime, RuntimeError};
 use sluice_wasm::host::http::HttpStats;
 use sluice_wasm::sandbox::{GuestError, Sandbox};
@@ -223,7 +223,11 @@ pub struct RunRequest {
     pub component: PathBuf,
     /// The connector's config, JSON text.
     pub config: String,
-    pub db: PathBuf,
+    /// The destination: a SQLite file or a Postgres server.
+    pub db: DbLocation,
+    /// Where a Postgres password comes from, if not from `PGPASSWORD` or
+    /// the passfile (see `sluice_store::open`).
+    pub db_password: Option<SecretSource>,
     pub grants: Vec<HostGrant>,
     /// Secrets the host substitutes into the connector's requests (to the
     /// hosts each is bound to) and redacts from everything it records.
@@ -239,6 +243,11 @@ pub struct RunRequest {
     /// Destination tables the operator chose, by stream; the others are
     /// [`sluice_core::instance::default_table`].
     pub tables: std::collections::BTreeMap<String, String>,
+    /// The streams to read (empty: every stream the connector declares).
+    pub streams: Vec<String>,
+    /// Write modes the operator chose, by stream; the others merge
+    /// (upsert by key), or are replaced when `full_refresh` is set.
+    pub modes: std::collections::BTreeMap<String, WriteMode>,
     /// The operator's stop request (SIGTERM, Ctrl-C): the run ends as
     /// `cancelled` at its next commit, or after the grace period.
     pub cancel: sluice_core::cancel::Cancel,
@@ -314,7 +323,7 @@ impl From<StoreError> for Failure {
 pub async fn run(runtime: &Runtime, req: &RunRequest) -> Result<RunReport, PipelineError> {
     check_config_json(&req.config)?;
     let loaded = runtime.load(&req.component)?;
-    let db = shared_database(&req.db)?;
+    let db = shared_database(&req.db, req.db_password.as_ref()).await?;
     let writer = db.handle.writer.clone();
     let run_id = new_run_id();
     let result = match claim_lease(&writer, &req.instance, &run_id).await {
@@ -361,38 +370,84 @@ impl SharedDatabase {
     }
 }
 
-/// The process's open databases, by path.
-static DATABASES: std::sync::OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<SharedDatabase>>>> =
+/// The process's open databases, by [`database_key`].
+static DATABASES: std::sync::OnceLock<Mutex<HashMap<String, std::sync::Weak<SharedDatabase>>>> =
     std::sync::OnceLock::new();
 
-/// The shared writer of the database at `path`, opened (and its crashed
-/// runs marked) if no run of this process has it open.
-fn shared_database(path: &Path) -> Result<Arc<SharedDatabase>, PipelineError> {
-    // The same file however it is spelled: the directory made absolute.
-    let key = match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        })
-        .map(|d| d.join(name))
-        .unwrap_or_else(|_| path.to_path_buf()),
-        _ => path.to_path_buf(),
-    };
-    let mut open = DATABASES
+/// The same database however it is spelled: a file's directory made
+/// absolute; a server's URL with its schema.
+fn database_key(location: &DbLocation) -> String {
+    match location {
+        DbLocation::Sqlite(path) => {
+            let abs = match (path.parent(), path.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| path.to_path_buf()),
+                _ => path.to_path_buf(),
+            };
+            format!("sqlite:{}", abs.display())
+        }
+        DbLocation::Postgres(pg) => format!("postgres:{}#{}", pg.url(), pg.schema()),
+    }
+}
+
+fn open_databases(
+) -> std::sync::MutexGuard<'static, HashMap<String, std::sync::Weak<SharedDatabase>>> {
+    DATABASES
         .get_or_init(Mutex::default)
         .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(db) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The shared writer of the database at `location`, opened (and its
+/// crashed runs marked) if no run of this process has it open. The open
+/// happens on a blocking thread: the Postgres client blocks.
+async fn shared_database(
+    location: &DbLocation,
+    password: Option<&SecretSource>,
+) -> Result<Arc<SharedDatabase>, PipelineError> {
+    let key = database_key(location);
+    if let Some(db) = open_databases()
+        .get(&key)
+        .and_then(std::sync::Weak::upgrade)
+    {
         return Ok(db);
     }
-    let mut store = SqliteStore::open(path)?;
-    store.mark_crashed()?;
-    let db = Arc::new(SharedDatabase {
-        handle: WriterHandle::spawn(Box::new(store)),
-    });
-    open.retain(|_, w| w.strong_count() > 0);
-    open.insert(key, Arc::downgrade(&db));
+    let (loc, pw) = (location.clone(), password.cloned());
+    let store = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let mut store = sluice_store::open::open(&loc, pw.as_ref())?;
+        store.mark_crashed()?;
+        Ok(store)
+    })
+    .await
+    .map_err(|e| StoreError::Backend {
+        backend: "runner",
+        message: format!("opening the database failed: {e}"),
+    })??;
+    let (db, spare) = {
+        let mut open = open_databases();
+        match open.get(&key).and_then(std::sync::Weak::upgrade) {
+            // Another run of this process opened it meanwhile: share
+            // theirs, and close ours.
+            Some(db) => (db, Some(store)),
+            None => {
+                let db = Arc::new(SharedDatabase {
+                    handle: WriterHandle::spawn(store),
+                });
+                open.retain(|_, w| w.strong_count() > 0);
+                open.insert(key, Arc::downgrade(&db));
+                (db, None)
+            }
+        }
+    };
+    if let Some(store) = spare {
+        // Dropped where blocking is allowed (a Postgres client's runtime).
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    }
     Ok(db)
 }
 
@@ -674,27 +729,52 @@ async fn drive(
     let mut configured = Vec::new();
     let mut defs = Vec::new();
     let mut sweep = Vec::new();
-    if let Some(unknown) = req
-        .tables
-        .keys()
-        .find(|t| !discovered.iter().any(|s| &s.name == *t))
-    {
-        return Err(Failure {
-            status: RunStatus::Failed,
-            message: format!(
-                "a table is named for stream {unknown:?}, which connector {} does not declare",
-                spec.name
-            ),
-        });
+    let declared = || {
+        discovered
+            .iter()
+            .map(|s| format!("{:?}", s.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let undeclared = |what: &str, stream: &str| Failure {
+        status: RunStatus::Failed,
+        message: format!(
+            "{what} stream {stream:?}, which connector {} does not declare (it declares {})",
+            spec.name,
+            declared()
+        ),
+    };
+    let is_declared = |name: &str| discovered.iter().any(|s| s.name == name);
+    if let Some(unknown) = req.tables.keys().find(|t| !is_declared(t)) {
+        return Err(undeclared("a table is named for", unknown));
     }
-    for s in &discovered {
+    if let Some(unknown) = req.modes.keys().find(|t| !is_declared(t)) {
+        return Err(undeclared("a write mode is set for", unknown));
+    }
+    if let Some(unknown) = req.streams.iter().find(|t| !is_declared(t)) {
+        return Err(undeclared("the run selects", unknown));
+    }
+    let selected = |name: &str| req.streams.is_empty() || req.streams.iter().any(|s| s == name);
+    for s in discovered.iter().filter(|s| selected(&s.name)) {
         let table_name = req.table_of(&s.name);
         let table = StreamTable::from_spec(&s.name, &s.json_schema, &s.primary_key)
             .map_err(|e| invalid(e.to_string()))?
             .in_table(table_name.clone());
         let schema =
             StreamSchema::compile(&s.name, &s.json_schema).map_err(|e| invalid(e.to_string()))?;
-        let full_refresh = req.full_refresh || !s.sync_modes.contains(&SyncMode::Incremental);
+        let mode = req.modes.get(&s.name).copied().unwrap_or_default();
+        if mode == WriteMode::Append {
+            return Err(Failure {
+                status: RunStatus::Failed,
+                message: format!(
+                    "stream {:?}: write mode append is not supported yet (merge or full_refresh)",
+                    s.name
+                ),
+            });
+        }
+        let full_refresh = req.full_refresh
+            || mode == WriteMode::FullRefresh
+            || !s.sync_modes.contains(&SyncMode::Incremental);
         let flat = FlatCheck::new(&s.name, schema.schema(), &table);
         let run_stream = RunStream {
             table: Arc::new(table),

@@ -6,6 +6,7 @@
 //! owns a backend's one write connection, shared by every run in the
 //! process. Depends on `sluice-core` only.
 
+pub mod open;
 pub mod postgres;
 pub mod sqlite;
 pub mod writer;

@@ -27,11 +27,14 @@ use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
     QuarantineEntry, QuarantineFilter, ReplayPlan, RunLog, Scan, StoreError, StreamDef,
 };
+use sluice_core::location::PostgresLocation;
 use sluice_core::row::{ColumnKind, Row, StreamTable};
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::value::Value;
 
-use crate::sqlite::{holder_is_gone, ms, unix_ms};
+use crate::sqlite::{holder_is_gone, ms, unix_ms, CRASHED_ERROR};
+
+mod state;
 
 /// The backend's name in [`StoreError::Backend`].
 pub const BACKEND: &str = "postgres";
@@ -182,7 +185,12 @@ pub enum PgError {
 fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.to_string().replace('\n', "; "),
-        None => e.to_string(),
+        // The client's own ("invalid configuration", "error connecting to
+        // server") say why in their source.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -277,6 +285,8 @@ pub struct PostgresStore {
     quoted_schema: String,
     /// The schema's name as the catalog has it.
     schema_name: String,
+    /// Opened read-only: runs whose lease is gone are shown `crashed`.
+    read_only: bool,
 }
 
 /// `url` fit to show: its password replaced.
@@ -293,6 +303,10 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// How long a connection attempt may take before the open fails (libpq's
+/// `connect_timeout`; a URL's own `connect_timeout` wins).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl PostgresStore {
     /// Connect to `url` (`postgres://user[:password]@host:port/db`) and make
     /// Sluice's tables in `schema` (created if missing).
@@ -300,16 +314,67 @@ impl PostgresStore {
         let password = url::Url::parse(url)
             .ok()
             .and_then(|u| u.password().map(str::to_string));
+        let config = url
+            .parse::<postgres::Config>()
+            .map_err(|e| StoreError::Open {
+                path: redacted(url),
+                message: e.to_string(),
+            })?;
+        Self::open(config, &redacted(url), password.as_deref(), schema, false)
+    }
+
+    /// Connect to `location` with `password` (if the server asks for one).
+    /// To write: Sluice's tables are made in the location's schema. Read
+    /// only: nothing is created, every transaction is read-only, and a
+    /// schema without Sluice's tables is an error.
+    pub fn connect_to(
+        location: &PostgresLocation,
+        password: Option<&str>,
+        read_only: bool,
+    ) -> Result<Self, StoreError> {
+        let mut config =
+            location
+                .url()
+                .parse::<postgres::Config>()
+                .map_err(|e| StoreError::Open {
+                    path: location.url().to_string(),
+                    message: e.to_string(),
+                })?;
+        if let Some(p) = password {
+            config.password(p);
+        }
+        Self::open(
+            config,
+            location.url(),
+            password,
+            location.schema(),
+            read_only,
+        )
+    }
+
+    fn open(
+        mut config: postgres::Config,
+        shown: &str,
+        password: Option<&str>,
+        schema: &str,
+        read_only: bool,
+    ) -> Result<Self, StoreError> {
         let open_err = |message: String| StoreError::Open {
-            path: redacted(url),
-            message: match &password {
-                Some(p) if !p.is_empty() => message.replace(p.as_str(), "***"),
+            path: shown.to_string(),
+            message: match password {
+                Some(p) if !p.is_empty() => message.replace(p, "***"),
                 _ => message,
             },
         };
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("sluice");
+        }
         let quoted = quote_ident(schema)?;
-        let mut client = Client::connect(url, NoTls).map_err(|e| open_err(describe(&e)))?;
-        let mut setup = || -> Result<(), postgres::Error> {
+        let mut client = config.connect(NoTls).map_err(|e| open_err(describe(&e)))?;
+        let setup = |client: &mut Client| -> Result<(), postgres::Error> {
             let mut tx = client.transaction()?;
             // Two processes creating the tables at once would collide in
             // the catalog: one at a time.
@@ -325,11 +390,33 @@ impl PostgresStore {
             // SET inside a committed transaction lasts for the session.
             Ok(())
         };
-        setup().map_err(|e| open_err(describe(&e)))?;
+        if read_only {
+            client
+                .batch_execute(&format!(
+                    "SET search_path = {quoted}, pg_catalog, pg_temp; \
+                     SET default_transaction_read_only = on"
+                ))
+                .map_err(|e| open_err(describe(&e)))?;
+            let made: bool = client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("{quoted}._sluice_runs")],
+                )
+                .map_err(|e| open_err(describe(&e)))?
+                .get(0);
+            if !made {
+                return Err(open_err(format!(
+                    "schema {schema:?} holds no Sluice tables (nothing has run into it yet)"
+                )));
+            }
+        } else {
+            setup(&mut client).map_err(|e| open_err(describe(&e)))?;
+        }
         Ok(PostgresStore {
             client,
             quoted_schema: quoted,
             schema_name: schema.to_string(),
+            read_only,
         })
     }
 
@@ -967,6 +1054,29 @@ impl PostgresStore {
         self.update_run_pg(run)
     }
 
+    /// Read-only: show `running` runs without a live lease as `crashed`,
+    /// as [`RunLog::mark_crashed`] would record them.
+    fn show_crashed(&mut self, runs: &mut [RunRecord]) -> Result<()> {
+        if !self.read_only {
+            return Ok(());
+        }
+        let now = unix_ms();
+        for run in runs.iter_mut().filter(|r| r.status == RunStatus::Running) {
+            let holder: Option<String> = self
+                .client
+                .query_opt(
+                    "SELECT holder FROM _sluice_leases WHERE run_id = $1 AND expires_ms > $2",
+                    &[&run.id, &now],
+                )?
+                .map(|r| r.get(0));
+            if holder.is_none_or(|h| holder_is_gone(&h)) {
+                run.status = RunStatus::Crashed;
+                run.error = Some(CRASHED_ERROR.to_string());
+            }
+        }
+        Ok(())
+    }
+
     fn mark_crashed_pg(&mut self) -> Result<u64> {
         let mut tx = self.client.transaction()?;
         let leases: Vec<(String, String)> = tx
@@ -987,10 +1097,10 @@ impl PostgresStore {
         }
         let n = tx.execute(
             "UPDATE _sluice_runs SET status = 'crashed', \
-             error = 'the run ended without recording its end: its lease expired (the process running it was killed or lost)' \
+             error = $2 \
              WHERE status = 'running' AND NOT EXISTS \
              (SELECT 1 FROM _sluice_leases l WHERE l.run_id = _sluice_runs.id AND l.expires_ms > $1)",
-            &[&unix_ms()],
+            &[&unix_ms(), &CRASHED_ERROR],
         )?;
         tx.commit()?;
         Ok(n)
@@ -1289,7 +1399,9 @@ impl RunLog for PostgresStore {
                 &[&i64::try_from(limit).unwrap_or(i64::MAX)],
             )
             .map_err(PgError::from)?;
-        Ok(rows.iter().map(run_from_row).collect::<Result<_>>()?)
+        let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        self.show_crashed(&mut runs)?;
+        Ok(runs)
     }
 
     fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError> {
@@ -1301,7 +1413,31 @@ impl RunLog for PostgresStore {
             )
             .map_err(PgError::from)?
             .ok_or_else(|| StoreError::RunNotFound(id.to_string()))?;
-        Ok(run_from_row(&row)?)
+        let mut run = run_from_row(&row)?;
+        self.show_crashed(std::slice::from_mut(&mut run))?;
+        Ok(run)
+    }
+
+    fn list_state(
+        &mut self,
+        instance: &str,
+    ) -> Result<Vec<sluice_core::destination::StateEntry>, StoreError> {
+        Ok(self.list_state_pg(instance)?)
+    }
+
+    fn change_state(
+        &mut self,
+        change: &sluice_core::destination::StateChange,
+    ) -> Result<Vec<sluice_core::destination::StateChangeRecord>, StoreError> {
+        Ok(self.change_state_pg(change)?)
+    }
+
+    fn list_state_changes(
+        &mut self,
+        instance: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<sluice_core::destination::StateChangeRecord>, StoreError> {
+        Ok(self.list_state_changes_pg(instance, limit)?)
     }
 }
 

@@ -12,17 +12,19 @@ use crate::conformance;
 use crate::scaffold;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use sluice_core::destination::{QuarantineFilter, RunLog};
+use sluice_core::destination::{QuarantineFilter, Store};
 use sluice_core::egress::HostGrant;
 use sluice_core::limits::{self, Limits, LimitsOverride};
+use sluice_core::location::DbLocation;
+use sluice_core::mode::WriteMode;
 use sluice_core::run_spec::{ComponentSource, RunSpec};
-use sluice_core::secrets::{SecretHost, SecretSpec, Secrets};
+use sluice_core::secrets::{SecretHost, SecretSource, SecretSpec, Secrets};
 use sluice_runner::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_FILE};
 use sluice_runner::executor::{Executor, ExecutorError, LocalExecutor};
 use sluice_runner::pipeline;
 use sluice_runner::registry::{Registry, CONNECTORS_DIR_ENV, DEFAULT_CONNECTORS_DIR};
 use sluice_runner::sync::{self as many, SyncJob};
-use sluice_store::SqliteStore;
+use sluice_store::open;
 use sluice_wasm::{Runtime, RuntimeOptions};
 
 /// Sluice runs data connectors compiled to WebAssembly components, each in
@@ -84,9 +86,15 @@ enum Command {
         component: PathBuf,
         #[command(flatten)]
         access: Access,
-        /// The SQLite database (created if missing).
-        #[arg(long, value_name = "FILE")]
-        db: PathBuf,
+        /// The destination: a SQLite file (created if missing) or
+        /// postgres://USER@HOST:PORT/DB[?schema=NAME], never with a password.
+        /// (Parsed after clap, whose errors would echo a password.)
+        #[arg(long, value_name = "FILE|URL")]
+        db: String,
+        /// Where a Postgres password comes from: env:VAR or file:PATH
+        /// (else PGPASSWORD, else the passfile ~/.pgpass or $PGPASSFILE).
+        #[arg(long, value_name = "env:VAR|file:PATH")]
+        db_password: Option<SecretSource>,
         /// Ignore saved state and replace each table with this run's rows
         /// (rows that vanished upstream are removed when the run succeeds).
         #[arg(long)]
@@ -100,6 +108,13 @@ enum Command {
         /// `<instance>__<stream>`); repeatable.
         #[arg(long = "table", value_name = "STREAM=TABLE", value_parser = parse_table_arg)]
         tables: Vec<(String, String)>,
+        /// Read only this stream (repeatable; default: every stream).
+        #[arg(long = "stream", value_name = "NAME")]
+        streams: Vec<String>,
+        /// A stream's write mode: merge (upsert by key, the default),
+        /// full_refresh (replace the table) or append (repeatable).
+        #[arg(long = "mode", value_name = "STREAM=MODE", value_parser = sluice_core::mode::parse_stream_mode)]
+        modes: Vec<(String, WriteMode)>,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
@@ -162,8 +177,8 @@ enum Command {
     },
     /// Run history: list runs, or `show ID`.
     Runs {
-        #[arg(long, value_name = "FILE", global = true)]
-        db: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
         /// How many runs, newest first.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -175,18 +190,29 @@ enum Command {
     },
     /// Records that failed validation: list, show, edit, replay.
     Quarantine {
-        #[arg(long, value_name = "FILE", global = true)]
-        db: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
         /// Print JSON.
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         action: QuarantineAction,
     },
+    /// An instance's checkpoint state: show, set, reset, and the audit of
+    /// every change.
+    State {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// Schema drift events: new fields, changed types, missing fields.
     Drift {
-        #[arg(long, value_name = "FILE")]
-        db: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         #[arg(long)]
         connector: Option<String>,
         #[arg(long)]
@@ -195,6 +221,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The store a command reads or edits.
+#[derive(Debug, Args)]
+struct DbArgs {
+    /// A SQLite file, or postgres://USER@HOST:PORT/DB[?schema=NAME]
+    /// (never with a password).
+    /// (Parsed after clap, whose errors would echo a password.)
+    #[arg(long, value_name = "FILE|URL", global = true)]
+    db: Option<String>,
+    /// Where a Postgres password comes from: env:VAR or file:PATH (else
+    /// PGPASSWORD, else the passfile ~/.pgpass or $PGPASSFILE).
+    #[arg(long, value_name = "env:VAR|file:PATH", global = true)]
+    db_password: Option<SecretSource>,
+}
+
+impl DbArgs {
+    fn location(&self) -> Result<DbLocation> {
+        parse_db(self.db.as_deref().context("--db FILE|URL is required")?)
+    }
+
+    /// Open an existing store to edit (never create one for a command
+    /// that edits it).
+    fn open_existing(&self) -> Result<Box<dyn Store>> {
+        let db = self.location()?;
+        Ok(blocking(|| {
+            open::open_existing(&db, self.db_password.as_ref())
+        })?)
+    }
+
+    /// Open an existing store read-only, for a command that only reads:
+    /// it changes nothing (and works on a read-only filesystem).
+    fn open_read_only(&self) -> Result<Box<dyn Store>> {
+        let db = self.location()?;
+        Ok(blocking(|| {
+            open::open_read_only(&db, self.db_password.as_ref())
+        })?)
+    }
+}
+
+/// A `--db` value: a file or a Postgres URL (an error never shows the
+/// value: it may hold a password).
+fn parse_db(text: &str) -> Result<DbLocation> {
+    text.parse::<DbLocation>()
+        .map_err(|e| anyhow::anyhow!("--db: {e}"))
+}
+
+/// Run `f`, which may block on a database client, on this tokio worker
+/// without stalling the runtime (the synchronous Postgres client runs a
+/// runtime of its own, which may not start inside an async task).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -212,6 +290,41 @@ impl From<NewLang> for scaffold::Lang {
             NewLang::Js => scaffold::Lang::Js,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum StateAction {
+    /// Each stream's state, or one stream's.
+    Show {
+        instance: String,
+        stream: Option<String>,
+    },
+    /// Set a stream's state (JSON; the connector reads it on its next run).
+    Set {
+        instance: String,
+        stream: String,
+        /// The state, JSON text (or give --file).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// A file holding the state.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Remove the state of a stream, or of every stream of the instance:
+    /// its next run reads from the start.
+    Reset {
+        instance: String,
+        stream: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The audit of state changes, newest first.
+    History {
+        instance: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,19 +433,158 @@ impl Access {
     }
 }
 
-/// Open an existing database to write (never create one for a command
-/// that edits it).
-fn open_existing(db: Option<&Path>) -> Result<SqliteStore> {
-    let db = db.context("--db FILE is required")?;
-    anyhow::ensure!(db.exists(), "database {} does not exist", db.display());
-    Ok(SqliteStore::open(db)?)
+/// Exit code of a command refused because confirmation was not given.
+pub const EXIT_NOT_CONFIRMED: u8 = 1;
+
+/// `sluice state …`: reads read-only; changes hold the instance's lease
+/// (refused while a run holds it), are applied and audited in one
+/// transaction.
+fn state_command(db: &DbArgs, json: bool, action: &StateAction) -> Result<ExitCode> {
+    let check_instance =
+        |name: &str| sluice_core::instance::check_instance_name(name).map_err(anyhow::Error::msg);
+    match action {
+        StateAction::Show { instance, stream } => {
+            check_instance(instance)?;
+            let mut states = db.open_read_only()?.list_state(instance)?;
+            if let Some(stream) = stream {
+                states.retain(|s| &s.stream == stream);
+                anyhow::ensure!(
+                    !states.is_empty(),
+                    "instance {} has no state for stream {}",
+                    sluice_core::text::escaped(instance),
+                    sluice_core::text::escaped(stream)
+                );
+            }
+            output::print_state(instance, &states, json)?;
+        }
+        StateAction::History { instance, limit } => {
+            let changes = db
+                .open_read_only()?
+                .list_state_changes(instance.as_deref(), *limit)?;
+            output::print_state_changes(&changes, json)?;
+        }
+        StateAction::Set {
+            instance,
+            stream,
+            value,
+            file,
+        } => {
+            check_instance(instance)?;
+            let text = match (value, file) {
+                (Some(v), _) => v.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?
+                    .trim_end()
+                    .to_string(),
+                (None, None) => anyhow::bail!("give the state, or --file FILE"),
+            };
+            serde_json::from_str::<serde_json::Value>(&text)
+                .context("the state must be JSON (as connectors commit it)")?;
+            anyhow::ensure!(
+                text.len() as u64 <= limits::DEFAULT_MAX_STATE_BYTES,
+                "the state is {} bytes; a state is at most {} bytes",
+                text.len(),
+                limits::DEFAULT_MAX_STATE_BYTES
+            );
+            let changes = change_state(db, instance, Some(stream.clone()), Some(text))?;
+            output::print_state_changes(&changes, json)?;
+        }
+        StateAction::Reset {
+            instance,
+            stream,
+            yes,
+        } => {
+            check_instance(instance)?;
+            let mut store = db.open_existing()?;
+            let mut states = store.list_state(instance)?;
+            drop(store);
+            if let Some(stream) = stream {
+                states.retain(|s| &s.stream == stream);
+            }
+            if states.is_empty() {
+                eprintln!(
+                    "instance {} has no state{}: nothing to reset",
+                    sluice_core::text::escaped(instance),
+                    stream
+                        .as_deref()
+                        .map(|s| format!(" for stream {}", sluice_core::text::escaped(s)))
+                        .unwrap_or_default()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !*yes {
+                let names: Vec<_> = states.iter().map(|s| s.stream.as_str()).collect();
+                let question = format!(
+                    "reset the state of instance {} (streams: {})? Its next run reads them from the start. [y/N] ",
+                    sluice_core::text::escaped(instance),
+                    sluice_core::text::escaped(&names.join(", "))
+                );
+                if !confirm(&question)? {
+                    eprintln!("not reset (confirm at the prompt, or pass --yes)");
+                    return Ok(ExitCode::from(EXIT_NOT_CONFIRMED));
+                }
+            }
+            let changes = change_state(db, instance, stream.clone(), None)?;
+            output::print_state_changes(&changes, json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Open an existing database read-only, for a command that only reads: it
-/// changes nothing and works on a read-only filesystem.
-fn open_read_only(db: Option<&Path>) -> Result<SqliteStore> {
-    let db = db.context("--db FILE is required")?;
-    Ok(SqliteStore::open_read_only(db)?)
+/// Ask `question` on the terminal; false unless the answer is yes. Without
+/// a terminal on stdin, nobody can answer: false.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        eprintln!("stdin is not a terminal: nobody can confirm");
+        return Ok(false);
+    }
+    eprint!("{question}");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// A change refused because a run holds the instance (exit
+/// [`EXIT_INSTANCE_BUSY`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct InstanceBusy(String);
+
+/// Set or reset state under the instance's lease, audited.
+fn change_state(
+    db: &DbArgs,
+    instance: &str,
+    stream: Option<String>,
+    value: Option<String>,
+) -> Result<Vec<sluice_core::destination::StateChangeRecord>> {
+    let mut store = db.open_existing()?;
+    let id = format!("state-{}", uuid::Uuid::now_v7());
+    let holder = sluice_store::lease_holder();
+    if let Some(h) = store.claim_lease(instance, &id, &holder, limits::LEASE_TTL)? {
+        return Err(InstanceBusy(format!(
+            "instance {} is busy: run {} holds it (since {}, process {}); change its state when the run has ended",
+            sluice_core::text::escaped(instance),
+            h.run_id,
+            h.since,
+            h.holder
+        ))
+        .into());
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let result = store.change_state(&sluice_core::destination::StateChange {
+        id: id.clone(),
+        instance: instance.to_string(),
+        stream,
+        value,
+        by: format!("{user}@{holder}"),
+    });
+    if let Err(e) = store.release_lease(instance, &id) {
+        tracing::warn!(error = %e, "could not release the instance's lease (it expires)");
+    }
+    Ok(result?)
 }
 
 fn read_config(path: &Path) -> Result<String> {
@@ -481,9 +733,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             component,
             access,
             db,
+            db_password,
             full_refresh,
             instance,
             tables,
+            streams,
+            modes,
             json,
         } => {
             // Checked here, so a bad flag is named as the flag; the executor
@@ -502,10 +757,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 component: ComponentSource::Path(resolve_component(&cli, &rt, component).await?),
                 component_digest: None,
                 config: access.config_text()?,
-                destination: db
-                    .to_str()
-                    .context("--db must be a UTF-8 path")?
-                    .to_string(),
+                destination: parse_db(db)?,
+                db_password: db_password.clone(),
                 instance,
                 tables: tables.iter().cloned().collect(),
                 grants: access.allow_hosts.clone(),
@@ -514,6 +767,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 limits: access.limits.clone(),
                 http: access.limits.http.clone(),
                 full_refresh: *full_refresh,
+                streams: streams.clone(),
+                modes: modes.iter().cloned().collect(),
             };
             let executor = LocalExecutor::new(rt, connectors_dir(&cli, None));
             let report = match executor.submit(spec, stop_on_signals()).finish().await {
@@ -659,22 +914,26 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             // Read-only, so nothing is marked: a `running` run whose lease
             // is gone is shown `crashed` (as the next write-capable command
             // records it).
-            let mut store = open_read_only(db.as_deref())?;
-            match action {
-                None => output::print_runs(&store.list_runs(*limit)?, *json)?,
-                Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,
-            }
+            let mut store = db.open_read_only()?;
+            blocking(|| -> Result<()> {
+                match action {
+                    None => output::print_runs(&store.list_runs(*limit)?, *json)?,
+                    Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,
+                }
+                Ok(())
+            })?;
+            blocking(|| drop(store));
         }
-        Command::Quarantine { db, json, action } => {
-            let db = db.as_deref();
+        Command::Quarantine { db, json, action } => blocking(|| -> Result<()> {
             match action {
                 QuarantineAction::List { select, all, limit } => {
-                    let entries =
-                        open_read_only(db)?.list_quarantine(&select.filter(*all, Some(*limit)))?;
+                    let entries = db
+                        .open_read_only()?
+                        .list_quarantine(&select.filter(*all, Some(*limit)))?;
                     output::print_quarantine_list(&entries, *json)?;
                 }
                 QuarantineAction::Show { id } => {
-                    let entries = open_read_only(db)?.list_quarantine(&QuarantineFilter {
+                    let entries = db.open_read_only()?.list_quarantine(&QuarantineFilter {
                         ids: vec![*id],
                         all: true,
                         ..QuarantineFilter::default()
@@ -685,7 +944,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     output::print_quarantine_entry(entry, *json)?;
                 }
                 QuarantineAction::Edit { id, record } => {
-                    let mut store = open_existing(db)?;
+                    let mut store = db.open_existing()?;
                     let text = std::fs::read_to_string(record)
                         .with_context(|| format!("cannot read {}", record.display()))?;
                     store.edit_quarantined(*id, text.trim())?;
@@ -693,21 +952,33 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 QuarantineAction::Replay { select } => {
                     let summary =
-                        pipeline::replay(&mut open_existing(db)?, &select.filter(false, None))?;
+                        pipeline::replay(&mut *db.open_existing()?, &select.filter(false, None))?;
                     output::print_replay(&summary, *json)?;
                 }
             }
+            Ok(())
+        })?,
+        Command::State { db, json, action } => {
+            return match blocking(|| state_command(db, *json, action)) {
+                Err(e) if e.downcast_ref::<InstanceBusy>().is_some() => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(EXIT_INSTANCE_BUSY))
+                }
+                other => other,
+            };
         }
         Command::Drift {
             db,
             connector,
             stream,
             json,
-        } => {
-            let events =
-                open_read_only(Some(db))?.list_drift(connector.as_deref(), stream.as_deref())?;
+        } => blocking(|| -> Result<()> {
+            let events = db
+                .open_read_only()?
+                .list_drift(connector.as_deref(), stream.as_deref())?;
             output::print_drift(&events, *json)?;
-        }
+            Ok(())
+        })?,
     }
     Ok(ExitCode::SUCCESS)
 }

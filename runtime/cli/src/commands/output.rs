@@ -594,6 +594,82 @@ pub fn print_kit_report(report: &KitReport, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `sluice state show`.
+pub fn print_state(
+    instance: &str,
+    states: &[sluice_core::destination::StateEntry],
+    as_json: bool,
+) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(states)?);
+        return Ok(());
+    }
+    if states.is_empty() {
+        println!(
+            "instance {} has no checkpoint state: its next run reads from the start",
+            cell(instance)
+        );
+        return Ok(());
+    }
+    let rows = states
+        .iter()
+        .map(|s| {
+            vec![
+                cell(&s.stream),
+                cell(&s.value),
+                cell(&s.run_id),
+                s.updated_at.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["stream", "state", "committed by", "updated"],
+            &[],
+            0,
+            rows
+        )
+    );
+    Ok(())
+}
+
+/// `sluice state set|reset|history`: audit rows.
+pub fn print_state_changes(
+    changes: &[sluice_core::destination::StateChangeRecord],
+    as_json: bool,
+) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(changes)?);
+        return Ok(());
+    }
+    let none = || "-".to_string();
+    let rows = changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.at.clone(),
+                cell(&c.instance),
+                cell(&c.stream),
+                c.action.clone(),
+                c.old_value.as_deref().map(cell).unwrap_or_else(none),
+                c.new_value.as_deref().map(cell).unwrap_or_else(none),
+                cell(&c.by),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["at", "instance", "stream", "action", "before", "after", "by"],
+            &[],
+            0,
+            rows
+        )
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

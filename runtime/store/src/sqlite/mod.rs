@@ -16,6 +16,9 @@ use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::value::Value;
 
 pub mod checkpoint;
+mod state;
+
+pub(crate) use state::record as state_record;
 
 use checkpoint::{Checkpointer, BACKSTOP_CHECKPOINT_PAGES};
 
@@ -315,7 +318,7 @@ const RUN_COLUMNS_ADDED: &[(&str, &str, &str)] = &[
 
 /// The error of a `running` run found without a live lease (recorded by
 /// [`RunLog::mark_crashed`], shown by a read-only store).
-const CRASHED_ERROR: &str = "the run ended without recording its end: its lease expired (the process running it was killed or lost)";
+pub(crate) const CRASHED_ERROR: &str = "the run ended without recording its end: its lease expired (the process running it was killed or lost)";
 
 /// Names of `table`'s columns.
 fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
@@ -1525,6 +1528,28 @@ impl RunLog for SqliteStore {
 
     fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError> {
         Ok(self.get_run_sql(id)?)
+    }
+
+    fn list_state(
+        &mut self,
+        instance: &str,
+    ) -> Result<Vec<sluice_core::destination::StateEntry>, StoreError> {
+        Ok(self.list_state_sql(instance)?)
+    }
+
+    fn change_state(
+        &mut self,
+        change: &sluice_core::destination::StateChange,
+    ) -> Result<Vec<sluice_core::destination::StateChangeRecord>, StoreError> {
+        Ok(self.change_state_sql(change)?)
+    }
+
+    fn list_state_changes(
+        &mut self,
+        instance: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<sluice_core::destination::StateChangeRecord>, StoreError> {
+        Ok(self.list_state_changes_sql(instance, limit)?)
     }
 }
 
