@@ -23,6 +23,10 @@
 //!   reader's state (a state file) is exact; a resume from the log reads
 //!   those records again (at least once; targets upsert by key).
 //!
+//! The log's write lock is held while the lines are written: a reader that
+//! is slow to take them holds up other writers of the local log (another
+//! process waits up to [`BUSY_TIMEOUT`](crate::sqlite::BUSY_TIMEOUT)).
+//!
 //! # Singer (<https://hub.meltano.com/singer/spec>)
 //! - `{"type":"SCHEMA","stream":S,"schema":{..},"key_properties":[..]}`
 //!   once per stream, before its first record: the stream's JSON Schema as
