@@ -223,9 +223,7 @@ impl Output {
             format!("cannot write to the output: {e}")
         };
         self.failed = Some(why.clone());
-        self.error(format!(
-            "{why}; the commit's records and state were not delivered, and the commit is not recorded"
-        ))
+        self.error(why)
     }
 
     /// One message, as one line.
@@ -374,6 +372,19 @@ impl ProtocolStore {
             });
         }
         Ok(due)
+    }
+}
+
+/// A failed delivery's error, saying what became of the commit.
+fn not_recorded(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Backend { backend, message } => StoreError::Backend {
+            backend,
+            message: format!(
+                "{message}; the commit is not recorded (its lines may have reached the reader in part)"
+            ),
+        },
+        other => other,
     }
 }
 
@@ -877,7 +888,7 @@ impl Destination for ProtocolStore {
             };
             let out = &mut self.out;
             self.log.commit_delivering(&log_req, || {
-                written = delivery.write(out)?;
+                written = delivery.write(out).map_err(not_recorded)?;
                 delivered = true;
                 Ok(())
             })

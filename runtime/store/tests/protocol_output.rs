@@ -907,3 +907,56 @@ fn a_fenced_commit_writes_nothing_and_replay_and_sweeps_are_refused_or_reported(
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
     assert!(store.scan(&format!("{INSTANCE}__items")).unwrap().is_none());
 }
+
+#[test]
+fn the_writer_thread_holds_a_protocol_store_like_any_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, out) = protocol_store(ProtocolFormat::Singer, &dir.path().join("log.db"), None);
+    start_run(&mut store, "r");
+    let (items, _) = tables();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = sluice_store::WriterHandle::spawn(Box::new(store));
+        let writer = handle.writer.clone();
+        let run: Arc<str> = "r".into();
+        for id in [1, 2] {
+            let row = items
+                .row(format!(r#"{{"id":{id},"name":"n","tags":[],"meta":{{}}}}"#))
+                .unwrap();
+            let pending = Pending {
+                batches: vec![(items.clone(), vec![row])],
+                ..Pending::default()
+            };
+            writer.append(run.clone(), pending).await.unwrap();
+        }
+        let stats = writer
+            .commit(sluice_store::Commit {
+                run_id: run.clone(),
+                connector: INSTANCE.into(),
+                connector_version: "1.0".into(),
+                state: Some(("items".into(), r#"{"cursor":2}"#.into())),
+                sweep: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(stats.upserted, 2);
+        assert_eq!(stats.upserted_by_stream["items"], 2);
+        let state = writer
+            .call(|s| s.get_state(INSTANCE, "items"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.as_deref(), Some(r#"{"cursor":2}"#));
+        drop(writer);
+        handle.close().await;
+    });
+    let kinds: Vec<String> = out
+        .lines()
+        .iter()
+        .map(|m| m["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["SCHEMA", "RECORD", "RECORD", "STATE"]);
+}
