@@ -11,14 +11,17 @@ default:
 
 # Install what the build needs: the WASM guest toolchain (Debian packages)
 # the JavaScript guest toolchain (npm, into .tools/js-guest) and the Python
-# one (componentize-py from PyPI, into .tools/py-guest), and Debian's
+# one (componentize-py from PyPI, into .tools/py-guest), Debian's
 # PostgreSQL server for the Postgres destination's tests (which start
-# throwaway clusters with scripts/pg-cluster.sh).
+# throwaway clusters with scripts/pg-cluster.sh), and the Singer/Airbyte
+# peers of the protocol output tests (target-jsonl and
+# airbyte-protocol-models from PyPI, into .tools/protocol-venv).
 setup:
     scripts/setup-guest-toolchain.sh
     scripts/setup-js-guest.sh
     scripts/setup-python-guest.sh
     scripts/setup-postgres.sh
+    scripts/setup-protocol-tools.sh
 
 # Build the example connectors to WebAssembly components.
 build-connectors: setup

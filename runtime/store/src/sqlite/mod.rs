@@ -642,6 +642,22 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// [`Destination::commit`], with `deliver` called inside the commit's
+    /// transaction after the lease fence and every write, just before the
+    /// transaction commits. An error from `deliver` rolls the whole
+    /// transaction back and is the commit's error. The protocol outputs
+    /// ([`crate::protocol`]) write a commit's records and state to their
+    /// stream there: a run whose lease was taken over delivers nothing, and
+    /// the log never records a state that was not delivered.
+    pub fn commit_delivering(
+        &mut self,
+        req: &CommitRequest<'_>,
+        deliver: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<CommitStats, StoreError> {
+        self.writable("commit")?;
+        Ok(self.commit_sql(req, deliver)?)
+    }
+
     /// Background checkpoints run so far (for tests).
     pub fn checkpoints(&self) -> u64 {
         self.checkpointer
@@ -1005,7 +1021,11 @@ impl SqliteStore {
             .optional()?)
     }
 
-    fn commit_sql(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, SqlError> {
+    fn commit_sql(
+        &mut self,
+        req: &CommitRequest<'_>,
+        deliver: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<CommitStats, SqlError> {
         let now = now_rfc3339();
         // IMMEDIATE: the fence below reads before anything is written.
         let tx = self
@@ -1089,6 +1109,8 @@ impl SqliteStore {
                 [req.run_id],
             )? as u64;
         }
+        // Last before the commit: a failure here rolls everything back.
+        deliver()?;
         tx.commit()?;
         if let Some(checkpointer) = &mut self.checkpointer {
             checkpointer.nudge();
@@ -1423,7 +1445,7 @@ impl Destination for SqliteStore {
 
     fn commit(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats, StoreError> {
         self.writable("commit")?;
-        Ok(self.commit_sql(req)?)
+        Ok(self.commit_sql(req, || Ok(()))?)
     }
 
     fn scan(&mut self, table: &str) -> Result<Option<Scan>, StoreError> {
