@@ -47,6 +47,7 @@ fn request(component: PathBuf, db: PathBuf, config: String, limits: Limits) -> R
         tables: Default::default(),
         streams: Vec::new(),
         modes: Default::default(),
+        output: None,
         cancel: Default::default(),
         component,
         config,

@@ -43,6 +43,7 @@ fn spec(s: &Scratch, config: &str) -> RunSpec {
         full_refresh: false,
         streams: Vec::new(),
         modes: Default::default(),
+        output: None,
     }
 }
 

@@ -69,6 +69,7 @@ fn request(s: &Scratch, db: &str, fx: &Running, page_size: u32, http: HttpPolicy
         tables: Default::default(),
         streams: Vec::new(),
         modes: Default::default(),
+        output: None,
         cancel: Default::default(),
         progress: None,
     }

@@ -26,6 +26,7 @@ fn request(s: &Scratch, config: &str, limits: Limits) -> RunRequest {
         tables: Default::default(),
         streams: Vec::new(),
         modes: Default::default(),
+        output: None,
         cancel: Default::default(),
         progress: None,
     }

@@ -637,6 +637,7 @@ pub async fn run(runtime: &Runtime, req: &KitRequest) -> Result<Report, Conforma
         tables: BTreeMap::new(),
         streams: Vec::new(),
         modes: Default::default(),
+        output: None,
         cancel: Default::default(),
         progress: None,
     };

@@ -1,6 +1,7 @@
 //! [`WriteMode`]: how a stream's records land in its table, chosen per
 //! stream by the operator (`--mode STREAM=MODE`, `modes = { STREAM =
-//! "MODE" }` in `sluice.toml`).
+//! "MODE" }` in `sluice.toml`); [`ProtocolFormat`]: the protocol a run
+//! speaks on stdout instead (`--output singer|airbyte`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -68,6 +69,49 @@ pub fn parse_stream_mode(text: &str) -> Result<(String, WriteMode), String> {
     }
     Ok((stream.to_string(), mode.parse()?))
 }
+
+/// Which protocol a run's output speaks on stdout (`--output`), instead of
+/// writing tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolFormat {
+    /// Singer: SCHEMA, RECORD and STATE messages.
+    Singer,
+    /// Airbyte: RECORD, per-stream STATE and TRACE (error) messages.
+    Airbyte,
+}
+
+impl ProtocolFormat {
+    /// `singer` or `airbyte`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolFormat::Singer => "singer",
+            ProtocolFormat::Airbyte => "airbyte",
+        }
+    }
+
+    /// The format named `name` (`singer`, `airbyte`).
+    pub fn parse(name: &str) -> Option<Self> {
+        [ProtocolFormat::Singer, ProtocolFormat::Airbyte]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
+}
+
+impl fmt::Display for ProtocolFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProtocolFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProtocolFormat::parse(s).ok_or_else(|| format!("unknown output {s:?}: singer or airbyte"))
+    }
+}
+
+crate::text::serde_as_text!(ProtocolFormat);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::egress::HostGrant;
 use crate::limits::{HttpOverride, LimitsOverride};
 use crate::location::DbLocation;
-use crate::mode::WriteMode;
+use crate::mode::{ProtocolFormat, WriteMode};
 use crate::secrets::{SecretHost, SecretSource, SecretSpec};
 
 /// The component a run executes.
@@ -74,6 +74,21 @@ pub struct RunSpec {
     /// Write modes by stream (the others merge).
     #[serde(default)]
     pub modes: BTreeMap<String, WriteMode>,
+    /// Speak a protocol on the executing process's stdout instead of
+    /// writing tables (the destination is then the local SQLite run log).
+    #[serde(default)]
+    pub output: Option<ProtocolOutput>,
+}
+
+/// A run whose records and state go to stdout as protocol messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolOutput {
+    pub format: ProtocolFormat,
+    /// Resume from the state in this file (what the target last echoed)
+    /// instead of the run log's.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 impl RunSpec {
@@ -127,6 +142,10 @@ mod tests {
             full_refresh: true,
             streams: vec!["items".into()],
             modes: [("items".to_string(), WriteMode::Append)].into(),
+            output: Some(ProtocolOutput {
+                format: ProtocolFormat::Singer,
+                state_file: Some("/tmp/state.json".into()),
+            }),
         }
     }
 

@@ -153,6 +153,7 @@ impl LocalExecutor {
             tables: spec.tables,
             streams: spec.streams,
             modes: spec.modes,
+            output: spec.output,
             cancel,
             progress: Some(Arc::new(RunProgress::default())),
         })

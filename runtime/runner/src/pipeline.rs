@@ -17,6 +17,7 @@ use sluice_core::flat::FlatCheck;
 use sluice_core::limits::{Limits, CANCEL_GRACE, LEASE_HEARTBEAT, LEASE_TTL};
 use sluice_core::location::DbLocation;
 use sluice_core::mode::WriteMode;
+use sluice_core::run_spec::ProtocolOutput;
 use sluice_core::row::StreamTable;
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::schema::{DriftKind, ParseFailure, RecordError, StreamSchema, Verdict};
@@ -248,6 +249,9 @@ pub struct RunRequest {
     /// Write modes the operator chose, by stream; the others merge
     /// (upsert by key), or are replaced when `full_refresh` is set.
     pub modes: std::collections::BTreeMap<String, WriteMode>,
+    /// Protocol messages on stdout instead of tables (`db` must then be a
+    /// SQLite file: the run log).
+    pub output: Option<ProtocolOutput>,
     /// The operator's stop request (SIGTERM, Ctrl-C): the run ends as
     /// `cancelled` at its next commit, or after the grace period.
     pub cancel: sluice_core::cancel::Cancel,
@@ -323,7 +327,10 @@ impl From<StoreError> for Failure {
 pub async fn run(runtime: &Runtime, req: &RunRequest) -> Result<RunReport, PipelineError> {
     check_config_json(&req.config)?;
     let loaded = runtime.load(&req.component)?;
-    let db = shared_database(&req.db, req.db_password.as_ref()).await?;
+    let db = match &req.output {
+        None => shared_database(&req.db, req.db_password.as_ref()).await?,
+        Some(output) => protocol_database(&req.db, output).await?,
+    };
     let writer = db.handle.writer.clone();
     let run_id = new_run_id();
     let result = match claim_lease(&writer, &req.instance, &run_id).await {
@@ -449,6 +456,42 @@ async fn shared_database(
         let _ = tokio::task::spawn_blocking(move || drop(store)).await;
     }
     Ok(db)
+}
+
+/// A protocol output on stdout with its run log in the SQLite file `db`:
+/// a writer of the run's own (it is not shared: another run's records must
+/// not reach this run's stdout).
+async fn protocol_database(
+    db: &DbLocation,
+    output: &ProtocolOutput,
+) -> Result<Arc<SharedDatabase>, PipelineError> {
+    let Some(path) = db.as_sqlite() else {
+        return Err(StoreError::Invalid(format!(
+            "--output {} keeps its run log (quarantine, drift, runs) in a local SQLite file: give --db FILE, not a server",
+            output.format
+        ))
+        .into());
+    };
+    let (path, output) = (path.to_path_buf(), output.clone());
+    let store = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let mut log = sluice_store::SqliteStore::open(&path)?;
+        sluice_core::destination::RunLog::mark_crashed(&mut log)?;
+        let store = sluice_store::ProtocolStore::new(
+            output.format,
+            log,
+            Box::new(std::io::stdout()),
+            output.state_file.as_deref(),
+        )?;
+        Ok(Box::new(store) as Box<dyn Store>)
+    })
+    .await
+    .map_err(|e| StoreError::Backend {
+        backend: "runner",
+        message: format!("opening the run log failed: {e}"),
+    })??;
+    Ok(Arc::new(SharedDatabase {
+        handle: WriterHandle::spawn(store),
+    }))
 }
 
 /// Take `instance`'s lease for `run_id`, or say who holds it.

@@ -105,6 +105,7 @@ pub fn prepare(
         tables: inst.tables,
         streams: inst.streams,
         modes: inst.modes,
+        output: None,
         cancel: Default::default(),
         progress: None,
     })

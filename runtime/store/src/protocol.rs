@@ -150,43 +150,13 @@ const AIRBYTE_MESSAGE_TYPES: [&str; 8] = [
     "DESTINATION_CATALOG",
 ];
 
-/// Which protocol the output speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProtocolFormat {
-    /// Singer: SCHEMA, RECORD and STATE messages.
-    Singer,
-    /// Airbyte: RECORD, per-stream STATE and TRACE (error) messages.
-    Airbyte,
-}
+pub use sluice_core::mode::ProtocolFormat;
 
-impl ProtocolFormat {
-    /// `singer` or `airbyte`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProtocolFormat::Singer => "singer",
-            ProtocolFormat::Airbyte => "airbyte",
-        }
-    }
-
-    /// The format named `name` (`singer`, `airbyte`).
-    pub fn parse(name: &str) -> Option<Self> {
-        [ProtocolFormat::Singer, ProtocolFormat::Airbyte]
-            .into_iter()
-            .find(|f| f.as_str() == name)
-    }
-
-    /// The backend named in this output's errors.
-    fn backend(self) -> &'static str {
-        match self {
-            ProtocolFormat::Singer => "singer output",
-            ProtocolFormat::Airbyte => "airbyte output",
-        }
-    }
-}
-
-impl std::fmt::Display for ProtocolFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The backend named in an output's errors.
+fn backend(format: ProtocolFormat) -> &'static str {
+    match format {
+        ProtocolFormat::Singer => "singer output",
+        ProtocolFormat::Airbyte => "airbyte output",
     }
 }
 
@@ -201,7 +171,7 @@ struct Output {
 impl Output {
     fn error(&self, message: String) -> StoreError {
         StoreError::Backend {
-            backend: self.format.backend(),
+            backend: backend(self.format),
             message,
         }
     }

@@ -21,11 +21,9 @@ use sluice_core::destination::{
 use sluice_core::row::StreamTable;
 use sluice_core::run::RunRecord;
 use sluice_core::schema::{DriftKind, DriftObservation, RecordError};
+use sluice_fixture::peers::{airbyte_validate, jsonl_records, target_jsonl, venv};
 use sluice_store::{ProtocolFormat, ProtocolStore, SqliteStore};
 
-/// Set (to anything) to skip these tests where the venv cannot be made.
-/// CI never sets it: there `just setup` installs the venv.
-const SKIP_ENV: &str = "SLUICE_SKIP_PROTOCOL_PEERS";
 
 const INSTANCE: &str = "demo";
 const LONG_TTL: Duration = Duration::from_secs(3600);
@@ -34,27 +32,6 @@ const PAGE: usize = 2;
 
 /// The venv with the peers, or `None` if it is missing and [`SKIP_ENV`]
 /// says to skip; else the test fails saying how to install it.
-fn venv() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/protocol-venv");
-    let ready = venv.join("bin/target-jsonl").is_file() && venv.join("bin/python").is_file();
-    if ready {
-        return Some(venv);
-    }
-    if std::env::var_os(SKIP_ENV).is_some() {
-        eprintln!(
-            "skipped: {} is missing and {SKIP_ENV} is set",
-            venv.display()
-        );
-        return None;
-    }
-    panic!(
-        "the protocol test peers (target-jsonl, airbyte-protocol-models) are not installed in \
-         {}: run scripts/setup-protocol-tools.sh (or `just setup`) first, or set {SKIP_ENV} to \
-         skip these tests",
-        venv.display()
-    );
-}
-
 /// A `Write` whose bytes the test reads afterwards.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -259,96 +236,6 @@ fn end_run(store: &mut dyn Store, run_id: &str, status: RunStatus, error: Option
 }
 
 // ---- the peers ----
-
-/// Pipe `input` into target-jsonl writing into `dir`; returns what it
-/// printed (the state it received last).
-fn target_jsonl(venv: &Path, input: &str, dir: &Path) -> String {
-    let config = dir.join("target-config.json");
-    let destination = dir.join("out");
-    std::fs::write(
-        &config,
-        serde_json::json!({
-            "destination_path": destination,
-            "do_timestamp_file": false,
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let mut child = Command::new(venv.join("bin/target-jsonl"))
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run target-jsonl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "target-jsonl failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The records target-jsonl wrote for `stream`, in order.
-fn jsonl_records(dir: &Path, stream: &str) -> Vec<Json> {
-    let file = dir.join("out").join(format!("{stream}.jsonl"));
-    std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Validate every line of `output` as an `AirbyteMessage` (pydantic),
-/// checking that each message carries the field its type names; returns
-/// the messages as the models read them.
-fn airbyte_validate(venv: &Path, output: &str) -> Vec<Json> {
-    const CHECK: &str = r#"
-import json, sys
-from airbyte_protocol.models import AirbyteMessage, Type
-for n, line in enumerate(sys.stdin, 1):
-    m = AirbyteMessage.parse_raw(line)
-    part = {Type.RECORD: m.record, Type.STATE: m.state, Type.TRACE: m.trace}.get(m.type)
-    assert part is not None, f"line {n}: a {m.type} message without its {m.type.value.lower()}"
-    if m.type == Type.STATE:
-        assert m.state.stream is not None and m.state.stream.stream_state is not None, f"line {n}"
-    if m.type == Type.TRACE:
-        assert m.trace.error is not None, f"line {n}"
-    print(m.json(exclude_unset=True, by_alias=True))
-"#;
-    let mut child = Command::new(venv.join("bin/python"))
-        .args(["-c", CHECK])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the venv's python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(output.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "a line is not a valid AirbyteMessage:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn protocol_store(
     format: ProtocolFormat,

@@ -16,8 +16,8 @@ use sluice_core::destination::{QuarantineFilter, Store};
 use sluice_core::egress::HostGrant;
 use sluice_core::limits::{self, Limits, LimitsOverride};
 use sluice_core::location::DbLocation;
-use sluice_core::mode::WriteMode;
-use sluice_core::run_spec::{ComponentSource, RunSpec};
+use sluice_core::mode::{ProtocolFormat, WriteMode};
+use sluice_core::run_spec::{ComponentSource, ProtocolOutput, RunSpec};
 use sluice_core::secrets::{SecretHost, SecretSource, SecretSpec, Secrets};
 use sluice_runner::config::{is_bare_name, ComponentRef, OperatorConfig, DEFAULT_CONFIG_FILE};
 use sluice_runner::executor::{Executor, ExecutorError, LocalExecutor};
@@ -115,6 +115,15 @@ enum Command {
         /// full_refresh (replace the table) or append (repeatable).
         #[arg(long = "mode", value_name = "STREAM=MODE", value_parser = sluice_core::mode::parse_stream_mode)]
         modes: Vec<(String, WriteMode)>,
+        /// Write Singer or Airbyte messages to stdout instead of tables
+        /// (the run summary goes to stderr; --db FILE keeps the run log:
+        /// runs, quarantine, drift).
+        #[arg(long, value_name = "singer|airbyte")]
+        output: Option<ProtocolFormat>,
+        /// With --output: resume from the state in FILE (what the target
+        /// last echoed, or Meltano's state) instead of the run log's.
+        #[arg(long, value_name = "FILE", requires = "output")]
+        state_file: Option<PathBuf>,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
@@ -739,6 +748,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             tables,
             streams,
             modes,
+            output,
+            state_file,
             json,
         } => {
             // Checked here, so a bad flag is named as the flag; the executor
@@ -769,6 +780,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 full_refresh: *full_refresh,
                 streams: streams.clone(),
                 modes: modes.iter().cloned().collect(),
+                output: output.map(|format| ProtocolOutput {
+                    format,
+                    state_file: state_file.clone(),
+                }),
             };
             let executor = LocalExecutor::new(rt, connectors_dir(&cli, None));
             let report = match executor.submit(spec, stop_on_signals()).finish().await {
@@ -778,7 +793,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 other => other?,
             };
-            output::print_report(&report, *json)?;
+            if output.is_some() {
+                // stdout carries the protocol: nothing else goes there.
+                output::write_report(&mut std::io::stderr().lock(), &report, *json)?;
+            } else {
+                output::print_report(&report, *json)?;
+            }
             if !report.succeeded() {
                 eprintln!(
                     "error: run {} ended {}: {}",

@@ -139,77 +139,90 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
+    write_report(&mut std::io::stdout().lock(), report, as_json)
+}
+
+/// The run summary, to `out` (stderr when stdout carries a protocol).
+pub fn write_report(out: &mut dyn std::io::Write, report: &RunReport, as_json: bool) -> Result<()> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
         return Ok(());
     }
     let r = &report.record;
     let secs = r.duration_ms.unwrap_or(0) as f64 / 1000.0;
-    println!(
+    writeln!(
+        out,
         "run {}  {} {}  {}",
         r.id,
         escaped(&r.connector),
         escaped(&r.connector_version),
         r.status
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  streams:  {}",
         escaped(&report.selected_streams.join(", "))
-    );
+    )?;
     let tables: Vec<String> = report
         .tables
         .iter()
         .map(|(stream, table)| format!("{stream} -> {table}"))
         .collect();
-    println!("  tables:   {}", escaped(&tables.join(", ")));
+    writeln!(out, "  tables:   {}", escaped(&tables.join(", ")))?;
     if let Some(change) = &r.component_change {
-        println!("  component changed: {}", escaped(change));
+        writeln!(out, "  component changed: {}", escaped(change))?;
     }
-    println!(
+    writeln!(
+        out,
         "  records:  {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
         r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
-    );
+    )?;
     for d in &r.drift {
-        println!("  drift:    {}", escaped(d));
+        writeln!(out, "  drift:    {}", escaped(d))?;
     }
-    println!(
+    writeln!(
+        out,
         "  http:     {} calls, {} denied, {} failed, {} received",
         r.http_requests,
         r.http_denied,
         report.http_failed,
         human_bytes(r.http_bytes)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  upstream: {} retries, {} ms throttled, {} breaker trips, {} failed fast (circuit open)",
         r.http_retries, r.http_throttled_ms, r.http_breaker_trips, report.http_circuit_open
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  sandbox:  {} fuel, {} peak memory, component {} ({} ms)",
         r.fuel_used,
         human_bytes(r.peak_memory_bytes),
         report.component_cache,
         report.component_load_ms
-    );
+    )?;
     let rate = if secs > 0.0 {
         format!(" ({:.0} records/s)", r.records_upserted as f64 / secs)
     } else {
         String::new()
     };
-    println!("  duration: {secs:.3} s{rate}");
+    writeln!(out, "  duration: {secs:.3} s{rate}")?;
     if report.log_lines_suppressed > 0 {
-        println!(
+        writeln!(
+        out,
             "  log:      {} lines over the cap suppressed",
             report.log_lines_suppressed
-        );
+        )?;
     }
     if report.http_log_lines_suppressed > 0 {
-        println!(
+        writeln!(
+        out,
             "  log:      {} host HTTP lines over the cap suppressed",
             report.http_log_lines_suppressed
-        );
+        )?;
     }
     if let Some(e) = &r.error {
-        println!("  error:    {}", escaped(e));
+        writeln!(out, "  error:    {}", escaped(e))?;
     }
     Ok(())
 }
