@@ -7,6 +7,7 @@
 //! process. Depends on `sluice-core` only.
 
 pub mod postgres;
+pub mod quarantine;
 pub mod sqlite;
 pub mod writer;
 
