@@ -130,11 +130,20 @@ pub struct CommitRequest<'a> {
     pub state: Option<(&'a str, &'a str)>,
     /// Full-refresh streams: delete every row of their tables that this
     /// run did not write, except the rows of keys the run quarantined (a
-    /// key the run saw, valid or not, is never swept). The quarantine rows
-    /// this run saw (`last_seen_run`) with a key say which: see
-    /// [`QuarantinedRecord::key`].
+    /// key the run saw, valid or not, is never swept) and rows written
+    /// since the run started (a replay that landed during the run may have
+    /// overwritten a row the run wrote). The quarantine rows this run saw
+    /// (`last_seen_run`) with a key say which keys: see
+    /// [`QuarantinedRecord::key`]; the run's `started_at` in the run log
+    /// says when it started (a run the log does not know sweeps by the
+    /// first rule alone).
     pub sweep: &'a [std::sync::Arc<StreamTable>],
 }
+
+/// What a sweep compares `_synced_at` with when the run log has no start
+/// for the sweeping run: later than any time Sluice writes, so no row is
+/// kept for being newer than the run.
+pub const NO_RUN_START: &str = "9999-12-31T23:59:59.999Z";
 
 /// A stream's declaration as last seen (for replay and drift).
 #[derive(Debug, Clone, Serialize)]

@@ -26,7 +26,7 @@ use postgres::{Client, GenericClient, NoTls, Transaction};
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
     QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, Scan, StoreError,
-    StreamDef,
+    StreamDef, NO_RUN_START,
 };
 use sluice_core::row::{ColumnKind, Row, StreamTable};
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
@@ -605,14 +605,22 @@ fn key_element(elem: &str, kind: ColumnKind) -> String {
 }
 
 /// The full-refresh sweep of `table` (qualified name `target`; parameters:
-/// the run, the instance, the stream): delete every row the run did not
-/// write, except rows of keys the run quarantined (its quarantine rows of
+/// the run, the instance, the stream; see [`CommitRequest::sweep`]):
+/// delete every row the run did not write and that was written before it
+/// started, except rows of keys the run quarantined (its quarantine rows of
 /// the stream, first quarantined or seen again by it, with a key:
 /// `record_key`'s element `i` is key column `i`). `NOT EXISTS` lets the
 /// planner make it one anti-join.
 fn sweep_sql(target: &str, table: &StreamTable) -> Result<String> {
+    // Rows written since the run started (by a replay) are kept too.
+    let before_run = format!(
+        "t.\"_synced_at\" < coalesce((SELECT started_at FROM _sluice_runs WHERE id = $1), '{NO_RUN_START}')"
+    );
     if table.primary_key.is_empty() {
-        return Ok(format!("DELETE FROM {target} t WHERE t.\"_run_id\" <> $1"));
+        return Ok(format!(
+            "DELETE FROM {target} t WHERE t.\"_run_id\" <> $1 AND {before_run} \
+             AND $2::text IS NOT NULL AND $3::text IS NOT NULL"
+        ));
     }
     let n = table.primary_key.len();
     let mut cond = Vec::with_capacity(n);
@@ -625,7 +633,7 @@ fn sweep_sql(target: &str, table: &StreamTable) -> Result<String> {
         ));
     }
     Ok(format!(
-        "DELETE FROM {target} t WHERE t.\"_run_id\" <> $1 AND NOT EXISTS (SELECT 1 \
+        "DELETE FROM {target} t WHERE t.\"_run_id\" <> $1 AND {before_run} AND NOT EXISTS (SELECT 1 \
          FROM _sluice_quarantine q WHERE q.connector = $2 AND q.stream = $3 \
          AND q.last_seen_run = $1 AND q.record_key IS NOT NULL \
          AND jsonb_array_length(q.record_key::jsonb) = {n} AND {})",

@@ -1114,6 +1114,50 @@ fn full_refresh_never_sweeps_a_key_the_run_quarantined(store: &mut dyn Store) {
     )
     .unwrap();
     assert_eq!(stats.swept_by_stream.get("t"), Some(&0));
+
+    // A run the run log knows (it started at a time): rows written since
+    // it started are not swept either, such as a replay that lands while
+    // it runs (of r1's record of key 5, swept by r2). A stream without a
+    // key is swept by the run alone.
+    let u = table("u", SCHEMA, &[]);
+    store.ensure_table(&u).unwrap();
+    let old_rows = vec![row(&u, r#"{"id":1}"#), row(&u, r#"{"id":2}"#)];
+    commit_as(store, "r3", &batch(&u, old_rows), None, &[]).unwrap();
+    next_millisecond();
+    store
+        .insert_run(&RunRecord::started("r4", INSTANCE, "1", "h"))
+        .unwrap();
+    next_run(store, "r3", "r4");
+    let key5 = store
+        .list_quarantine(&QuarantineFilter::default())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.record == r#"{"id":5,"text":5}"#)
+        .unwrap();
+    let applied = store
+        .apply_replay(&ReplayPlan {
+            replay_id: "rp".into(),
+            accepted: vec![(key5.id, t.clone(), row(&t, r#"{"id":5,"text":"fixed5"}"#))],
+            rejected: vec![],
+            force: false,
+        })
+        .unwrap();
+    assert_eq!(applied.replayed, [key5.id]);
+    let p = batch(&u, vec![row(&u, r#"{"id":3}"#)]);
+    let stats = commit_as(store, "r4", &p, None, &[t.clone(), u.clone()]).unwrap();
+    assert_eq!(
+        column_by_id(store, "t", "text"),
+        [(5, text("fixed5"))],
+        "r3's row of key 4 swept, the replayed row kept"
+    );
+    assert_eq!(column_by_id(store, "u", "_run_id"), [(3, text("r4"))]);
+    assert_eq!(
+        (
+            stats.swept_by_stream.get("t"),
+            stats.swept_by_stream.get("u")
+        ),
+        (Some(&1), Some(&2))
+    );
 }
 
 fn a_replay_never_overwrites_a_newer_row_unless_forced(store: &mut dyn Store) {

@@ -10,7 +10,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
     QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, Scan, StoreError,
-    StreamDef,
+    StreamDef, NO_RUN_START,
 };
 use sluice_core::row::{ColumnKind, Row, StreamTable, META_COLUMNS};
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
@@ -849,7 +849,8 @@ fn i(v: u64) -> i64 {
 }
 
 /// The full-refresh sweep of `table` (parameters: the run, the instance,
-/// the stream): delete every row the run did not write, except rows of
+/// the stream; see [`CommitRequest::sweep`]): delete every row the run
+/// did not write and that was written before it started, except rows of
 /// keys the run quarantined (its quarantine rows of the stream, first
 /// quarantined or seen again by it, with a key: `record_key`'s element
 /// `i` is key column `i`). `NOT IN` over an uncorrelated subquery: SQLite
@@ -857,8 +858,14 @@ fn i(v: u64) -> i64 {
 /// that set (which would make `NOT IN` keep every row).
 fn sweep_sql(table: &StreamTable) -> String {
     let target = quote_ident(&table.table);
+    // Rows written since the run started (by a replay) are kept too.
+    let before_run = format!(
+        "\"_synced_at\" < coalesce((SELECT started_at FROM _sluice_runs WHERE id = ?1), '{NO_RUN_START}')"
+    );
     if table.primary_key.is_empty() {
-        return format!("DELETE FROM {target} WHERE \"_run_id\" <> ?1");
+        return format!(
+            "DELETE FROM {target} WHERE \"_run_id\" <> ?1 AND {before_run} AND ?2 IS NOT NULL AND ?3 IS NOT NULL"
+        );
     }
     let n = table.primary_key.len();
     let cols: Vec<String> = table
@@ -875,7 +882,7 @@ fn sweep_sql(table: &StreamTable) -> String {
         format!("({})", cols.join(", "))
     };
     format!(
-        "DELETE FROM {target} WHERE \"_run_id\" <> ?1 AND {lhs} NOT IN (SELECT {} \
+        "DELETE FROM {target} WHERE \"_run_id\" <> ?1 AND {before_run} AND {lhs} NOT IN (SELECT {} \
          FROM _sluice_quarantine q WHERE q.connector = ?2 AND q.stream = ?3 \
          AND q.last_seen_run = ?1 AND q.record_key IS NOT NULL \
          AND json_array_length(q.record_key) = {n})",
