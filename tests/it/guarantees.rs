@@ -335,3 +335,234 @@ fn run_history_has_per_stream_counts_and_show() {
     let out = sluice(["runs", "show", "nope", "--db", dbp.to_str().unwrap()]);
     assert!(!out.ok && out.stderr.contains("not found"), "{out:?}");
 }
+
+#[test]
+fn a_full_refresh_keeps_the_rows_of_keys_it_quarantined_and_says_what_it_removed() {
+    let s = Scratch::new();
+    let (fx, state) = start(ItemsConfig {
+        total: 500,
+        ..Default::default()
+    });
+    let config = json!({"base_url": fx.base_url(), "page_size": 200});
+    run_items(&s, &fx, &config, &[]);
+    let dbp = s.path("sluice.db");
+    let conn = db(&dbp);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items__items"), 500);
+
+    // Upstream deletes 10 records, and now serves ids 99, 199, … with a
+    // string amount: the full refresh quarantines their new revisions.
+    {
+        let mut st = state.lock().unwrap();
+        st.config.deleted = (100..110).collect();
+        st.config.wrong_type_every = Some(100);
+    }
+    let r = run_items(&s, &fx, &config, &["--full-refresh"]);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(
+        (
+            r["records_emitted"].as_u64(),
+            r["records_quarantined"].as_u64()
+        ),
+        (Some(490), Some(5))
+    );
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM items__items"),
+        490,
+        "the vanished rows are removed, the quarantined keys' rows kept"
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM items__items WHERE id % 100 = 99 AND typeof(amount) = 'real'"
+        ),
+        5,
+        "each quarantined key keeps its last good row"
+    );
+    assert_eq!(r["streams"]["items"]["swept"], 10, "{}", r["streams"]);
+    let id = r["id"].as_str().unwrap();
+    let shown = sluice(["runs", "show", id, "--db", dbp.to_str().unwrap()]);
+    assert!(
+        shown.ok
+            && shown
+                .stdout
+                .contains("5 quarantined, 485 upserted, 10 removed by the full refresh"),
+        "{shown:?}"
+    );
+
+    // The same full refresh again: the five records are seen again and
+    // counted on their open quarantine rows, not stored twice; nothing
+    // more to remove.
+    let r = run_items(&s, &fx, &config, &["--full-refresh"]);
+    assert_eq!(r["records_quarantined"], 5, "the run counts what it saw");
+    assert_eq!(r["streams"]["items"]["swept"], 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM items__items"), 490);
+    let q = cli_json(&[
+        "quarantine",
+        "list",
+        "--db",
+        dbp.to_str().unwrap(),
+        "--json",
+    ]);
+    let q = q.as_array().unwrap();
+    assert_eq!(q.len(), 5, "{q:?}");
+    for e in q {
+        assert_eq!(e["seen_count"], 2, "{e}");
+        assert_eq!(e["last_seen_run"], r["id"]);
+        assert_ne!(e["run_id"], r["id"]);
+    }
+    // The text summary says what the sweep removed.
+    let cfg = s.path("items.json");
+    let out = sluice([
+        "run",
+        guest("items").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--db",
+        dbp.to_str().unwrap(),
+        "--allow-host",
+        &format!("127.0.0.1:{}", fx.addr.port()),
+        "--full-refresh",
+    ]);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("removed:  0 rows by the full refresh (items: 0)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT sum(seen_count) FROM _sluice_quarantine WHERE status = 'quarantined'"
+        ),
+        15
+    );
+}
+
+#[test]
+fn a_replay_never_overwrites_a_row_refreshed_after_the_record_was_quarantined_unless_forced() {
+    let s = Scratch::new();
+    let fixture = ItemsConfig {
+        total: 300,
+        wrong_type_every: Some(100), // ids 99, 199, 299: amount is a string
+        ..Default::default()
+    };
+    let (fx, state) = start(fixture.clone());
+    let config = json!({"base_url": fx.base_url(), "page_size": 100});
+    let r1 = run_items(&s, &fx, &config, &[]);
+    assert_eq!(r1["records_quarantined"], 3);
+    let dbp = s.path("sluice.db");
+    let dbs = dbp.to_str().unwrap();
+    let conn = db(&dbp);
+
+    // Upstream fixes item 99 in a newer revision (version 1, a later
+    // updated_at); the next incremental run writes it.
+    {
+        let mut st = state.lock().unwrap();
+        st.config.wrong_type_every = None;
+        st.config.updated = [99].into();
+    }
+    let r2 = run_items(&s, &fx, &config, &[]);
+    assert_eq!(
+        (r2["records_emitted"].as_u64(), r2["records_valid"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let version_of_99 = || -> i64 {
+        conn.query_row("SELECT version FROM items__items WHERE id = 99", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(version_of_99(), 1);
+
+    // The operator accepts string amounts (the connector declares the
+    // relaxed schema in a run) and replays: the quarantined revision of 99
+    // is older than its row, so it is stale and stays in quarantine.
+    let mut schema: Value = serde_json::from_str(
+        &cli_json(&["spec", guest("items").to_str().unwrap(), "--json"])["streams"][0]
+            ["json_schema"]
+            .to_string(),
+    )
+    .unwrap();
+    schema["properties"]["amount"] = json!({"type": ["number", "string"]});
+    let relaxed = json!({"base_url": fx.base_url(), "page_size": 100, "schema": schema});
+    run_items(&s, &fx, &relaxed, &[]);
+    let q = cli_json(&["quarantine", "list", "--db", dbs, "--json"]);
+    let id99 = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["record"].as_str().unwrap().contains("\"id\":99,"))
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let rep = cli_json(&["quarantine", "replay", "--db", dbs, "--json"]);
+    assert_eq!(
+        (
+            rep["examined"].as_u64(),
+            rep["replayed"].as_u64(),
+            rep["stale"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{rep}"
+    );
+    assert_eq!(rep["stale_ids"], json!([id99]));
+    assert_eq!(version_of_99(), 1, "the newer revision stays");
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM items__items WHERE id IN (199, 299) AND _run_id LIKE 'replay-%'"
+        ),
+        2
+    );
+    let status: String = conn
+        .query_row(
+            "SELECT status FROM _sluice_quarantine WHERE id = ?1",
+            [id99],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "quarantined");
+    assert_eq!(
+        count(&conn, "SELECT sum(stale) FROM _sluice_replays"),
+        1,
+        "the audit counts it"
+    );
+
+    // Replayed again without --force: still stale, said in plain text.
+    let out = sluice(["quarantine", "replay", "--db", dbs]);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("1 examined, 0 replayed into their tables, 0 still invalid, 1 stale"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("--force") && out.stdout.trim_end().ends_with(&format!(": {id99}")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(version_of_99(), 1);
+
+    // --force writes it over the newer row.
+    let rep = cli_json(&["quarantine", "replay", "--db", dbs, "--force", "--json"]);
+    assert_eq!(
+        (
+            rep["replayed"].as_u64(),
+            rep["stale"].as_u64(),
+            rep["forced"].as_bool()
+        ),
+        (Some(1), Some(0), Some(true)),
+        "{rep}"
+    );
+    assert_eq!(version_of_99(), 0, "forced: the quarantined revision");
+    let status: String = conn
+        .query_row(
+            "SELECT status FROM _sluice_quarantine WHERE id = ?1",
+            [id99],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "replayed");
+}

@@ -70,6 +70,9 @@ pub struct CommitStats {
     pub upserted_by_stream: std::collections::BTreeMap<String, u64>,
     /// Rows removed by full-refresh sweeps.
     pub swept: u64,
+    /// Rows removed by full-refresh sweeps, per stream: every stream swept
+    /// has an entry (0 if the sweep removed nothing).
+    pub swept_by_stream: std::collections::BTreeMap<String, u64>,
 }
 
 /// Records of one stream waiting for the next commit.
@@ -82,6 +85,10 @@ pub struct QuarantinedRecord {
     /// The record exactly as the connector emitted it.
     pub record: String,
     pub errors: Vec<crate::schema::RecordError>,
+    /// The record's primary key, if it names one
+    /// ([`StreamTable::record_key`]): a full refresh never sweeps the row
+    /// of a key the run quarantined.
+    pub key: Option<String>,
 }
 
 /// Everything a run emitted since its last commit.
@@ -121,9 +128,22 @@ pub struct CommitRequest<'a> {
     pub pending: &'a Pending,
     /// (stream, value)
     pub state: Option<(&'a str, &'a str)>,
-    /// Full-refresh tables: delete every row this run did not write.
-    pub sweep: &'a [String],
+    /// Full-refresh streams: delete every row of their tables that this
+    /// run did not write, except the rows of keys the run quarantined (a
+    /// key the run saw, valid or not, is never swept) and rows written
+    /// since the run started (a replay that landed during the run may have
+    /// overwritten a row the run wrote). The quarantine rows this run saw
+    /// (`last_seen_run`) with a key say which keys: see
+    /// [`QuarantinedRecord::key`]; the run's `started_at` in the run log
+    /// says when it started (a run the log does not know sweeps by the
+    /// first rule alone).
+    pub sweep: &'a [std::sync::Arc<StreamTable>],
 }
+
+/// What a sweep compares `_synced_at` with when the run log has no start
+/// for the sweeping run: later than any time Sluice writes, so no row is
+/// kept for being newer than the run.
+pub const NO_RUN_START: &str = "9999-12-31T23:59:59.999Z";
 
 /// A stream's declaration as last seen (for replay and drift).
 #[derive(Debug, Clone, Serialize)]
@@ -135,22 +155,37 @@ pub struct StreamDef {
     pub primary_key: Vec<String>,
 }
 
-/// A row of the quarantine table.
+/// A row of the quarantine table. One row stands for one distinct record
+/// while it is open: the same record (instance, stream and raw JSON) seen
+/// again, by a later run or in the same commit, counts on the open row
+/// (`seen_count`, `last_seen_run`, `last_seen_at`) instead of adding one.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantineEntry {
     pub id: i64,
+    /// The run that first quarantined the record.
     pub run_id: String,
     pub connector: String,
     pub connector_version: String,
     pub stream: String,
     pub record: String,
     pub errors: Vec<crate::schema::RecordError>,
+    /// When the record was first quarantined.
     pub quarantined_at: String,
     /// `quarantined` or `replayed`.
     pub status: String,
     pub replay_id: Option<String>,
     /// The record before an operator edited it, if edited.
     pub original_record: Option<String>,
+    /// The record's primary key (a JSON array), if it names one.
+    pub key: Option<String>,
+    /// How many times runs emitted this record while it was open (1 for a
+    /// record seen once).
+    pub seen_count: u64,
+    /// The run that emitted it last (`run_id` if seen once).
+    pub last_seen_run: String,
+    /// When a run emitted it last (`quarantined_at` if seen once): what a
+    /// replay compares with the row of its key (see [`ReplayPlan`]).
+    pub last_seen_at: String,
 }
 
 /// Which quarantine rows to list or replay.
@@ -164,7 +199,20 @@ pub struct QuarantineFilter {
     pub limit: Option<usize>,
 }
 
-/// The outcome of a replay, applied in one transaction.
+/// The outcome of a replay's checks, applied in one transaction.
+///
+/// **Stale records.** A record that now passes is *stale* when the row of
+/// its key was written after the record was last seen: the row's
+/// `_synced_at` (the time of the commit or replay that wrote it) is at or
+/// after the quarantine row's `last_seen_at`. The row is newer than the
+/// record, and writing the record would take it back to an older
+/// revision. A stale record is not written (unless `force`); it stays
+/// open in quarantine and the replay reports it. "At" counts as newer: a
+/// row and a record of one commit share one time, and which came last is
+/// not known. Rows this replay writes itself do not count (two records of
+/// one key replayed together: the later one wins, as in a run). A stream
+/// without a primary key has no rows to be stale against. Both times come
+/// from the clocks of the processes that committed.
 #[derive(Debug, Default)]
 pub struct ReplayPlan {
     pub replay_id: String,
@@ -172,6 +220,18 @@ pub struct ReplayPlan {
     pub accepted: Vec<(i64, std::sync::Arc<StreamTable>, Row)>,
     /// Quarantine id and current errors of records that still fail.
     pub rejected: Vec<(i64, Vec<crate::schema::RecordError>)>,
+    /// Write stale records too (`sluice quarantine replay --force`).
+    pub force: bool,
+}
+
+/// What [`RunLog::apply_replay`] did with the accepted records.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayApplied {
+    /// Quarantine ids written into their tables (now `replayed`).
+    pub replayed: Vec<i64>,
+    /// Quarantine ids not written because a newer row holds their key
+    /// (still open; see [`ReplayPlan`]).
+    pub stale: Vec<i64>,
 }
 
 /// An aggregated drift event.
@@ -312,9 +372,10 @@ pub trait RunLog: Send + 'static {
     ) -> Result<Vec<QuarantineEntry>, StoreError>;
     /// Replace a quarantined record's JSON (keeping the original for audit).
     fn edit_quarantined(&mut self, id: i64, record: &str) -> Result<(), StoreError>;
-    /// Upsert accepted records, mark them replayed and record the replay,
-    /// in ONE transaction.
-    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError>;
+    /// Upsert accepted records that are not stale (or all, with
+    /// `plan.force`), mark them replayed, refresh the errors of rejected
+    /// ones and record the replay, in ONE transaction.
+    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<ReplayApplied, StoreError>;
     /// Drift events, newest first.
     fn list_drift(
         &mut self,

@@ -212,6 +212,74 @@ impl StreamTable {
     }
 }
 
+impl StreamTable {
+    /// The primary key of a record that failed its checks (its raw JSON),
+    /// as [`StreamTable::encode_key`] writes it, if the record names one:
+    /// every key field present and of exactly its column's type (an
+    /// `integer` key an exact JSON integer, a `string` key a JSON string,
+    /// …), so the key is the one a valid record with these values would
+    /// have had. `None` for a stream without a key, or a record whose key
+    /// is missing, null, mistyped, or not JSON at all: it identifies no row.
+    ///
+    /// A record with a repeated field is read as `serde_json` reads it
+    /// (the last value wins).
+    pub fn record_key(&self, raw: &str) -> Option<String> {
+        if self.primary_key.is_empty() {
+            return None;
+        }
+        let value: Value = serde_json::from_str(raw).ok()?;
+        let obj = value.as_object()?;
+        let mut key = Vec::with_capacity(self.primary_key.len());
+        for &i in &self.primary_key {
+            let col = &self.columns[i];
+            let v = obj.get(&col.name)?;
+            if !exact_key(v) {
+                return None;
+            }
+            key.push(match (col.kind, v) {
+                (_, Value::Null) => return None,
+                (ColumnKind::Integer, Value::Number(n)) => match n.as_i64() {
+                    Some(i) => SqlValue::Integer(i),
+                    None => match n.as_f64() {
+                        Some(f) if exact_integer(f) => SqlValue::Integer(f as i64),
+                        _ => return None,
+                    },
+                },
+                (ColumnKind::Real, Value::Number(n)) => SqlValue::Real(n.as_f64()?),
+                (ColumnKind::Boolean, Value::Bool(b)) => SqlValue::Integer((*b).into()),
+                (ColumnKind::Text, Value::String(s)) => SqlValue::Text(s.clone()),
+                (ColumnKind::Json, v) => SqlValue::Text(v.to_string()),
+                _ => return None,
+            });
+        }
+        Some(Self::encode_key(&key))
+    }
+
+    /// The primary-key values of `row`, in key order.
+    pub fn key_values<'a>(&self, row: &'a Row) -> Vec<&'a SqlValue> {
+        self.primary_key.iter().map(|&i| &row.values[i]).collect()
+    }
+
+    /// Key values as stored beside a quarantined record: a JSON array of
+    /// the neutral values (integers and booleans as JSON integers, reals
+    /// as numbers, text and JSON columns as strings), so each backend can
+    /// take element `i` back into key column `i`.
+    pub fn encode_key<'a>(values: impl IntoIterator<Item = &'a SqlValue>) -> String {
+        let items: Vec<Value> = values
+            .into_iter()
+            .map(|v| match v {
+                SqlValue::Null => Value::Null,
+                SqlValue::Integer(n) => Value::from(*n),
+                SqlValue::Real(f) => {
+                    serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+                }
+                SqlValue::Text(t) => Value::String(t.clone()),
+            })
+            .collect();
+        Value::Array(items).to_string()
+    }
+}
+
 /// Why a valid JSON value cannot be stored in its column without loss.
 fn out_of_range(n: &serde_json::Number) -> String {
     format!(
@@ -394,6 +462,69 @@ mod tests {
             .row(r#"{"k":1180591620717411303424}"#.into())
             .unwrap_err()
             .contains("primary-key"));
+    }
+
+    #[test]
+    fn a_quarantined_record_names_a_key_only_of_its_columns_types() {
+        let t = StreamTable::from_spec(
+            "t",
+            r#"{"properties":{"b":{"type":"boolean"},"i":{"type":"integer"},"j":{},"r":{"type":"number"},"s":{"type":"string"}}}"#,
+            &["s".to_string(), "i".to_string()],
+        )
+        .unwrap();
+        assert_eq!(
+            t.record_key(r#"{"i":7,"s":"a\"b","x":[1]}"#).as_deref(),
+            Some(r#"["a\"b",7]"#),
+            "in key order, other fields ignored"
+        );
+        assert_eq!(
+            t.record_key(r#"{"i":7.0,"s":"a"}"#).as_deref(),
+            Some(r#"["a",7]"#)
+        );
+        for no_key in [
+            r#"{"i":"7","s":"a"}"#,
+            r#"{"i":7,"s":1}"#,
+            r#"{"i":7}"#,
+            r#"{"i":null,"s":"a"}"#,
+            r#"{"i":7.5,"s":"a"}"#,
+            r#"{"i":1180591620717411303424,"s":"a"}"#,
+            "[1]",
+            "{",
+        ] {
+            assert_eq!(t.record_key(no_key), None, "{no_key}");
+        }
+        let other = |pk: &str| {
+            StreamTable::from_spec(
+                "t",
+                r#"{"properties":{"b":{"type":"boolean"},"j":{},"r":{"type":"number"}}}"#,
+                &[pk.to_string()],
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            other("b").record_key(r#"{"b":true}"#).as_deref(),
+            Some("[1]")
+        );
+        assert_eq!(other("b").record_key(r#"{"b":1}"#), None);
+        assert_eq!(
+            other("r").record_key(r#"{"r":1.5}"#).as_deref(),
+            Some("[1.5]")
+        );
+        assert_eq!(
+            other("j").record_key(r#"{"j":{"a":1}}"#).as_deref(),
+            Some(r#"["{\"a\":1}"]"#),
+            "a JSON column's value is its JSON text"
+        );
+        // The key of a row is the one its record names.
+        let row = t.row(r#"{"i":7,"s":"a"}"#.into()).unwrap();
+        assert_eq!(
+            StreamTable::encode_key(t.key_values(&row)),
+            t.record_key(r#"{"i":7,"s":"a"}"#).unwrap()
+        );
+        // No key declared: none.
+        assert_eq!(table().record_key(r#"{"id":1}"#).as_deref(), Some("[1]"));
+        let keyless = StreamTable::from_spec("t", r#"{"properties":{"id":{}}}"#, &[]).unwrap();
+        assert_eq!(keyless.record_key(r#"{"id":1}"#), None);
     }
 
     #[test]

@@ -151,6 +151,12 @@ pub struct StreamCounts {
     pub valid: u64,
     pub quarantined: u64,
     pub upserted: u64,
+    /// Rows the run's full refresh removed from the stream's table (rows
+    /// of keys the run neither wrote nor quarantined); `None` for a stream
+    /// that was not swept (incremental, or a run that did not succeed),
+    /// and in run records written before Sluice counted sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swept: Option<u64>,
 }
 
 /// One row of run history.

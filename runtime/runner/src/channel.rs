@@ -20,7 +20,8 @@ pub struct RunStream {
     /// The one-pass check, when the schema is flat (see [`sluice_core::flat`]).
     pub flat: Option<sluice_core::flat::FlatCheck>,
     /// Full refresh: the host hides saved state and, at the end of a
-    /// successful run, removes rows the run did not write.
+    /// successful run, removes rows of keys the run neither wrote nor
+    /// quarantined.
     pub full_refresh: bool,
 }
 
@@ -119,7 +120,7 @@ impl ReadChannel {
     fn commit_request(
         &self,
         state: Option<(String, String)>,
-        sweep: Vec<String>,
+        sweep: Vec<std::sync::Arc<sluice_core::row::StreamTable>>,
     ) -> sluice_store::Commit {
         sluice_store::Commit {
             run_id: self.run_id.clone(),
@@ -136,6 +137,10 @@ impl ReadChannel {
             c.commits += 1;
             for (stream, n) in &stats.upserted_by_stream {
                 c.streams.entry(stream.clone()).or_default().upserted += n;
+            }
+            for (stream, n) in &stats.swept_by_stream {
+                let swept = &mut c.streams.entry(stream.clone()).or_default().swept;
+                *swept = Some(swept.unwrap_or(0) + n);
             }
         });
     }
@@ -187,7 +192,7 @@ impl ReadChannel {
     pub async fn commit(
         &self,
         state: Option<(String, String)>,
-        sweep: Vec<String>,
+        sweep: Vec<std::sync::Arc<sluice_core::row::StreamTable>>,
     ) -> Result<sluice_core::destination::CommitStats, HostAbort> {
         self.settle().await?;
         let stats = self

@@ -140,14 +140,7 @@ fn check_one(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<Dri
         Ok(v) => v,
         Err(ParseFailure::NotARecord(why)) => return (Outcome::Refused(why), Vec::new()),
         Err(ParseFailure::DuplicateKey(error)) => {
-            return (
-                Outcome::Quarantined(QuarantinedRecord {
-                    stream: stream.to_string(),
-                    record: raw,
-                    errors: vec![error],
-                }),
-                Vec::new(),
-            )
+            return (quarantined(target, stream, raw, vec![error]), Vec::new())
         }
     };
     // A record that breaks the stream's schema is quarantined.
@@ -155,26 +148,31 @@ fn check_one(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<Dri
         Verdict::Valid { record, drift } => match target.table.row_from_value(record, raw) {
             Ok(row) => (Outcome::Row(row), drift),
             Err((message, raw)) => (
-                Outcome::Quarantined(QuarantinedRecord {
-                    stream: stream.to_string(),
-                    record: raw,
-                    errors: vec![RecordError {
+                quarantined(
+                    target,
+                    stream,
+                    raw,
+                    vec![RecordError {
                         path: String::new(),
                         message,
                     }],
-                }),
+                ),
                 drift,
             ),
         },
-        Verdict::Invalid { errors, drift } => (
-            Outcome::Quarantined(QuarantinedRecord {
-                stream: stream.to_string(),
-                record: raw,
-                errors,
-            }),
-            drift,
-        ),
+        Verdict::Invalid { errors, drift } => (quarantined(target, stream, raw, errors), drift),
     }
+}
+
+/// A record that failed its checks, with its key if it names one (read
+/// again from its text: only quarantined records pay for it).
+fn quarantined(target: &RunStream, stream: &str, raw: String, errors: Vec<RecordError>) -> Outcome {
+    Outcome::Quarantined(QuarantinedRecord {
+        stream: stream.to_string(),
+        key: target.table.record_key(&raw),
+        record: raw,
+        errors,
+    })
 }
 
 #[cfg(test)]
@@ -250,6 +248,27 @@ mod tests {
             summary(&check_batch(&t, "s", vec![record(last)], false))[0]
         );
         assert!(two[5].contains("/extra"), "{}", two[5]);
+    }
+
+    #[test]
+    fn quarantined_records_carry_the_key_they_name() {
+        let t = target();
+        let keys: Vec<Option<String>> = [
+            r#"{"id":5,"name":3}"#,        // a good key, a bad field
+            r#"{"id":"3","name":"x"}"#,    // a mistyped key names no row
+            r#"{"name":"x"}"#,             // nor a missing one
+            r#"{"id":6,"id":7,"name":1}"#, // a repeated field: as serde reads it
+        ]
+        .iter()
+        .map(|r| match check_one(&t, "s", r.to_string()).0 {
+            Outcome::Quarantined(q) => q.key,
+            _ => panic!("{r} was not quarantined"),
+        })
+        .collect();
+        assert_eq!(
+            keys,
+            [Some("[5]".to_string()), None, None, Some("[7]".to_string())]
+        );
     }
 
     #[test]

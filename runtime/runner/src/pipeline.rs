@@ -17,9 +17,9 @@ use sluice_core::flat::FlatCheck;
 use sluice_core::limits::{Limits, CANCEL_GRACE, LEASE_HEARTBEAT, LEASE_TTL};
 use sluice_core::location::DbLocation;
 use sluice_core::mode::WriteMode;
-use sluice_core::run_spec::ProtocolOutput;
 use sluice_core::row::StreamTable;
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
+use sluice_core::run_spec::ProtocolOutput;
 use sluice_core::schema::{DriftKind, ParseFailure, RecordError, StreamSchema, Verdict};
 use sluice_core::secrets::{SecretSource, Secrets};
 use sluice_core::spec_check::{self, SpecError};
@@ -825,6 +825,7 @@ async fn drive(
             flat,
             full_refresh,
         };
+        let stream_table = run_stream.table.clone();
         if streams.insert(s.name.clone(), run_stream).is_some() {
             return Err(invalid(format!("stream {:?} is declared twice", s.name)));
         }
@@ -837,7 +838,7 @@ async fn drive(
             },
         });
         if full_refresh {
-            sweep.push(table_name.clone());
+            sweep.push(stream_table);
         }
         defs.push(StreamDef {
             connector: key.to_string(),
@@ -907,19 +908,31 @@ async fn drive(
 pub struct ReplaySummary {
     pub replay_id: String,
     pub examined: usize,
+    /// Records written into their tables (now `replayed`).
     pub replayed: usize,
     pub still_invalid: usize,
+    /// Records that pass but were not written: the row of their key was
+    /// written after they were last seen (see
+    /// [`ReplayPlan`](sluice_core::destination::ReplayPlan)). They stay in
+    /// quarantine; `force` writes them.
+    pub stale: usize,
+    /// The quarantine ids of the stale records.
+    pub stale_ids: Vec<i64>,
+    /// Whether stale records were written anyway (`--force`).
+    pub forced: bool,
 }
 
 /// A stream's table and compiled schema, for replay.
 type ReplayTarget = (Arc<StreamTable>, StreamSchema);
 
 /// Re-validate quarantined records against their stream's current schema
-/// (as last declared by the connector) and upsert those that now pass, all
-/// in one transaction; the rest keep their (refreshed) errors.
+/// (as last declared by the connector) and upsert those that now pass and
+/// are not stale (all of them with `force`), all in one transaction; the
+/// rest keep their (refreshed) errors.
 pub fn replay(
     store: &mut dyn Store,
     filter: &QuarantineFilter,
+    force: bool,
 ) -> Result<ReplaySummary, PipelineError> {
     let entries = store.list_quarantine(&QuarantineFilter {
         all: false,
@@ -928,6 +941,7 @@ pub fn replay(
     let mut targets: HashMap<(String, String), Option<ReplayTarget>> = HashMap::new();
     let mut plan = ReplayPlan {
         replay_id: format!("replay-{}", new_run_id()),
+        force,
         ..ReplayPlan::default()
     };
     for e in &entries {
@@ -998,11 +1012,14 @@ pub fn replay(
             Verdict::Invalid { errors, .. } => plan.rejected.push((e.id, errors)),
         }
     }
-    store.apply_replay(&plan)?;
+    let applied = store.apply_replay(&plan)?;
     Ok(ReplaySummary {
         replay_id: plan.replay_id,
         examined: entries.len(),
-        replayed: plan.accepted.len(),
+        replayed: applied.replayed.len(),
         still_invalid: plan.rejected.len(),
+        stale: applied.stale.len(),
+        stale_ids: applied.stale,
+        forced: force,
     })
 }

@@ -11,6 +11,7 @@
 pub mod open;
 pub mod postgres;
 pub mod protocol;
+pub mod quarantine;
 pub mod sqlite;
 pub mod writer;
 

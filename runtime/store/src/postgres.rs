@@ -25,13 +25,15 @@ use postgres::{Client, GenericClient, NoTls, Transaction};
 
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
-    QuarantineEntry, QuarantineFilter, ReplayPlan, RunLog, Scan, StoreError, StreamDef,
+    QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, Scan, StoreError,
+    StreamDef, NO_RUN_START,
 };
 use sluice_core::location::PostgresLocation;
 use sluice_core::row::{ColumnKind, Row, StreamTable};
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::value::Value;
 
+use crate::quarantine::record_hash;
 use crate::sqlite::{holder_is_gone, ms, unix_ms, CRASHED_ERROR};
 
 mod state;
@@ -115,7 +117,12 @@ CREATE TABLE IF NOT EXISTS _sluice_quarantine (
     quarantined_at    TEXT NOT NULL,
     status            TEXT NOT NULL DEFAULT 'quarantined',
     replay_id         TEXT,
-    original_record   TEXT
+    original_record   TEXT,
+    record_key        TEXT,
+    record_hash       TEXT,
+    seen_count        BIGINT NOT NULL DEFAULT 1,
+    last_seen_run     TEXT,
+    last_seen_at      TEXT
 );
 CREATE INDEX IF NOT EXISTS _sluice_quarantine_stream ON _sluice_quarantine (connector, stream, status);
 CREATE TABLE IF NOT EXISTS _sluice_replays (
@@ -123,7 +130,8 @@ CREATE TABLE IF NOT EXISTS _sluice_replays (
     at            TEXT NOT NULL,
     examined      BIGINT NOT NULL,
     replayed      BIGINT NOT NULL,
-    still_invalid BIGINT NOT NULL
+    still_invalid BIGINT NOT NULL,
+    stale         BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS _sluice_drift (
     connector      TEXT NOT NULL,
@@ -162,6 +170,22 @@ CREATE TABLE IF NOT EXISTS _sluice_instances (
 );
 ";
 
+/// Columns added to Sluice's tables after they were first released, for
+/// schemas made before (the SQLite store's lists, in Postgres's types),
+/// then the indexes on them; run at every connect, each a no-op once done.
+/// An older quarantine row reads as seen once, by the run that
+/// quarantined it.
+const MIGRATIONS: &str = "
+ALTER TABLE _sluice_quarantine ADD COLUMN IF NOT EXISTS record_key TEXT;
+ALTER TABLE _sluice_quarantine ADD COLUMN IF NOT EXISTS record_hash TEXT;
+ALTER TABLE _sluice_quarantine ADD COLUMN IF NOT EXISTS seen_count BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE _sluice_quarantine ADD COLUMN IF NOT EXISTS last_seen_run TEXT;
+ALTER TABLE _sluice_quarantine ADD COLUMN IF NOT EXISTS last_seen_at TEXT;
+ALTER TABLE _sluice_replays ADD COLUMN IF NOT EXISTS stale BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS _sluice_quarantine_record ON _sluice_quarantine (connector, stream, record_hash);
+CREATE INDEX IF NOT EXISTS _sluice_quarantine_seen ON _sluice_quarantine (connector, stream, last_seen_run);
+";
+
 const RUN_COLUMNS: &str = "id, connector, connector_version, component_hash, started_at, ended_at, \
     duration_ms, status, records_emitted, records_upserted, commits, http_requests, http_denied, \
     http_bytes, fuel_used, peak_memory_bytes, error, records_valid, records_quarantined, stream_counts, drift, \
@@ -169,7 +193,8 @@ const RUN_COLUMNS: &str = "id, connector, connector_version, component_hash, sta
 
 const QUARANTINE_COLUMNS: &str =
     "id, run_id, connector, connector_version, stream, record, errors, \
-    quarantined_at, status, replay_id, original_record";
+    quarantined_at, status, replay_id, original_record, record_key, seen_count, \
+    last_seen_run, last_seen_at";
 
 /// A failure inside the Postgres backend: the server's (or the client's),
 /// or one of the store's refusals. Leaves the backend as a [`StoreError`].
@@ -386,6 +411,34 @@ impl PostgresStore {
             // with pg_temp.).
             tx.batch_execute(&format!("SET search_path = {quoted}, pg_catalog, pg_temp"))?;
             tx.batch_execute(SCHEMA)?;
+            let hashed = tx
+                .query_opt(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = $1 \
+                     AND table_name = '_sluice_quarantine' AND column_name = 'record_hash'",
+                    &[&schema],
+                )?
+                .is_some();
+            tx.batch_execute(MIGRATIONS)?;
+            // Open rows stored before there was a record_hash (when the
+            // column was added just now): hashed, so a record quarantined
+            // by an older Sluice is found again too.
+            let unhashed = if hashed {
+                Vec::new()
+            } else {
+                tx.query(
+                    "SELECT id, coalesce(original_record, record) FROM _sluice_quarantine \
+                     WHERE record_hash IS NULL AND status = 'quarantined'",
+                    &[],
+                )?
+            };
+            if !unhashed.is_empty() {
+                let set =
+                    tx.prepare("UPDATE _sluice_quarantine SET record_hash = $2 WHERE id = $1")?;
+                for r in &unhashed {
+                    let (id, raw): (i64, &str) = (r.try_get(0)?, r.try_get(1)?);
+                    tx.execute(&set, &[&id, &record_hash(raw)])?;
+                }
+            }
             tx.commit()?;
             // SET inside a committed transaction lasts for the session.
             Ok(())
@@ -494,6 +547,14 @@ fn quarantine_from_row(row: &postgres::Row) -> Result<QuarantineEntry> {
         status: row.try_get(8)?,
         replay_id: row.try_get(9)?,
         original_record: row.try_get(10)?,
+        key: row.try_get(11)?,
+        seen_count: u(row.try_get::<_, i64>(12)?).max(1),
+        last_seen_run: row
+            .try_get::<_, Option<String>>(13)?
+            .map_or_else(|| row.try_get(1), Ok)?,
+        last_seen_at: row
+            .try_get::<_, Option<String>>(14)?
+            .map_or_else(|| row.try_get(7), Ok)?,
     })
 }
 
@@ -615,6 +676,116 @@ fn upsert_rows(
     };
     tx.execute(&sql, &[&run_id, &now])?;
     Ok(rows.len() as u64)
+}
+
+/// `jsonb` element `elem` (of a quarantine row's `record_key`) as a value
+/// of a key column of `kind`, in SQL (see [`StreamTable::encode_key`]:
+/// booleans are 0/1, JSON columns' values their JSON text).
+fn key_element(elem: &str, kind: ColumnKind) -> String {
+    match kind {
+        ColumnKind::Integer => format!("({elem})::bigint"),
+        ColumnKind::Real => format!("({elem})::double precision"),
+        ColumnKind::Boolean => format!("({elem})::boolean"),
+        ColumnKind::Text => format!("({elem})"),
+        ColumnKind::Json => format!("({elem})::jsonb"),
+    }
+}
+
+/// The full-refresh sweep of `table` (qualified name `target`; parameters:
+/// the run, the instance, the stream; see [`CommitRequest::sweep`]):
+/// delete every row the run did not write and that was written before it
+/// started, except rows of keys the run quarantined (its quarantine rows of
+/// the stream, first quarantined or seen again by it, with a key:
+/// `record_key`'s element `i` is key column `i`). `NOT EXISTS` lets the
+/// planner make it one anti-join.
+fn sweep_sql(target: &str, table: &StreamTable) -> Result<String> {
+    // Rows written since the run started (by a replay) are kept too.
+    let before_run = format!(
+        "t.\"_synced_at\" < coalesce((SELECT started_at FROM _sluice_runs WHERE id = $1), '{NO_RUN_START}')"
+    );
+    if table.primary_key.is_empty() {
+        return Ok(format!(
+            "DELETE FROM {target} t WHERE t.\"_run_id\" <> $1 AND {before_run} \
+             AND $2::text IS NOT NULL AND $3::text IS NOT NULL"
+        ));
+    }
+    let n = table.primary_key.len();
+    let mut cond = Vec::with_capacity(n);
+    for (k, &i) in table.primary_key.iter().enumerate() {
+        let col = &table.columns[i];
+        cond.push(format!(
+            "t.{} = {}",
+            quote_ident(&col.name)?,
+            key_element(&format!("q.record_key::jsonb ->> {k}"), col.kind)
+        ));
+    }
+    Ok(format!(
+        "DELETE FROM {target} t WHERE t.\"_run_id\" <> $1 AND {before_run} AND NOT EXISTS (SELECT 1 \
+         FROM _sluice_quarantine q WHERE q.connector = $2 AND q.stream = $3 \
+         AND q.last_seen_run = $1 AND q.record_key IS NOT NULL \
+         AND jsonb_array_length(q.record_key::jsonb) = {n} AND {})",
+        cond.join(" AND ")
+    ))
+}
+
+/// Whether replaying quarantine row `id` as `row` would take `table`'s
+/// row of its key (in `target`) back to an older revision (see
+/// [`ReplayPlan`]): that row was written (`_synced_at`) at or after the
+/// record was last seen, by anything but this replay (`replay_id`).
+fn replay_is_stale(
+    tx: &mut Transaction<'_>,
+    target: &str,
+    table: &StreamTable,
+    id: i64,
+    row: &Row,
+    replay_id: &str,
+) -> Result<bool> {
+    if table.primary_key.is_empty() {
+        return Ok(false);
+    }
+    let seen_at: String = tx
+        .query_opt(
+            "SELECT coalesce(last_seen_at, quarantined_at) FROM _sluice_quarantine WHERE id = $1",
+            &[&id],
+        )?
+        .ok_or(StoreError::QuarantineNotFound(id))?
+        .try_get(0)?;
+    let mut cond = Vec::with_capacity(table.primary_key.len());
+    let mut cells = Vec::with_capacity(table.primary_key.len());
+    for (k, &i) in table.primary_key.iter().enumerate() {
+        let col = &table.columns[i];
+        let placeholder = match col.kind {
+            ColumnKind::Json => format!("${}::jsonb", k + 1),
+            _ => format!("${}", k + 1),
+        };
+        cond.push(format!("{} = {placeholder}", quote_ident(&col.name)?));
+        cells.push(
+            cell(col.kind, &row.values[i]).map_err(|why| StoreError::InvalidStream {
+                stream: table.name.clone(),
+                reason: format!("column {:?}: {why}", col.name),
+            })?,
+        );
+    }
+    let stmt = tx.prepare_typed(
+        &format!(
+            "SELECT \"_synced_at\", \"_run_id\" FROM {target} WHERE {} FOR UPDATE",
+            cond.join(" AND ")
+        ),
+        &table
+            .primary_key
+            .iter()
+            .map(|&i| staging_type(table.columns[i].kind))
+            .collect::<Vec<_>>(),
+    )?;
+    let params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let current = tx.query_opt(&stmt, &params)?;
+    Ok(match current {
+        Some(r) => {
+            let (synced_at, run): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            run != replay_id && synced_at >= seen_at
+        }
+        None => false,
+    })
 }
 
 /// The backend's operations, in Postgres's terms; the [`Destination`] and
@@ -792,7 +963,7 @@ impl PostgresStore {
         }
         let mut sweeps = Vec::with_capacity(req.sweep.len());
         for table in req.sweep {
-            sweeps.push(self.qualified(table)?);
+            sweeps.push(sweep_sql(&self.qualified(&table.table)?, table)?);
         }
         let mut tx = self.client.transaction()?;
         // Fencing: a run whose lease was taken over writes nothing more.
@@ -820,24 +991,49 @@ impl PostgresStore {
                 .or_default() += n;
         }
         if !req.pending.quarantine.is_empty() {
-            let stmt = tx.prepare(
-                "INSERT INTO _sluice_quarantine (run_id, connector, connector_version, stream, record, errors, quarantined_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            // One open row per distinct record (see quarantine.rs): the
+            // same record again counts on it, also within this commit.
+            let find = tx.prepare(
+                "SELECT id FROM _sluice_quarantine WHERE connector = $1 AND stream = $2 \
+                 AND record_hash = $3 AND status = 'quarantined' \
+                 AND coalesce(original_record, record) = $4 ORDER BY id LIMIT 1",
+            )?;
+            let seen = tx.prepare(
+                "UPDATE _sluice_quarantine SET seen_count = seen_count + 1, last_seen_run = $2, \
+                 last_seen_at = $3, record_key = $4 WHERE id = $1",
+            )?;
+            let insert = tx.prepare(
+                "INSERT INTO _sluice_quarantine (run_id, connector, connector_version, stream, record, errors, \
+                 quarantined_at, record_key, record_hash, seen_count, last_seen_run, last_seen_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $1, $7)",
             )?;
             for q in &req.pending.quarantine {
-                let errors = serde_json::to_string(&q.errors).unwrap_or_else(|_| "[]".into());
-                tx.execute(
-                    &stmt,
-                    &[
-                        &req.run_id,
-                        &req.connector,
-                        &req.connector_version,
-                        &q.stream,
-                        &q.record,
-                        &errors,
-                        &now,
-                    ],
-                )?;
+                let hash = record_hash(&q.record);
+                let open = tx.query_opt(&find, &[&req.connector, &q.stream, &hash, &q.record])?;
+                match open {
+                    Some(r) => {
+                        let id: i64 = r.try_get(0)?;
+                        tx.execute(&seen, &[&id, &req.run_id, &now, &q.key])?;
+                    }
+                    None => {
+                        let errors =
+                            serde_json::to_string(&q.errors).unwrap_or_else(|_| "[]".into());
+                        tx.execute(
+                            &insert,
+                            &[
+                                &req.run_id,
+                                &req.connector,
+                                &req.connector_version,
+                                &q.stream,
+                                &q.record,
+                                &errors,
+                                &now,
+                                &q.key,
+                                &hash,
+                            ],
+                        )?;
+                    }
+                }
                 stats.quarantined += 1;
             }
         }
@@ -875,11 +1071,10 @@ impl PostgresStore {
                 &[&req.connector, &stream, &value, &req.run_id, &now],
             )?;
         }
-        for target in &sweeps {
-            stats.swept += tx.execute(
-                &format!("DELETE FROM {target} WHERE \"_run_id\" <> $1"),
-                &[&req.run_id],
-            )?;
+        for (table, sql) in req.sweep.iter().zip(&sweeps) {
+            let n = tx.execute(sql, &[&req.run_id, &req.connector, &table.name])?;
+            stats.swept += n;
+            *stats.swept_by_stream.entry(table.name.clone()).or_default() += n;
         }
         tx.commit()?;
         Ok(stats)
@@ -961,7 +1156,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    fn apply_replay_pg(&mut self, plan: &ReplayPlan) -> Result<()> {
+    fn apply_replay_pg(&mut self, plan: &ReplayPlan) -> Result<ReplayApplied> {
         let now = now_rfc3339();
         let mut targets = Vec::with_capacity(plan.accepted.len());
         for (_, table, _) in &plan.accepted {
@@ -969,7 +1164,17 @@ impl PostgresStore {
         }
         let mut tx = self.client.transaction()?;
         let mut stage = 0;
+        let mut applied = ReplayApplied::default();
         for ((id, table, row), target) in plan.accepted.iter().zip(&targets) {
+            if !plan.force {
+                // The row of the key is locked to the end (FOR UPDATE): a
+                // run committing into it waits for this replay, so what
+                // was checked is what is overwritten.
+                if replay_is_stale(&mut tx, target, table, *id, row, &plan.replay_id)? {
+                    applied.stale.push(*id);
+                    continue;
+                }
+            }
             upsert_rows(
                 &mut tx,
                 target,
@@ -983,6 +1188,7 @@ impl PostgresStore {
                 "UPDATE _sluice_quarantine SET status = 'replayed', replay_id = $2 WHERE id = $1",
                 &[id, &plan.replay_id],
             )?;
+            applied.replayed.push(*id);
         }
         for (id, errors) in &plan.rejected {
             let errors = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
@@ -992,17 +1198,19 @@ impl PostgresStore {
             )?;
         }
         tx.execute(
-            "INSERT INTO _sluice_replays (id, at, examined, replayed, still_invalid) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO _sluice_replays (id, at, examined, replayed, still_invalid, stale) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 &plan.replay_id,
                 &now,
                 &i((plan.accepted.len() + plan.rejected.len()) as u64),
-                &i(plan.accepted.len() as u64),
+                &i(applied.replayed.len() as u64),
                 &i(plan.rejected.len() as u64),
+                &i(applied.stale.len() as u64),
             ],
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(applied)
     }
 
     fn list_drift_pg(
@@ -1365,7 +1573,7 @@ impl RunLog for PostgresStore {
         Ok(self.edit_quarantined_pg(id, record)?)
     }
 
-    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError> {
+    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<ReplayApplied, StoreError> {
         Ok(self.apply_replay_pg(plan)?)
     }
 

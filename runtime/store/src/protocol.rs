@@ -961,7 +961,10 @@ impl RunLog for ProtocolStore {
     }
 
     /// Refused: replay writes into a database destination's tables.
-    fn apply_replay(&mut self, _plan: &ReplayPlan) -> Result<(), StoreError> {
+    fn apply_replay(
+        &mut self,
+        _plan: &ReplayPlan,
+    ) -> Result<sluice_core::destination::ReplayApplied, StoreError> {
         Err(StoreError::Invalid(format!(
             "quarantined records are not replayed into a {} output: replay them into a \
              database destination (they stay quarantined)",

@@ -41,8 +41,8 @@ pub struct Commit {
     pub connector_version: Arc<str>,
     /// (stream, value)
     pub state: Option<(String, String)>,
-    /// Full-refresh tables to sweep (only at the end of a successful run).
-    pub sweep: Vec<String>,
+    /// Full-refresh streams to sweep (only at the end of a successful run).
+    pub sweep: Vec<Arc<sluice_core::row::StreamTable>>,
 }
 
 /// A commit queued on the writer, not yet known to have landed.

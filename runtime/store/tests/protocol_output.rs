@@ -24,7 +24,6 @@ use sluice_core::schema::{DriftKind, DriftObservation, RecordError};
 use sluice_fixture::peers::{airbyte_validate, jsonl_records, target_jsonl, venv};
 use sluice_store::{ProtocolFormat, ProtocolStore, SqliteStore};
 
-
 const INSTANCE: &str = "demo";
 const LONG_TTL: Duration = Duration::from_secs(3600);
 /// Records the connector reads per page (one commit each).
@@ -190,6 +189,7 @@ fn run_connector(store: &mut dyn Store, run_id: &str, max_events: usize) {
                     path: "/id".into(),
                     message: "not an integer".into(),
                 }],
+                key: None,
             });
             pending.drift.add(DriftObservation {
                 stream: "items".into(),
@@ -714,6 +714,7 @@ fn a_closed_pipe_fails_the_commit_and_leaves_the_log_as_it_was() {
             stream: "items".into(),
             record: "{}".into(),
             errors: vec![],
+            key: None,
         }],
         ..Pending::default()
     };
@@ -783,7 +784,7 @@ fn a_fenced_commit_writes_nothing_and_replay_and_sweeps_are_refused_or_reported(
             connector_version: "1.0",
             pending: &pending,
             state: None,
-            sweep: &[format!("{INSTANCE}__items")],
+            sweep: &[items.clone()],
         })
         .unwrap();
     assert_eq!((stats.upserted, stats.swept), (1, 0));

@@ -387,10 +387,16 @@ enum QuarantineAction {
         record: PathBuf,
     },
     /// Re-validate against each stream's current schema and upsert the
-    /// records that now pass, in one transaction.
+    /// records that now pass, in one transaction. A record whose key's row
+    /// was written after the record was last quarantined is stale: it is
+    /// not written (it would take the row back to an older revision) and
+    /// stays in quarantine, unless --force.
     Replay {
         #[command(flatten)]
         select: QuarantineSelect,
+        /// Write stale records too, over the newer rows of their keys.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -970,9 +976,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     store.edit_quarantined(*id, text.trim())?;
                     println!("quarantined record {id} updated (original kept); replay it with `sluice quarantine replay --id {id}`");
                 }
-                QuarantineAction::Replay { select } => {
-                    let summary =
-                        pipeline::replay(&mut *db.open_existing()?, &select.filter(false, None))?;
+                QuarantineAction::Replay { select, force } => {
+                    let summary = pipeline::replay(
+                        &mut *db.open_existing()?,
+                        &select.filter(false, None),
+                        *force,
+                    )?;
                     output::print_replay(&summary, *json)?;
                 }
             }

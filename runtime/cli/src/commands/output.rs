@@ -177,6 +177,9 @@ pub fn write_report(out: &mut dyn std::io::Write, report: &RunReport, as_json: b
         "  records:  {} emitted, {} valid, {} quarantined, {} upserted in {} commits",
         r.records_emitted, r.records_valid, r.records_quarantined, r.records_upserted, r.commits
     )?;
+    if let Some(line) = swept_line(r) {
+        writeln!(out, "  removed:  {line}")?;
+    }
     for d in &r.drift {
         writeln!(out, "  drift:    {}", escaped(d))?;
     }
@@ -209,14 +212,14 @@ pub fn write_report(out: &mut dyn std::io::Write, report: &RunReport, as_json: b
     writeln!(out, "  duration: {secs:.3} s{rate}")?;
     if report.log_lines_suppressed > 0 {
         writeln!(
-        out,
+            out,
             "  log:      {} lines over the cap suppressed",
             report.log_lines_suppressed
         )?;
     }
     if report.http_log_lines_suppressed > 0 {
         writeln!(
-        out,
+            out,
             "  log:      {} host HTTP lines over the cap suppressed",
             report.http_log_lines_suppressed
         )?;
@@ -225,6 +228,29 @@ pub fn write_report(out: &mut dyn std::io::Write, report: &RunReport, as_json: b
         writeln!(out, "  error:    {}", escaped(e))?;
     }
     Ok(())
+}
+
+/// What the run's full refresh removed, if it swept any stream: `N rows
+/// by the full refresh (stream: n, …)`.
+fn swept_line(r: &RunRecord) -> Option<String> {
+    let swept: Vec<(&String, u64)> = r
+        .streams
+        .iter()
+        .filter_map(|(stream, c)| c.swept.map(|n| (stream, n)))
+        .collect();
+    if swept.is_empty() {
+        return None;
+    }
+    let total: u64 = swept.iter().map(|(_, n)| n).sum();
+    let each: Vec<String> = swept
+        .iter()
+        .map(|(stream, n)| format!("{}: {n}", escaped(stream)))
+        .collect();
+    Some(format!(
+        "{total} {} by the full refresh ({}); keys the run wrote or quarantined are kept",
+        if total == 1 { "row" } else { "rows" },
+        each.join(", ")
+    ))
 }
 
 pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
@@ -302,12 +328,15 @@ pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
     );
     for (stream, c) in &r.streams {
         println!(
-            "  {}: {} emitted, {} valid, {} quarantined, {} upserted",
+            "  {}: {} emitted, {} valid, {} quarantined, {} upserted{}",
             escaped(stream),
             c.emitted,
             c.valid,
             c.quarantined,
-            c.upserted
+            c.upserted,
+            c.swept
+                .map(|n| format!(", {n} removed by the full refresh"))
+                .unwrap_or_default()
         );
     }
     for d in &r.drift {
@@ -357,6 +386,7 @@ pub fn print_quarantine_list(entries: &[QuarantineEntry], as_json: bool) -> Resu
                 cell(&e.connector),
                 cell(&e.stream),
                 e.status.to_string(),
+                e.seen_count.to_string(),
                 first_error(e),
             ]
         })
@@ -364,8 +394,8 @@ pub fn print_quarantine_list(entries: &[QuarantineEntry], as_json: bool) -> Resu
     println!(
         "{}",
         table(
-            &["id", "connector", "stream", "status", "error"],
-            &[0],
+            &["id", "connector", "stream", "status", "seen", "error"],
+            &[0, 4],
             0,
             rows
         )
@@ -388,6 +418,15 @@ pub fn print_quarantine_entry(e: &QuarantineEntry, as_json: bool) -> Result<()> 
     println!("stream      {}", escaped(&e.stream));
     println!("run         {}", e.run_id);
     println!("at          {}", e.quarantined_at);
+    if e.seen_count > 1 {
+        println!(
+            "seen        {} times, last by run {} at {}",
+            e.seen_count, e.last_seen_run, e.last_seen_at
+        );
+    }
+    if let Some(key) = &e.key {
+        println!("key         {}", escaped(key));
+    }
     println!(
         "status      {}{}",
         e.status,
@@ -412,9 +451,17 @@ pub fn print_replay(s: &ReplaySummary, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
     } else {
         println!(
-            "{}: {} examined, {} replayed into their tables, {} still invalid",
-            s.replay_id, s.examined, s.replayed, s.still_invalid
+            "{}: {} examined, {} replayed into their tables, {} still invalid, {} stale",
+            s.replay_id, s.examined, s.replayed, s.still_invalid, s.stale
         );
+        if s.stale > 0 {
+            let ids: Vec<String> = s.stale_ids.iter().map(i64::to_string).collect();
+            println!(
+                "stale (not written: the row of the key was written after the record was quarantined; \
+                 still in quarantine, `--force` writes them): {}",
+                ids.join(", ")
+            );
+        }
     }
     Ok(())
 }

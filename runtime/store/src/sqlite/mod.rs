@@ -9,7 +9,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
-    QuarantineEntry, QuarantineFilter, ReplayPlan, RunLog, Scan, StoreError, StreamDef,
+    QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, Scan, StoreError,
+    StreamDef, NO_RUN_START,
 };
 use sluice_core::row::{ColumnKind, Row, StreamTable, META_COLUMNS};
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
@@ -21,6 +22,8 @@ mod state;
 pub(crate) use state::record as state_record;
 
 use checkpoint::{Checkpointer, BACKSTOP_CHECKPOINT_PAGES};
+
+use crate::quarantine::record_hash;
 
 /// A failure inside the SQLite backend: SQLite's own, or one of the
 /// store's refusals. Leaves the backend as a [`StoreError`].
@@ -158,7 +161,12 @@ CREATE TABLE IF NOT EXISTS _sluice_quarantine (
     quarantined_at    TEXT NOT NULL,
     status            TEXT NOT NULL DEFAULT 'quarantined',
     replay_id         TEXT,
-    original_record   TEXT
+    original_record   TEXT,
+    record_key        TEXT,
+    record_hash       TEXT,
+    seen_count        INTEGER NOT NULL DEFAULT 1,
+    last_seen_run     TEXT,
+    last_seen_at      TEXT
 );
 CREATE INDEX IF NOT EXISTS _sluice_quarantine_stream ON _sluice_quarantine (connector, stream, status);
 CREATE TABLE IF NOT EXISTS _sluice_replays (
@@ -166,7 +174,8 @@ CREATE TABLE IF NOT EXISTS _sluice_replays (
     at            TEXT NOT NULL,
     examined      INTEGER NOT NULL,
     replayed      INTEGER NOT NULL,
-    still_invalid INTEGER NOT NULL
+    still_invalid INTEGER NOT NULL,
+    stale         INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS _sluice_drift (
     connector      TEXT NOT NULL,
@@ -316,6 +325,29 @@ const RUN_COLUMNS_ADDED: &[(&str, &str, &str)] = &[
     ("component_change", "TEXT", "NULL"),
 ];
 
+/// Columns `_sluice_quarantine` gained after its first release (see
+/// [`RUN_COLUMNS_ADDED`]): the record's key, the hash it is found again
+/// by, and how often and when it was seen (see `quarantine.rs`). An older
+/// row reads as seen once, by the run that quarantined it.
+const QUARANTINE_COLUMNS_ADDED: &[(&str, &str, &str)] = &[
+    ("record_key", "TEXT", "NULL"),
+    ("record_hash", "TEXT", "NULL"),
+    ("seen_count", "INTEGER NOT NULL DEFAULT 1", "1"),
+    ("last_seen_run", "TEXT", "NULL"),
+    ("last_seen_at", "TEXT", "NULL"),
+];
+
+/// Columns `_sluice_replays` gained after its first release.
+const REPLAY_COLUMNS_ADDED: &[(&str, &str, &str)] = &[("stale", "INTEGER NOT NULL DEFAULT 0", "0")];
+
+/// Indexes on quarantine columns added after its first release (made once
+/// the columns are there): an open row found again by its record's hash,
+/// and the keys one run quarantined, which its full refresh keeps.
+const QUARANTINE_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS _sluice_quarantine_record ON _sluice_quarantine (connector, stream, record_hash);
+CREATE INDEX IF NOT EXISTS _sluice_quarantine_seen ON _sluice_quarantine (connector, stream, last_seen_run);
+";
+
 /// The error of a `running` run found without a live lease (recorded by
 /// [`RunLog::mark_crashed`], shown by a read-only store).
 pub(crate) const CRASHED_ERROR: &str = "the run ended without recording its end: its lease expired (the process running it was killed or lost)";
@@ -327,32 +359,67 @@ fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>>
         .collect()
 }
 
-/// Add the run columns an older database lacks. Another process may add
+/// Add the `added` columns `table` lacks (a database of an older
+/// Sluice); returns the names of those it lacked. Another process may add
 /// one at the same moment: a failed `ALTER` is fine if the column is there.
-fn add_run_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let have = column_names(conn, "_sluice_runs")?;
-    for (name, decl, _) in RUN_COLUMNS_ADDED {
+fn add_columns<'a>(
+    conn: &Connection,
+    table: &str,
+    added: &[(&'a str, &str, &str)],
+) -> rusqlite::Result<Vec<&'a str>> {
+    let have = column_names(conn, table)?;
+    let mut lacked = Vec::new();
+    for (name, decl, _) in added {
         if have.iter().any(|c| c == name) {
             continue;
         }
+        lacked.push(*name);
         if let Err(e) = conn.execute_batch(&format!(
-            "ALTER TABLE _sluice_runs ADD COLUMN {} {decl}",
+            "ALTER TABLE {} ADD COLUMN {} {decl}",
+            quote_ident(table),
             quote_ident(name)
         )) {
-            if !column_names(conn, "_sluice_runs")?
-                .iter()
-                .any(|c| c == name)
-            {
+            if !column_names(conn, table)?.iter().any(|c| c == name) {
                 return Err(e);
             }
         }
     }
-    Ok(())
+    Ok(lacked)
+}
+
+/// Bring the Sluice tables of an older database up to date: the columns
+/// added since (see the `*_COLUMNS_ADDED` lists), the indexes on them, and
+/// the `record_hash` of open quarantine rows stored before there was one
+/// (so a record quarantined by an older Sluice is found again too).
+fn add_sluice_columns(conn: &mut Connection) -> rusqlite::Result<()> {
+    add_columns(conn, "_sluice_runs", RUN_COLUMNS_ADDED)?;
+    let lacked = add_columns(conn, "_sluice_quarantine", QUARANTINE_COLUMNS_ADDED)?;
+    add_columns(conn, "_sluice_replays", REPLAY_COLUMNS_ADDED)?;
+    conn.execute_batch(QUARANTINE_INDEXES)?;
+    if !lacked.contains(&"record_hash") {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let unhashed: Vec<(i64, String)> = tx
+        .prepare(
+            "SELECT id, coalesce(original_record, record) FROM _sluice_quarantine \
+             WHERE record_hash IS NULL AND status = 'quarantined'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    {
+        let mut set = tx.prepare("UPDATE _sluice_quarantine SET record_hash = ?2 WHERE id = ?1")?;
+        for (id, raw) in &unhashed {
+            set.execute(params![id, record_hash(raw)])?;
+        }
+    }
+    tx.commit()
 }
 
 const QUARANTINE_COLUMNS: &str =
     "id, run_id, connector, connector_version, stream, record, errors, \
-    quarantined_at, status, replay_id, original_record";
+    quarantined_at, status, replay_id, original_record, record_key, seen_count, \
+    last_seen_run, last_seen_at";
 
 /// How [`SqliteStore::open_read_only`] reads a database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,8 +538,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        add_run_columns(&conn).map_err(open_err)?;
         let mut conn = conn;
+        add_sluice_columns(&mut conn).map_err(open_err)?;
         if !has_table(&conn, "_sluice_tables").map_err(open_err)? {
             migrate_tables(&mut conn).map_err(open_err)?;
         }
@@ -593,15 +660,26 @@ impl SqliteStore {
     /// The run columns to select: [`RUN_COLUMNS`], with the values of the
     /// columns an older database (opened read-only) lacks in their place.
     fn run_columns(&self) -> rusqlite::Result<std::borrow::Cow<'static, str>> {
+        self.columns_of("_sluice_runs", RUN_COLUMNS, RUN_COLUMNS_ADDED)
+    }
+
+    /// `columns` of `table` to select, with the values of the `added`
+    /// columns an older database (opened read-only) lacks in their place.
+    fn columns_of(
+        &self,
+        table: &str,
+        columns: &'static str,
+        added: &[(&str, &str, &str)],
+    ) -> rusqlite::Result<std::borrow::Cow<'static, str>> {
         if self.read_only.is_none() {
-            return Ok(RUN_COLUMNS.into());
+            return Ok(columns.into());
         }
-        let have = column_names(&self.conn, "_sluice_runs")?;
-        let cols: Vec<String> = RUN_COLUMNS
+        let have = column_names(&self.conn, table)?;
+        let cols: Vec<String> = columns
             .split(',')
             .map(str::trim)
             .map(|col| {
-                match RUN_COLUMNS_ADDED
+                match added
                     .iter()
                     .find(|(name, ..)| *name == col && !have.iter().any(|h| h == name))
                 {
@@ -747,6 +825,10 @@ fn quarantine_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QuarantineEn
         status: row.get(8)?,
         replay_id: row.get(9)?,
         original_record: row.get(10)?,
+        key: row.get(11)?,
+        seen_count: row.get::<_, i64>(12)?.max(1) as u64,
+        last_seen_run: row.get::<_, Option<String>>(13)?.unwrap_or(row.get(1)?),
+        last_seen_at: row.get::<_, Option<String>>(14)?.unwrap_or(row.get(7)?),
     })
 }
 
@@ -783,6 +865,93 @@ fn upsert_rows(
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The full-refresh sweep of `table` (parameters: the run, the instance,
+/// the stream; see [`CommitRequest::sweep`]): delete every row the run
+/// did not write and that was written before it started, except rows of
+/// keys the run quarantined (its quarantine rows of the stream, first
+/// quarantined or seen again by it, with a key: `record_key`'s element
+/// `i` is key column `i`). `NOT IN` over an uncorrelated subquery: SQLite
+/// builds the set of kept keys once. The arity check keeps a NULL out of
+/// that set (which would make `NOT IN` keep every row).
+fn sweep_sql(table: &StreamTable) -> String {
+    let target = quote_ident(&table.table);
+    // Rows written since the run started (by a replay) are kept too.
+    let before_run = format!(
+        "\"_synced_at\" < coalesce((SELECT started_at FROM _sluice_runs WHERE id = ?1), '{NO_RUN_START}')"
+    );
+    if table.primary_key.is_empty() {
+        return format!(
+            "DELETE FROM {target} WHERE \"_run_id\" <> ?1 AND {before_run} AND ?2 IS NOT NULL AND ?3 IS NOT NULL"
+        );
+    }
+    let n = table.primary_key.len();
+    let cols: Vec<String> = table
+        .primary_key
+        .iter()
+        .map(|&i| quote_ident(&table.columns[i].name))
+        .collect();
+    let elems: Vec<String> = (0..n)
+        .map(|i| format!("json_extract(q.record_key, '$[{i}]')"))
+        .collect();
+    let lhs = if n == 1 {
+        cols[0].clone()
+    } else {
+        format!("({})", cols.join(", "))
+    };
+    format!(
+        "DELETE FROM {target} WHERE \"_run_id\" <> ?1 AND {before_run} AND {lhs} NOT IN (SELECT {} \
+         FROM _sluice_quarantine q WHERE q.connector = ?2 AND q.stream = ?3 \
+         AND q.last_seen_run = ?1 AND q.record_key IS NOT NULL \
+         AND json_array_length(q.record_key) = {n})",
+        elems.join(", ")
+    )
+}
+
+/// Whether replaying quarantine row `id` as `row` would take `table`'s
+/// row of its key back to an older revision (see [`ReplayPlan`]): that row
+/// was written (`_synced_at`) at or after the record was last seen, by
+/// anything but this replay (`replay_id`).
+fn replay_is_stale(
+    tx: &rusqlite::Transaction<'_>,
+    table: &StreamTable,
+    id: i64,
+    row: &Row,
+    replay_id: &str,
+) -> Result<bool, SqlError> {
+    if table.primary_key.is_empty() {
+        return Ok(false);
+    }
+    let seen_at: Option<String> = tx
+        .prepare_cached(
+            "SELECT coalesce(last_seen_at, quarantined_at) FROM _sluice_quarantine WHERE id = ?1",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let Some(seen_at) = seen_at else {
+        return Err(StoreError::QuarantineNotFound(id).into());
+    };
+    let cond: Vec<String> = table
+        .primary_key
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| format!("{} = ?{}", quote_ident(&table.columns[i].name), k + 1))
+        .collect();
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT \"_synced_at\", \"_run_id\" FROM {} WHERE {}",
+        quote_ident(&table.table),
+        cond.join(" AND ")
+    ))?;
+    for (k, v) in table.key_values(row).into_iter().enumerate() {
+        stmt.raw_bind_parameter(k + 1, bind(v))?;
+    }
+    let mut rows = stmt.raw_query();
+    let current = match rows.next()? {
+        Some(r) => Some((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        None => None,
+    };
+    Ok(current.is_some_and(|(synced_at, run)| run != replay_id && synced_at >= seen_at))
 }
 
 /// The backend's operations, in SQLite's terms; the [`Destination`] and
@@ -1055,21 +1224,49 @@ impl SqliteStore {
                 .or_default() += n;
         }
         if !req.pending.quarantine.is_empty() {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO _sluice_quarantine (run_id, connector, connector_version, stream, record, errors, quarantined_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            // One open row per distinct record (see quarantine.rs): the
+            // same record again counts on it, also within this commit.
+            let mut find = tx.prepare_cached(
+                "SELECT id FROM _sluice_quarantine WHERE connector = ?1 AND stream = ?2 \
+                 AND record_hash = ?3 AND status = 'quarantined' \
+                 AND coalesce(original_record, record) = ?4 ORDER BY id LIMIT 1",
+            )?;
+            let mut seen = tx.prepare_cached(
+                "UPDATE _sluice_quarantine SET seen_count = seen_count + 1, last_seen_run = ?2, \
+                 last_seen_at = ?3, record_key = ?4 WHERE id = ?1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO _sluice_quarantine (run_id, connector, connector_version, stream, record, errors, \
+                 quarantined_at, record_key, record_hash, seen_count, last_seen_run, last_seen_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?1, ?7)",
             )?;
             for q in &req.pending.quarantine {
-                let errors = serde_json::to_string(&q.errors).unwrap_or_else(|_| "[]".into());
-                stmt.execute(params![
-                    req.run_id,
-                    req.connector,
-                    req.connector_version,
-                    q.stream,
-                    q.record,
-                    errors,
-                    now
-                ])?;
+                let hash = record_hash(&q.record);
+                let open: Option<i64> = find
+                    .query_row(params![req.connector, q.stream, hash, q.record], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                match open {
+                    Some(id) => {
+                        seen.execute(params![id, req.run_id, now, q.key])?;
+                    }
+                    None => {
+                        let errors =
+                            serde_json::to_string(&q.errors).unwrap_or_else(|_| "[]".into());
+                        insert.execute(params![
+                            req.run_id,
+                            req.connector,
+                            req.connector_version,
+                            q.stream,
+                            q.record,
+                            errors,
+                            now,
+                            q.key,
+                            hash
+                        ])?;
+                    }
+                }
                 stats.quarantined += 1;
             }
         }
@@ -1104,10 +1301,12 @@ impl SqliteStore {
             .execute(params![req.connector, stream, value, req.run_id, now])?;
         }
         for table in req.sweep {
-            stats.swept += tx.execute(
-                &format!("DELETE FROM {} WHERE \"_run_id\" <> ?1", quote_ident(table)),
-                [req.run_id],
+            let n = tx.execute(
+                &sweep_sql(table),
+                params![req.run_id, req.connector, table.name],
             )? as u64;
+            stats.swept += n;
+            *stats.swept_by_stream.entry(table.name.clone()).or_default() += n;
         }
         // Last before the commit: a failure here rolls everything back.
         deliver()?;
@@ -1177,7 +1376,14 @@ impl SqliteStore {
         if self.lacks("_sluice_quarantine")? {
             return Ok(Vec::new());
         }
-        let mut sql = format!("SELECT {QUARANTINE_COLUMNS} FROM _sluice_quarantine WHERE 1 = 1");
+        let mut sql = format!(
+            "SELECT {} FROM _sluice_quarantine WHERE 1 = 1",
+            self.columns_of(
+                "_sluice_quarantine",
+                QUARANTINE_COLUMNS,
+                QUARANTINE_COLUMNS_ADDED
+            )?
+        );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if !f.all {
             sql.push_str(" AND status = 'quarantined'");
@@ -1225,15 +1431,24 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn apply_replay_sql(&mut self, plan: &ReplayPlan) -> Result<(), SqlError> {
+    fn apply_replay_sql(&mut self, plan: &ReplayPlan) -> Result<ReplayApplied, SqlError> {
         let now = now_rfc3339();
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: the staleness checks read before anything is written.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut applied = ReplayApplied::default();
         for (id, table, row) in &plan.accepted {
+            if !plan.force && replay_is_stale(&tx, table, *id, row, &plan.replay_id)? {
+                applied.stale.push(*id);
+                continue;
+            }
             upsert_rows(&tx, table, std::slice::from_ref(row), &plan.replay_id, &now)?;
             tx.prepare_cached(
                 "UPDATE _sluice_quarantine SET status = 'replayed', replay_id = ?2 WHERE id = ?1",
             )?
             .execute(params![id, plan.replay_id])?;
+            applied.replayed.push(*id);
         }
         for (id, errors) in &plan.rejected {
             let errors = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
@@ -1241,17 +1456,19 @@ impl SqliteStore {
                 .execute(params![id, errors])?;
         }
         tx.execute(
-            "INSERT INTO _sluice_replays (id, at, examined, replayed, still_invalid) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO _sluice_replays (id, at, examined, replayed, still_invalid, stale) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 plan.replay_id,
                 now,
                 i((plan.accepted.len() + plan.rejected.len()) as u64),
-                i(plan.accepted.len() as u64),
-                i(plan.rejected.len() as u64)
+                i(applied.replayed.len() as u64),
+                i(plan.rejected.len() as u64),
+                i(applied.stale.len() as u64)
             ],
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(applied)
     }
 
     fn list_drift_sql(
@@ -1516,7 +1733,7 @@ impl RunLog for SqliteStore {
         Ok(self.edit_quarantined_sql(id, record)?)
     }
 
-    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<(), StoreError> {
+    fn apply_replay(&mut self, plan: &ReplayPlan) -> Result<ReplayApplied, StoreError> {
         self.writable("apply_replay")?;
         Ok(self.apply_replay_sql(plan)?)
     }
@@ -2029,6 +2246,99 @@ mod tests {
         ));
         drop(store);
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "not migrated");
+    }
+
+    #[test]
+    fn quarantine_and_replays_of_an_older_sluice_are_read_then_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old-quarantine.db");
+        // The quarantine and replay tables as first released: no key, no
+        // hash, no seen counts, no stale count; one open record.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE _sluice_quarantine (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+             run_id TEXT NOT NULL, connector TEXT NOT NULL, connector_version TEXT NOT NULL, \
+             stream TEXT NOT NULL, record TEXT NOT NULL, errors TEXT NOT NULL, \
+             quarantined_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'quarantined', \
+             replay_id TEXT, original_record TEXT);
+             CREATE TABLE _sluice_replays (id TEXT PRIMARY KEY, at TEXT NOT NULL, \
+             examined INTEGER NOT NULL, replayed INTEGER NOT NULL, still_invalid INTEGER NOT NULL);
+             INSERT INTO _sluice_quarantine (run_id, connector, connector_version, stream, record, \
+             errors, quarantined_at) VALUES ('old', 'c', '1', 't', '{\"id\":1,\"text\":1}', '[]', \
+             '2026-01-01T00:00:00.000Z');",
+        )
+        .unwrap();
+        drop(conn);
+
+        // Read-only: the old row as seen once, by the run that stored it.
+        let mut ro = SqliteStore::open_read_only(&path).unwrap();
+        let q = ro.list_quarantine(&QuarantineFilter::default()).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].seen_count, q[0].key.as_deref()), (1, None));
+        assert_eq!(q[0].last_seen_run, "old");
+        assert_eq!(q[0].last_seen_at, "2026-01-01T00:00:00.000Z");
+        drop(ro);
+
+        // Opened to write: the columns are added and the open row hashed,
+        // so the same record read again counts on it.
+        let (mut store, table) = store_with_table(&path);
+        let have = column_names(store.connection(), "_sluice_quarantine").unwrap();
+        for (name, ..) in QUARANTINE_COLUMNS_ADDED {
+            assert!(have.iter().any(|c| c == name), "{name}: {have:?}");
+        }
+        let record = r#"{"id":1,"text":1}"#;
+        let pending = Pending {
+            quarantine: vec![sluice_core::destination::QuarantinedRecord {
+                stream: "t".into(),
+                record: record.into(),
+                errors: vec![],
+                key: table.record_key(record),
+            }],
+            ..Pending::default()
+        };
+        store
+            .commit(&CommitRequest {
+                run_id: "r",
+                connector: "c",
+                connector_version: "1",
+                pending: &pending,
+                state: None,
+                sweep: &[],
+            })
+            .unwrap();
+        let q = store.list_quarantine(&QuarantineFilter::default()).unwrap();
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!((q[0].seen_count, q[0].last_seen_run.as_str()), (2, "r"));
+        assert_eq!(
+            (q[0].run_id.as_str(), q[0].key.as_deref()),
+            ("old", Some("[1]"))
+        );
+        // The replay audit has its stale count.
+        store
+            .apply_replay(&ReplayPlan {
+                replay_id: "rp".into(),
+                ..ReplayPlan::default()
+            })
+            .unwrap();
+        let stale: i64 = store
+            .connection()
+            .query_row(
+                "SELECT stale FROM _sluice_replays WHERE id = 'rp'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stale, 0);
+        drop(store);
+        // Opening again changes nothing more.
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            column_names(store.connection(), "_sluice_quarantine")
+                .unwrap()
+                .len(),
+            11 + QUARANTINE_COLUMNS_ADDED.len()
+        );
     }
 
     /// The directory a read-only mount's child test reads (set by its
