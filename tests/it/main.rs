@@ -16,6 +16,7 @@ mod guarantees;
 mod js_guest;
 mod on_postgres;
 mod operator;
+mod protocol;
 mod resilience;
 mod sandbox;
 mod scaffold;

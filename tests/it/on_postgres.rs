@@ -45,15 +45,16 @@ fn run_args(s: &Scratch, fx: &Running, db: &str) -> Vec<String> {
 }
 
 fn ids_pg(cluster: &Cluster, schema: &str) -> Vec<i64> {
+    ids_pg_table(cluster, schema, "items__items")
+}
+
+fn ids_pg_table(cluster: &Cluster, schema: &str, table: &str) -> Vec<i64> {
     let mut c = postgres::Client::connect(&cluster.url, postgres::NoTls).unwrap();
-    c.query(
-        &format!("SELECT id FROM {schema}.items__items ORDER BY id"),
-        &[],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+    c.query(&format!("SELECT id FROM {schema}.{table} ORDER BY id"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 fn ids_sqlite(path: &std::path::Path) -> Vec<i64> {
@@ -146,6 +147,35 @@ fn the_cli_runs_resumes_and_reads_back_on_postgres_as_on_sqlite() {
     let r_lite = read(&lite_arg, &["quarantine", "replay"]);
     assert_eq!(r_pg["replayed"], r_lite["replayed"], "{r_pg} vs {r_lite}");
     assert_eq!(r_pg["still_invalid"], r_lite["still_invalid"]);
+
+    // State, on Postgres: shown, and a reset makes the next run read all.
+    let state = read(&pg, &["state", "show", "items"]);
+    assert_eq!(state[0]["stream"], "items", "{state}");
+    let reset = read(&pg, &["state", "reset", "items", "--yes"]);
+    assert_eq!(reset[0]["action"], "reset", "{reset}");
+    assert_eq!(
+        read(&pg, &["state", "history", "items"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let third = json(&sluice(run_args(&s, &fx, &pg)));
+    assert_eq!(third["records_emitted"], 100, "{third}");
+
+    // sluice.toml's `db` names the server; `sync` runs into it.
+    let toml = s.write(
+        "sluice.toml",
+        format!(
+            "db = \"{}\"\n[instances.again]\ncomponent = \"{}\"\nconfig_file = \"items.json\"\nallow_hosts = [\"127.0.0.1:{}\"]\n",
+            cluster.url_in("synced"),
+            guest("items").display(),
+            fx.addr.port()
+        ),
+    );
+    let out = sluice(["sync", "--config-file", toml.to_str().unwrap(), "--json"]);
+    assert!(out.ok, "{out:?}");
+    assert_eq!(ids_pg_table(&cluster, "synced", "again__items").len(), 90);
 
     // A schema nothing ran into: the reading commands say so and make
     // nothing.

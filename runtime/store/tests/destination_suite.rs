@@ -4,8 +4,7 @@
 //! 127.0.0.1 and stops). Each case gets a fresh store: a new SQLite file,
 //! or a new Postgres schema in the one cluster.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use sluice_fixture::postgres::Cluster;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -243,53 +242,6 @@ fn a_schema_of_an_older_sluice_is_migrated(cluster: &Cluster) {
         .unwrap()
         .get(0);
     assert_eq!(cols, 16);
-}
-
-/// A throwaway Postgres cluster: started by scripts/pg-cluster.sh in a
-/// temp dir, stopped when dropped (a failing test too).
-struct Cluster {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-fn pg_cluster_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg-cluster.sh")
-}
-
-/// pg-cluster.sh's exit status when PostgreSQL is not installed.
-const NOT_INSTALLED: i32 = 3;
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(pg_cluster_script())
-            .arg("start")
-            .arg(dir.path().join("pg"))
-            .output()
-            .expect("run scripts/pg-cluster.sh");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.code() == Some(NOT_INSTALLED) {
-            panic!(
-                "PostgreSQL is not installed, and the Postgres destination tests need a real \
-                 server: run scripts/setup-postgres.sh (or `just setup`) first.\n{stderr}"
-            );
-        }
-        assert!(
-            out.status.success(),
-            "pg-cluster.sh start failed:\n{stderr}"
-        );
-        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Cluster { dir, url }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(pg_cluster_script())
-            .arg("stop")
-            .arg(self.dir.path().join("pg"))
-            .status();
-    }
 }
 
 // ---- helpers (traits only) ----
