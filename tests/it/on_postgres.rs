@@ -177,6 +177,32 @@ fn the_cli_runs_resumes_and_reads_back_on_postgres_as_on_sqlite() {
     assert!(out.ok, "{out:?}");
     assert_eq!(ids_pg_table(&cluster, "synced", "again__items").len(), 90);
 
+    // An appended stream on Postgres: every record a row; the second
+    // run appends what it re-read.
+    let mut valid = 0;
+    for _ in 0..2 {
+        let mut args = run_args(&s, &fx, &pg);
+        args.extend(
+            [
+                "--instance",
+                "applog",
+                "--mode",
+                "items=append",
+                "--full-refresh",
+            ]
+            .map(String::from),
+        );
+        let out = sluice(&args);
+        assert_eq!(out.code, Some(1), "append and --full-refresh: {out:?}");
+        args.pop();
+        let report = json(&sluice(&args));
+        assert_eq!(report["status"], "succeeded", "{report}");
+        valid += report["records_valid"].as_u64().unwrap();
+    }
+    let appended = ids_pg_table(&cluster, "raw", "applog__items");
+    assert_eq!(appended.len() as u64, valid);
+    assert!(valid >= 90, "{valid}");
+
     // A schema nothing ran into: the reading commands say so and make
     // nothing.
     let out = sluice(["runs", "--db", &cluster.url_in("nothing_here")]);

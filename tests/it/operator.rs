@@ -88,11 +88,79 @@ fn a_full_refresh_mode_replaces_one_streams_table_and_merge_keeps_rows() {
     let out = misbehave(&s, &second, &["--mode", "items=full_refresh"]);
     assert!(out.ok, "{out:?}");
     assert_eq!(ids(&s), [2]);
-    // Append is not built yet: refused before anything is read.
+    // The merged table has a key: appending into it is refused, naming
+    // the way out; nothing changes.
     let out = misbehave(&s, &second, &["--mode", "items=append"]);
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stderr.contains("append"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("appended stream has no key"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(ids(&s), [2]);
+}
+
+#[test]
+fn an_append_stream_keeps_every_record_as_a_row_and_never_sweeps() {
+    let s = Scratch::new();
+    let page = raw("items", &[r#"{"id": 1, "n": 1}"#, r#"{"id": 1, "n": 2}"#]);
+    let append = ["--mode", "items=append", "--table", "items=log"];
+    let out = misbehave(&s, &page, &append);
+    assert!(out.ok, "{out:?}");
+    let out = misbehave(&s, &page, &append);
+    assert!(out.ok, "{out:?}");
+    let rows: Vec<(i64, i64)> = db(&s.path("sluice.db"))
+        .prepare("SELECT id, n FROM log ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [(1, 1), (1, 2), (1, 1), (1, 2)], "every record a row");
+    // A stream read in full (`loose` has no incremental mode) appends
+    // too, and sweeps nothing.
+    let loose = raw("loose", &[r#"{"k": 1, "v": "a"}"#]);
+    for _ in 0..2 {
+        let out = misbehave(
+            &s,
+            &loose,
+            &[
+                "--mode",
+                "loose=append",
+                "--stream",
+                "loose",
+                "--table",
+                "loose=loose_log",
+            ],
+        );
+        assert!(out.ok, "{out:?}");
+    }
+    assert_eq!(
+        count(&db(&s.path("sluice.db")), "SELECT count(*) FROM loose_log"),
+        2
+    );
+    // Appending and replacing at once is a contradiction.
+    let out = misbehave(
+        &s,
+        &page,
+        &[
+            "--mode",
+            "items=append",
+            "--table",
+            "items=log",
+            "--full-refresh",
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("choose one"), "{}", out.stderr);
+    // Merge into the appended (keyless) table is refused the same way.
+    let out = misbehave(&s, &page, &["--table", "items=log", "--stream", "items"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("exists with primary key ()"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// `sluice state …` on `s`'s database.

@@ -23,7 +23,7 @@ pub enum StoreError {
     },
     #[error("stream {stream:?}: {reason}")]
     InvalidStream { stream: String, reason: String },
-    #[error("table {table:?} exists with primary key ({existing}) but the stream declares ({declared}); drop the table or fix the stream")]
+    #[error("table {table:?} exists with primary key ({existing}) but the run writes it keyed by ({declared}) (an appended stream has no key); write it to another table (--table STREAM=TABLE), drop the table, or fix the stream")]
     PrimaryKeyMismatch {
         table: String,
         existing: String,

@@ -800,24 +800,32 @@ async fn drive(
     let selected = |name: &str| req.streams.is_empty() || req.streams.iter().any(|s| s == name);
     for s in discovered.iter().filter(|s| selected(&s.name)) {
         let table_name = req.table_of(&s.name);
-        let table = StreamTable::from_spec(&s.name, &s.json_schema, &s.primary_key)
-            .map_err(|e| invalid(e.to_string()))?
-            .in_table(table_name.clone());
-        let schema =
-            StreamSchema::compile(&s.name, &s.json_schema).map_err(|e| invalid(e.to_string()))?;
         let mode = req.modes.get(&s.name).copied().unwrap_or_default();
-        if mode == WriteMode::Append {
+        if mode == WriteMode::Append && req.full_refresh {
             return Err(Failure {
                 status: RunStatus::Failed,
                 message: format!(
-                    "stream {:?}: write mode append is not supported yet (merge or full_refresh)",
+                    "stream {:?}: --full-refresh replaces tables, and its write mode is append: choose one",
                     s.name
                 ),
             });
         }
+        // An appended stream's table has no key: every record is a row.
+        let table_key: &[String] = match mode {
+            WriteMode::Append => &[],
+            WriteMode::Merge | WriteMode::FullRefresh => &s.primary_key,
+        };
+        let table = StreamTable::from_spec(&s.name, &s.json_schema, table_key)
+            .map_err(|e| invalid(e.to_string()))?
+            .in_table(table_name.clone());
+        let schema =
+            StreamSchema::compile(&s.name, &s.json_schema).map_err(|e| invalid(e.to_string()))?;
+        // Read in full (saved state ignored) …
         let full_refresh = req.full_refresh
             || mode == WriteMode::FullRefresh
             || !s.sync_modes.contains(&SyncMode::Incremental);
+        // … and replace the table, unless the stream appends.
+        let sweeps = full_refresh && mode != WriteMode::Append;
         let flat = FlatCheck::new(&s.name, schema.schema(), &table);
         let run_stream = RunStream {
             table: Arc::new(table),
@@ -837,7 +845,7 @@ async fn drive(
                 SyncMode::Incremental
             },
         });
-        if full_refresh {
+        if sweeps {
             sweep.push(stream_table);
         }
         defs.push(StreamDef {
@@ -845,7 +853,9 @@ async fn drive(
             stream: s.name.clone(),
             connector_version: spec.version.clone(),
             json_schema: s.json_schema.clone(),
-            primary_key: s.primary_key.clone(),
+            // What the table is keyed by (none when appended): what a
+            // replay writes by.
+            primary_key: table_key.to_vec(),
         });
         stream_tables.insert(s.name.clone(), table_name);
     }
