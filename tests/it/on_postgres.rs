@@ -203,6 +203,38 @@ fn the_cli_runs_resumes_and_reads_back_on_postgres_as_on_sqlite() {
     assert_eq!(appended.len() as u64, valid);
     assert!(valid >= 90, "{valid}");
 
+    // PostgreSQL text cannot hold NUL: such a record is quarantined (with
+    // its path), the others land, the run succeeds.
+    let cfg = s.write(
+        "nul.json",
+        serde_json::json!({"behaviour": "raw", "records": [
+            r#"{"id": 1, "label": "a\u0000b"}"#, r#"{"id": 2, "label": "ok"}"#
+        ]})
+        .to_string(),
+    );
+    let nul = json(&sluice([
+        "run",
+        guest("misbehave").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--db",
+        &pg,
+        "--stream",
+        "items",
+        "--json",
+    ]));
+    assert_eq!(nul["status"], "succeeded", "{nul}");
+    assert_eq!(
+        (
+            nul["records_valid"].as_u64(),
+            nul["records_quarantined"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(ids_pg_table(&cluster, "raw", "misbehave__items"), [2]);
+    let q = read(&pg, &["quarantine", "list", "--connector", "misbehave"]);
+    assert_eq!(q[0]["errors"][0]["path"], "/label", "{q}");
+
     // A schema nothing ran into: the reading commands say so and make
     // nothing.
     let out = sluice(["runs", "--db", &cluster.url_in("nothing_here")]);

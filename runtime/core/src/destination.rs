@@ -269,6 +269,12 @@ pub trait Destination: Send + 'static {
     /// test suite): column names, and each row's values in column order;
     /// `None` if there is no such table.
     fn scan(&mut self, table: &str) -> Result<Option<Scan>, StoreError>;
+    /// Can text hold the NUL character (`\u0000`)? PostgreSQL's `text` and
+    /// `jsonb` cannot: records holding it are quarantined before they
+    /// reach such a destination (see [`crate::schema::nul_error`]).
+    fn stores_nul(&self) -> bool {
+        true
+    }
 }
 
 /// What [`Destination::scan`] read.

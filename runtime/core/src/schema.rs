@@ -33,6 +33,48 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// The error of a record holding the NUL character (`\u0000`) in a
+/// string or a field name, for a destination that cannot store it (see
+/// `Destination::stores_nul`); `None` if it holds none. Cheap for the
+/// records that do not: only a record whose text has the escape is parsed.
+pub fn nul_error(raw: &str) -> Option<RecordError> {
+    if !raw.contains("\\u0000") {
+        return None;
+    }
+    fn find(v: &serde_json::Value, path: &mut String) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("/{i}"));
+                let found = find(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            serde_json::Value::Object(fields) => fields.iter().any(|(k, item)| {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                let found = k.contains('\0') || find(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(raw).ok()?;
+    let mut path = String::new();
+    find(&value, &mut path).then(|| RecordError {
+        path,
+        message: "holds the NUL character (\\u0000), which this destination cannot store in text"
+            .into(),
+    })
+}
+
 /// What kind of drift was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -491,6 +533,17 @@ impl DriftSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_found_in_values_and_names_and_only_there() {
+        assert_eq!(nul_error(r#"{"a": "x"}"#), None);
+        // An escaped backslash then `u0000` is no NUL.
+        assert_eq!(nul_error(r#"{"a": "\\u0000"}"#), None);
+        let e = nul_error(r#"{"a": {"b": ["ok", "x\u0000y"]}}"#).unwrap();
+        assert_eq!(e.path, "/a/b/1");
+        assert!(e.message.contains("NUL"), "{}", e.message);
+        assert_eq!(nul_error(r#"{"k\u0000": 1}"#).unwrap().path, "/k\u{0}");
+    }
     use serde_json::json;
 
     fn schema() -> StreamSchema {

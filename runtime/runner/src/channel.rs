@@ -23,6 +23,9 @@ pub struct RunStream {
     /// successful run, removes rows of keys the run neither wrote nor
     /// quarantined.
     pub full_refresh: bool,
+    /// The destination cannot store the NUL character: records holding it
+    /// are quarantined ([`sluice_core::schema::nul_error`]).
+    pub refuse_nul: bool,
 }
 
 /// What the `sink` and `state` capabilities of one `read` share: the run,

@@ -132,6 +132,17 @@ pub(crate) fn check_batch(
 }
 
 fn check_one(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<DriftObservation>) {
+    let (outcome, drift) = check_schema(target, stream, raw);
+    match outcome {
+        Outcome::Row(row) if target.refuse_nul => match sluice_core::schema::nul_error(&row.raw) {
+            Some(error) => (quarantined(target, stream, row.raw, vec![error]), drift),
+            None => (Outcome::Row(row), drift),
+        },
+        other => (other, drift),
+    }
+}
+
+fn check_schema(target: &RunStream, stream: &str, raw: String) -> (Outcome, Vec<DriftObservation>) {
     // Flat schemas: one pass, for records it can vouch for.
     if let Some((values, drift)) = target.flat.as_ref().and_then(|f| f.check(&raw)) {
         return (Outcome::Row(Row { values, raw }), drift);
@@ -194,6 +205,7 @@ mod tests {
             schema,
             flat,
             full_refresh: false,
+            refuse_nul: false,
         }
     }
 
@@ -248,6 +260,28 @@ mod tests {
             summary(&check_batch(&t, "s", vec![record(last)], false))[0]
         );
         assert!(two[5].contains("/extra"), "{}", two[5]);
+    }
+
+    #[test]
+    fn a_destination_without_nul_gets_records_holding_it_quarantined_with_the_path() {
+        let nul = r#"{"id":1,"name":"a\u0000b"}"#;
+        let plain = r#"{"id":2,"name":"a\\u0000b"}"#;
+        let mut t = target();
+        assert!(matches!(check_one(&t, "s", nul.into()).0, Outcome::Row(_)));
+        t.refuse_nul = true;
+        match check_one(&t, "s", nul.into()).0 {
+            Outcome::Quarantined(q) => {
+                assert_eq!(q.errors[0].path, "/name");
+                assert_eq!(q.key.as_deref(), Some("[1]"));
+            }
+            _ => panic!("{nul} was not quarantined"),
+        }
+        assert!(matches!(
+            check_one(&t, "s", plain.into()).0,
+            Outcome::Row(_)
+        ));
+        // The flat fast path too (a schema of top-level scalars).
+        assert!(t.flat.is_some());
     }
 
     #[test]

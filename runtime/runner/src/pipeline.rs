@@ -798,6 +798,7 @@ async fn drive(
         return Err(undeclared("the run selects", unknown));
     }
     let selected = |name: &str| req.streams.is_empty() || req.streams.iter().any(|s| s == name);
+    let refuse_nul = !writer.call(|st| st.stores_nul()).await?;
     for s in discovered.iter().filter(|s| selected(&s.name)) {
         let table_name = req.table_of(&s.name);
         let mode = req.modes.get(&s.name).copied().unwrap_or_default();
@@ -832,6 +833,7 @@ async fn drive(
             schema,
             flat,
             full_refresh,
+            refuse_nul,
         };
         let stream_table = run_stream.table.clone();
         if streams.insert(s.name.clone(), run_stream).is_some() {
@@ -1010,6 +1012,10 @@ pub fn replay(
         };
         match schema.check(value) {
             Verdict::Valid { record, .. } => match table.row_from_value(record, e.record.clone()) {
+                Ok(row) if !store.stores_nul() => match sluice_core::schema::nul_error(&row.raw) {
+                    Some(error) => plan.rejected.push((e.id, vec![error])),
+                    None => plan.accepted.push((e.id, table.clone(), row)),
+                },
                 Ok(row) => plan.accepted.push((e.id, table.clone(), row)),
                 Err((message, _)) => plan.rejected.push((
                     e.id,

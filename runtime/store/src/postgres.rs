@@ -1464,6 +1464,11 @@ impl Destination for PostgresStore {
     fn scan(&mut self, table: &str) -> Result<Option<Scan>, StoreError> {
         Ok(self.scan_pg(table)?)
     }
+
+    fn stores_nul(&self) -> bool {
+        // text and jsonb refuse U+0000.
+        false
+    }
 }
 
 impl RunLog for PostgresStore {
