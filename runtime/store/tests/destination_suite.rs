@@ -73,6 +73,10 @@ const CASES: &[(&str, Case)] = &[
         "the_same_open_record_is_quarantined_once",
         the_same_open_record_is_quarantined_once,
     ),
+    (
+        "hostile_identifiers_are_quoted_and_kept_apart",
+        hostile_identifiers_are_quoted_and_kept_apart,
+    ),
 ];
 
 /// Run every case, each on a store from `fresh` (given the case's name).
@@ -343,6 +347,119 @@ fn kv(pairs: &[(&str, Value)]) -> Vec<(String, Value)> {
 }
 
 // ---- the cases ----
+
+/// Table and column names come from untrusted connectors: SQL in them is
+/// text, reserved words work, names that differ only in case are two
+/// tables and two columns or refused (SQLite's names ignore case), never
+/// merged, and a name the backend cannot keep whole is refused, never cut.
+fn hostile_identifiers_are_quoted_and_kept_apart(store: &mut dyn Store) {
+    const HOSTILE: &str = r#"{"properties":{"id":{"type":"integer"},"a\"; DROP TABLE x;--":{"type":"string"},"select":{"type":"string"}}}"#;
+    hold_lease(store);
+    let write = |store: &mut dyn Store, t: &Arc<StreamTable>, record: &str| {
+        commit(store, &batch(t, vec![row(t, record)]), None, &[]).map(|s| s.upserted)
+    };
+    let names = ["a\"; DROP TABLE x;--", "select", "x"];
+    for (i, name) in names.iter().enumerate() {
+        let t = Arc::new(
+            (*table("s", HOSTILE, &["id"]))
+                .clone()
+                .in_table(name.to_string()),
+        );
+        store.ensure_table(&t).unwrap();
+        let record = serde_json::json!({"id": i, "a\"; DROP TABLE x;--": "drop", "select": "sel"});
+        assert_eq!(write(store, &t, &record.to_string()).unwrap(), 1, "{name}");
+    }
+    for (i, name) in names.iter().enumerate() {
+        let rows = rows_of(store, name);
+        assert_eq!(rows.len(), 1, "{name}: one row, its own");
+        let get = |col: &str| {
+            rows[0]
+                .iter()
+                .find(|(c, _)| c == col)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("id"), Some(int(i as i64)), "{name}");
+        assert_eq!(get("a\"; DROP TABLE x;--"), Some(text("drop")));
+        assert_eq!(get("select"), Some(text("sel")));
+    }
+
+    // Tables whose names differ only in case: apart, or the second refused.
+    let upper = Arc::new(
+        (*table("s", SCHEMA, &["id"]))
+            .clone()
+            .in_table("Items".into()),
+    );
+    let lower = Arc::new(
+        (*table("s", SCHEMA, &["id"]))
+            .clone()
+            .in_table("items".into()),
+    );
+    store.ensure_table(&upper).unwrap();
+    write(store, &upper, r#"{"id":1,"text":"upper"}"#).unwrap();
+    match store.ensure_table(&lower) {
+        Ok(()) => {
+            write(store, &lower, r#"{"id":2,"text":"lower"}"#).unwrap();
+            assert_eq!(rows_of(store, "items").len(), 1, "items is not Items");
+        }
+        Err(e) => assert!(matches!(e, StoreError::Invalid(_)), "{e}"),
+    }
+    assert_eq!(
+        rows_of(store, "Items").len(),
+        1,
+        "Items kept its own row only"
+    );
+    // Columns whose names differ only in case: both kept, or refused.
+    const CASES: &str = r#"{"properties":{"id":{"type":"integer"},"Name":{"type":"string"},"name":{"type":"string"}}}"#;
+    let cased = Arc::new(
+        (*table("s", CASES, &["id"]))
+            .clone()
+            .in_table("cased".into()),
+    );
+    match store.ensure_table(&cased) {
+        Ok(()) => {
+            write(store, &cased, r#"{"id":1,"Name":"upper","name":"lower"}"#).unwrap();
+            let rows = rows_of(store, "cased");
+            let get = |col: &str| {
+                rows[0]
+                    .iter()
+                    .find(|(c, _)| c == col)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(
+                (get("Name"), get("name")),
+                (Some(text("upper")), Some(text("lower")))
+            );
+        }
+        Err(e) => assert!(matches!(e, StoreError::InvalidStream { .. }), "{e}"),
+    }
+
+    // 63 bytes (PostgreSQL's limit) is a name; 64 is refused by a backend
+    // that would cut it, and kept whole by one that would not.
+    let at_limit = "t".repeat(63);
+    let t = Arc::new(
+        (*table("s", SCHEMA, &["id"]))
+            .clone()
+            .in_table(at_limit.clone()),
+    );
+    store.ensure_table(&t).unwrap();
+    write(store, &t, r#"{"id":1,"text":"a"}"#).unwrap();
+    assert_eq!(rows_of(store, &at_limit).len(), 1);
+    let over = "t".repeat(64);
+    let t = Arc::new(
+        (*table("s", SCHEMA, &["id"]))
+            .clone()
+            .in_table(over.clone()),
+    );
+    match store.ensure_table(&t) {
+        Err(StoreError::Invalid(_)) => {}
+        Err(e) => panic!("a 64-byte name: {e}"),
+        Ok(()) => {
+            write(store, &t, r#"{"id":2,"text":"b"}"#).unwrap();
+            assert_eq!(rows_of(store, &over).len(), 1, "kept whole");
+        }
+    }
+    assert_eq!(rows_of(store, &at_limit).len(), 1, "and apart");
+}
 
 fn tables_are_made_claimed_and_widened(store: &mut dyn Store) {
     let t = table("t", SCHEMA, &["id"]);

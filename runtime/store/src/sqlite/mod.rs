@@ -964,6 +964,39 @@ impl SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // SQLite's names are case-insensitive: `Items` and `items` would
+        // be one table, `Name` and `name` one column. Refused, never
+        // merged.
+        let namesake: Option<String> = tx
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE AND name <> ?1",
+                [&table.table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = namesake {
+            return Err(StoreError::Invalid(format!(
+                "table {:?} differs only in case from the existing table {other:?}, and SQLite \
+                 cannot keep both: choose another table name (--table STREAM=TABLE)",
+                table.table
+            ))
+            .into());
+        }
+        let mut seen: Vec<&str> = Vec::with_capacity(table.columns.len());
+        for c in &table.columns {
+            if let Some(other) = seen.iter().find(|o| o.eq_ignore_ascii_case(&c.name)) {
+                return Err(StoreError::InvalidStream {
+                    stream: table.name.clone(),
+                    reason: format!(
+                        "properties {other:?} and {:?} differ only in case, and SQLite cannot \
+                         keep them as two columns",
+                        c.name
+                    ),
+                }
+                .into());
+            }
+            seen.push(&c.name);
+        }
         let existing: Vec<(String, i64)> = tx
             .prepare("SELECT name, pk FROM pragma_table_info(?1)")?
             .query_map([&table.table], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -1016,6 +1049,20 @@ impl SqliteStore {
             .into());
         }
         for col in &table.columns {
+            if let Some((other, _)) = existing
+                .iter()
+                .find(|(n, _)| n != &col.name && n.eq_ignore_ascii_case(&col.name))
+            {
+                return Err(StoreError::InvalidStream {
+                    stream: table.name.clone(),
+                    reason: format!(
+                        "property {:?} differs only in case from the column {other:?} of table \
+                         {:?}, and SQLite cannot keep both",
+                        col.name, table.table
+                    ),
+                }
+                .into());
+            }
             if !existing.iter().any(|(n, _)| n == &col.name) {
                 tx.execute_batch(&format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
