@@ -282,6 +282,19 @@ impl Secrets {
         Secrets::from_values(values, hosts)
     }
 
+    /// [`Secrets::load`], warning about each secret that no host may
+    /// receive (an operator's likely mistake: it is sent nowhere).
+    pub fn load_warning(
+        specs: &[SecretSpec],
+        hosts: &[SecretHost],
+    ) -> Result<Secrets, SecretError> {
+        let secrets = Secrets::load(specs, hosts)?;
+        for name in secrets.unsendable() {
+            tracing::warn!("secret {name} has no --secret-host: it will not be sent anywhere");
+        }
+        Ok(secrets)
+    }
+
     /// Secrets from values already in hand (e.g. from a vault client).
     pub fn from_values(
         values: impl IntoIterator<Item = (String, String)>,

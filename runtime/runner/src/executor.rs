@@ -136,10 +136,7 @@ impl LocalExecutor {
                 });
             }
         }
-        let secrets = Secrets::load(&spec.secrets, &spec.secret_hosts)?;
-        for name in secrets.unsendable() {
-            tracing::warn!("secret {name} has no --secret-host: it will not be sent anywhere");
-        }
+        let secrets = Secrets::load_warning(&spec.secrets, &spec.secret_hosts)?;
         Ok(RunRequest {
             component,
             config: spec.config,

@@ -436,11 +436,7 @@ impl Access {
     }
 
     fn secrets(&self) -> Result<Secrets> {
-        let secrets = Secrets::load(&self.secrets, &self.secret_hosts)?;
-        for name in secrets.unsendable() {
-            tracing::warn!("secret {name} has no --secret-host: it will not be sent anywhere");
-        }
-        Ok(secrets)
+        Ok(Secrets::load_warning(&self.secrets, &self.secret_hosts)?)
     }
 
     fn config_text(&self) -> Result<String> {
