@@ -15,7 +15,8 @@ default:
 # PostgreSQL server for the Postgres destination's tests (which start
 # throwaway clusters with scripts/pg-cluster.sh), and the Singer/Airbyte
 # peers of the protocol output tests (target-jsonl and
-# airbyte-protocol-models from PyPI, into .tools/protocol-venv).
+# airbyte-protocol-models from PyPI, into .tools/protocol-venv; Meltano,
+# into .tools/meltano-venv).
 setup:
     scripts/setup-guest-toolchain.sh
     scripts/setup-js-guest.sh

@@ -14,6 +14,7 @@ mod executor;
 mod github;
 mod guarantees;
 mod js_guest;
+mod meltano;
 mod on_postgres;
 mod operator;
 mod protocol;
