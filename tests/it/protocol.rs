@@ -89,6 +89,7 @@ fn singer_output_feeds_target_jsonl_the_rows_sqlite_gets_and_resumes_from_its_st
     assert!(ok, "{stderr}");
     // The summary is on stderr; stdout is protocol only.
     assert!(stderr.contains("succeeded"), "{stderr}");
+    assert!(stderr.contains("tables:   none"), "{stderr}");
     let msgs = messages(&stdout);
     let kinds: Vec<&str> = msgs.iter().map(|m| m["type"].as_str().unwrap()).collect();
     assert_eq!(kinds[0], "SCHEMA");

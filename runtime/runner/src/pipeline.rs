@@ -859,7 +859,10 @@ async fn drive(
             // replay writes by.
             primary_key: table_key.to_vec(),
         });
-        stream_tables.insert(s.name.clone(), table_name);
+        if req.output.is_none() {
+            // A protocol output makes no tables.
+            stream_tables.insert(s.name.clone(), table_name);
+        }
     }
     for s in streams.values() {
         let (t, instance) = (s.table.clone(), key.to_string());

@@ -168,7 +168,11 @@ pub fn write_report(out: &mut dyn std::io::Write, report: &RunReport, as_json: b
         .iter()
         .map(|(stream, table)| format!("{stream} -> {table}"))
         .collect();
-    writeln!(out, "  tables:   {}", escaped(&tables.join(", ")))?;
+    if tables.is_empty() {
+        writeln!(out, "  tables:   none")?;
+    } else {
+        writeln!(out, "  tables:   {}", escaped(&tables.join(", ")))?;
+    }
     if let Some(change) = &r.component_change {
         writeln!(out, "  component changed: {}", escaped(change))?;
     }
