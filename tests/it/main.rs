@@ -20,4 +20,5 @@ mod protocol;
 mod resilience;
 mod sandbox;
 mod scaffold;
+mod serve;
 mod sync;
