@@ -213,6 +213,13 @@ fn scheduled_and_triggered_runs_and_the_next_run_survives_a_restart() {
     toml.push_str(&items_instance("hourly", &fx, "every = \"1h\""));
     toml.push_str(&items_instance("cron", &fx, "schedule = \"* * * * * *\""));
     toml.push_str(&items_instance("manual", &fx, ""));
+    // One that cannot run (its secret's variable is unset) does not keep
+    // the server from serving the others.
+    toml.push_str(&items_instance(
+        "broken",
+        &fx,
+        "secrets = { TOKEN = \"env:SLUICE_TEST_SURELY_UNSET\" }",
+    ));
     let config_file = s.write("sluice.toml", &toml);
 
     let server = Server::start(&config_file);
@@ -268,6 +275,19 @@ fn scheduled_and_triggered_runs_and_the_next_run_survives_a_restart() {
         &[("Sec-Fetch-Site", "cross-site")],
     );
     assert_eq!(code, 403, "{body}");
+    let (code, body) = server.post("/api/v1/instances/broken/runs", &[]);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("SLUICE_TEST_SURELY_UNSET"),
+        "{body}"
+    );
+    assert_eq!(
+        server.instance("broken")["last_run"]["status"],
+        "not_started"
+    );
     // Unknown things.
     let (code, body) = server.post("/api/v1/instances/nope/runs", &[]);
     assert_eq!(code, 404, "{body}");

@@ -369,6 +369,23 @@ impl OperatorConfig {
         Ok(())
     }
 
+    /// The database of instance `name` and its password's reference,
+    /// without reading its config file or secrets (so an instance whose
+    /// secret is missing still has its run log).
+    pub fn db_of(&self, name: &str) -> Option<(DbLocation, Option<SecretSource>)> {
+        let inst = self.file.instances.get(name)?;
+        let db = match inst.db.as_ref().or(self.file.db.as_ref())? {
+            DbLocation::Sqlite(p) => DbLocation::Sqlite(self.resolve_path(p)),
+            pg => pg.clone(),
+        };
+        let password = inst
+            .db_password
+            .as_ref()
+            .or(self.file.db_password.as_ref())
+            .cloned();
+        Some((db, password))
+    }
+
     /// Runs at once in `sluice serve`.
     pub fn max_concurrent_runs(&self) -> usize {
         self.file

@@ -150,12 +150,15 @@ impl Service {
         let mut stores = BTreeMap::new();
         let mut instances = BTreeMap::new();
         for name in config.names() {
-            let inst = config.instance(&name)?;
-            let store = match opened.iter().find(|(db, _)| *db == inst.db) {
+            // Checked at load: every instance has a database.
+            let Some((db, password)) = config.db_of(&name) else {
+                continue;
+            };
+            let store = match opened.iter().find(|(d, _)| *d == db) {
                 Some((_, s)) => s.clone(),
                 None => {
-                    let s = open_store(inst.db.clone(), inst.db_password.clone()).await?;
-                    opened.push((inst.db.clone(), s.clone()));
+                    let s = open_store(db.clone(), password).await?;
+                    opened.push((db, s.clone()));
                     s
                 }
             };
@@ -398,14 +401,23 @@ impl Service {
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
+        // The newest run of each instance, one read of each run log.
+        let mut newest: Vec<BTreeMap<String, RunRecord>> = Vec::new();
+        for log in &self.logs {
+            let runs = with_store(log, |s| s.list_runs(crate::api::MAX_RUNS_SCANNED)).await?;
+            let mut by_instance = BTreeMap::new();
+            for r in runs {
+                by_instance.entry(r.connector.clone()).or_insert(r);
+            }
+            newest.push(by_instance);
+        }
         let mut out = Vec::new();
         for (name, s) in states {
-            let n = name.clone();
-            let last_recorded_run = with_store(&self.stores[&name], move |st| {
-                let runs = st.list_runs(crate::api::MAX_RUNS_SCANNED)?;
-                Ok(runs.into_iter().find(|r| r.connector == n))
-            })
-            .await?;
+            let last_recorded_run = self
+                .logs
+                .iter()
+                .position(|log| Arc::ptr_eq(log, &self.stores[&name]))
+                .and_then(|i| newest[i].get(&name).cloned());
             let health = if s.running.is_some() {
                 "running"
             } else {
