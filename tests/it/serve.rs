@@ -425,3 +425,68 @@ fn serve_refuses_a_non_loopback_address_and_a_bad_schedule() {
         assert!(out.stderr.contains(expected), "{line}: {out:?}");
     }
 }
+
+#[test]
+fn a_run_missed_while_down_runs_once_or_is_skipped_as_configured() {
+    let s = Scratch::new();
+    let fx = start_items(3);
+    let mut toml = String::from("db = \"sluice.db\"\n");
+    toml.push_str(&items_instance("tick", &fx, "every = \"1s\""));
+    toml.push_str(&items_instance(
+        "once",
+        &fx,
+        "every = \"1h\"\ncatch_up = \"once\"",
+    ));
+    toml.push_str(&items_instance(
+        "skip",
+        &fx,
+        "every = \"1h\"\ncatch_up = \"skip\"",
+    ));
+    let config_file = s.write("sluice.toml", &toml);
+    // As a server that stopped long ago left them: both were due 3 hours
+    // ago (so three runs each were missed).
+    let missed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3 * 3_600_000;
+    let conn = common::db(&s.path("sluice.db"));
+    conn.execute_batch(
+        "CREATE TABLE _sluice_schedule (instance TEXT PRIMARY KEY, schedule TEXT NOT NULL, \
+         next_run_at INTEGER NOT NULL, updated_at TEXT NOT NULL)",
+    )
+    .unwrap();
+    for name in ["once", "skip"] {
+        conn.execute(
+            "INSERT INTO _sluice_schedule VALUES (?1, 'every:1h', ?2, 'then')",
+            rusqlite::params![name, missed],
+        )
+        .unwrap();
+    }
+    drop(conn);
+
+    let server = Server::start(&config_file);
+    server.poll("the missed run of once", || {
+        server.runs("once", "succeeded").len() == 1
+    });
+    let ticks = server.runs("tick", "succeeded").len();
+    server.poll("tick to run twice more", || {
+        server.runs("tick", "succeeded").len() >= ticks + 2
+    });
+    assert_eq!(server.runs("once", "").len(), 1, "once ran more than once");
+    assert_eq!(server.runs("skip", "").len(), 0, "skip ran its missed run");
+    let conn = common::db(&s.path("sluice.db"));
+    let next: i64 = conn
+        .query_row(
+            "SELECT next_run_at FROM _sluice_schedule WHERE instance = 'skip'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        next > missed + 3 * 3_600_000,
+        "skip's next run is from now: {next}"
+    );
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
