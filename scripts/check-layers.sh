@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The crate layering of README's "Architecture": dependencies point one
-# way (core <- wasm, store <- runner <- cli). Cargo already refuses a cycle;
+# way (core <- wasm, store <- runner <- server <- cli). Cargo already refuses a cycle;
 # this refuses a dependency that points the wrong way or drags a sandbox
 # or a database into a crate that must stay without one.
 set -euo pipefail
@@ -23,8 +23,9 @@ forbid() {
     done
 }
 
-forbid sluice-core wasmtime wasmtime-wasi rusqlite reqwest sluice-wasm sluice-store sluice-runner sluice
-forbid sluice-wasm rusqlite sluice-store sluice-runner sluice
-forbid sluice-store wasmtime reqwest sluice-wasm sluice-runner sluice
-forbid sluice-runner sluice
-echo "layering ok: core <- wasm, store <- runner <- cli"
+forbid sluice-core wasmtime wasmtime-wasi rusqlite reqwest sluice-wasm sluice-store sluice-runner sluice-server sluice
+forbid sluice-wasm rusqlite sluice-store sluice-runner sluice-server sluice
+forbid sluice-store wasmtime reqwest sluice-wasm sluice-runner sluice-server sluice
+forbid sluice-runner sluice-server sluice
+forbid sluice-server sluice
+echo "layering ok: core <- wasm, store <- runner <- server <- cli"

@@ -21,4 +21,5 @@ mod protocol;
 mod resilience;
 mod sandbox;
 mod scaffold;
+mod serve;
 mod sync;

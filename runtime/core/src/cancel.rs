@@ -55,6 +55,12 @@ impl Cancel {
         *self.tx.borrow()
     }
 
+    /// Resolves once a stop (or an abort) is requested.
+    pub async fn stopped(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|l| *l >= CancelLevel::Stop).await;
+    }
+
     /// Resolves once runs must stop without waiting for a commit: `grace`
     /// after a stop request, or at an abort.
     pub async fn hard(&self, grace: Duration) {

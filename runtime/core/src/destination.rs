@@ -330,6 +330,19 @@ pub struct StateChangeRecord {
 /// The prefix of the `run_id` of a state an operator set.
 pub const OPERATOR_RUN_PREFIX: &str = "operator:";
 
+/// One instance's next scheduled run, as `sluice serve` keeps it so that a
+/// restart neither loses nor doubles runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleEntry {
+    pub instance: String,
+    /// The schedule the time was computed from (`cron:…` or `every:…`):
+    /// when the operator changes it, the server computes a new time.
+    pub schedule: String,
+    /// When the next run is due, in milliseconds since the Unix epoch.
+    pub next_run_at_ms: i64,
+    pub updated_at: String,
+}
+
 /// The run log: run history, streams declared, quarantine and replay,
 /// drift events, the component each instance ran, and the run lease.
 pub trait RunLog: Send + 'static {
@@ -411,6 +424,10 @@ pub trait RunLog: Send + 'static {
         instance: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StateChangeRecord>, StoreError>;
+    /// The persisted next run of `instance` (`sluice serve`), if any.
+    fn get_schedule(&mut self, instance: &str) -> Result<Option<ScheduleEntry>, StoreError>;
+    /// Persist the next run of `entry.instance`, replacing the one before.
+    fn set_schedule(&mut self, entry: &ScheduleEntry) -> Result<(), StoreError>;
 }
 
 /// A backend that is a destination and a run log in one database (SQLite

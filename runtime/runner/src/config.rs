@@ -21,6 +21,9 @@
 //! limits = { fuel = 5_000_000_000, memory = "128MiB", timeout = "10m", max_record_bytes = "1MiB" }
 //! http = { retries = 5, timeout = "20s" }
 //! tables = { contacts = "crm_contacts" }  # default: crm__contacts
+//! schedule = "*/15 * * * *"        # `sluice serve`: cron (UTC), or
+//! # every = "30m"                  # a fixed interval; neither: on demand
+//! catch_up = "once"                # a run missed while down: "once" | "skip"
 //! ```
 //!
 //! `limits` and `http` are one [`LimitsOverride`], the same settings and
@@ -39,7 +42,10 @@ use sluice_core::egress::HostGrant;
 use sluice_core::limits::{HttpOverride, LimitError, Limits, LimitsOverride};
 use sluice_core::location::DbLocation;
 use sluice_core::mode::WriteMode;
+use sluice_core::run_spec::{ComponentSource, RunSpec};
 use sluice_core::secrets::{SecretError, SecretHost, SecretSource, SecretSpec, Secrets};
+
+use crate::schedule::{CatchUp, Schedule};
 
 /// The config file read when none is named (`--config-file`).
 pub const DEFAULT_CONFIG_FILE: &str = "sluice.toml";
@@ -102,10 +108,20 @@ pub struct FileConfig {
     /// `--connectors-dir`).
     #[serde(default)]
     pub connectors_dir: Option<PathBuf>,
+    /// Runs at once in `sluice serve` (default
+    /// [`DEFAULT_MAX_CONCURRENT_RUNS`], at most [`MAX_CONCURRENT_RUNS`]).
+    #[serde(default)]
+    pub max_concurrent_runs: Option<usize>,
     /// The connector instances, by name.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceConfig>,
 }
+
+/// Runs at once in `sluice serve` when `max_concurrent_runs` is not set.
+pub const DEFAULT_MAX_CONCURRENT_RUNS: usize = 4;
+
+/// The largest `max_concurrent_runs` accepted.
+pub const MAX_CONCURRENT_RUNS: usize = 256;
 
 /// One `[instances.NAME]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +174,18 @@ pub struct InstanceConfig {
     /// mode, as for `--mode` (default `merge`).
     #[serde(default)]
     pub modes: BTreeMap<String, WriteMode>,
+    /// `sluice serve`: a cron expression (five fields, or six with seconds
+    /// first; UTC) on which the instance runs.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// `sluice serve`: run every this long (`"30m"`, `"1h 30m"`), from the
+    /// start of the last run. Not with `schedule`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// `sluice serve`: a scheduled run missed while the server was down
+    /// runs once at start (`"once"`, the default) or is skipped (`"skip"`).
+    #[serde(default)]
+    pub catch_up: CatchUp,
 }
 
 impl InstanceConfig {
@@ -261,6 +289,19 @@ impl OperatorConfig {
                 path: path.to_path_buf(),
             });
         }
+        if let Some(n) = config.file.max_concurrent_runs {
+            if !(1..=MAX_CONCURRENT_RUNS).contains(&n) {
+                let offset = value_span(text, &["max_concurrent_runs"]).map_or(0, |s| s.start);
+                let (line, column) = line_column(text, offset);
+                return Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    key: Some("max_concurrent_runs".into()),
+                    message: format!("must be between 1 and {MAX_CONCURRENT_RUNS}, got {n}"),
+                });
+            }
+        }
         for (name, inst) in &config.file.instances {
             config.check_instance(name, inst)?;
             if let Err(e) = inst.overrides().check() {
@@ -323,7 +364,81 @@ impl OperatorConfig {
             ));
         }
         self.secret_specs(name, inst)?;
+        Schedule::parse(inst.schedule.as_deref(), inst.every.as_deref())
+            .map_err(|e| self.instance_error(name, e.to_string()))?;
         Ok(())
+    }
+
+    /// The database of instance `name` and its password's reference,
+    /// without reading its config file or secrets (so an instance whose
+    /// secret is missing still has its run log).
+    pub fn db_of(&self, name: &str) -> Option<(DbLocation, Option<SecretSource>)> {
+        let inst = self.file.instances.get(name)?;
+        let db = match inst.db.as_ref().or(self.file.db.as_ref())? {
+            DbLocation::Sqlite(p) => DbLocation::Sqlite(self.resolve_path(p)),
+            pg => pg.clone(),
+        };
+        let password = inst
+            .db_password
+            .as_ref()
+            .or(self.file.db_password.as_ref())
+            .cloned();
+        Some((db, password))
+    }
+
+    /// Runs at once in `sluice serve`.
+    pub fn max_concurrent_runs(&self) -> usize {
+        self.file
+            .max_concurrent_runs
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_RUNS)
+    }
+
+    /// The schedule of instance `name` (`None`: on demand only, or no
+    /// such instance). Checked at load, so it parses.
+    pub fn schedule(&self, name: &str) -> Option<Schedule> {
+        let inst = self.file.instances.get(name)?;
+        Schedule::parse(inst.schedule.as_deref(), inst.every.as_deref())
+            .ok()
+            .flatten()
+    }
+
+    /// The `catch_up` of instance `name`.
+    pub fn catch_up(&self, name: &str) -> CatchUp {
+        self.file
+            .instances
+            .get(name)
+            .map(|i| i.catch_up)
+            .unwrap_or_default()
+    }
+
+    /// Instance `name` as a [`RunSpec`] for an executor: its config read,
+    /// its secrets as references (the executor reads them where the run
+    /// executes), a registry name left for the executor to look up.
+    pub fn run_spec(&self, name: &str) -> Result<RunSpec, ConfigError> {
+        let inst = self.instance(name)?;
+        let file = &self.file.instances[name];
+        let (secrets, secret_hosts) = self.secret_specs(name, file)?;
+        Ok(RunSpec {
+            component: match inst.component {
+                ComponentRef::Name(n) => ComponentSource::Registry(n),
+                ComponentRef::Path(p) => ComponentSource::Path(p),
+            },
+            component_digest: None,
+            config: inst.config,
+            destination: inst.db,
+            db_password: inst.db_password,
+            instance: inst.name,
+            tables: inst.tables,
+            grants: inst.grants,
+            secrets,
+            secret_hosts,
+            limits: file.limits.clone(),
+            http: file.http.clone(),
+            full_refresh: inst.full_refresh,
+            streams: inst.streams,
+            modes: inst.modes,
+            output: None,
+        })
     }
 
     fn secret_specs(

@@ -157,8 +157,11 @@ impl LocalExecutor {
     }
 }
 
-impl Executor for LocalExecutor {
-    fn submit(&self, spec: RunSpec, cancel: Cancel) -> RunHandle {
+impl LocalExecutor {
+    /// [`Executor::submit`] with the run id chosen by the caller (a new
+    /// one, as [`pipeline::new_run_id`] makes), so that it is known before
+    /// the run ends.
+    pub fn submit_as(&self, spec: RunSpec, cancel: Cancel, run_id: String) -> RunHandle {
         let (tx, events) = mpsc::unbounded_channel();
         let this = self.clone();
         let run_cancel = cancel.clone();
@@ -171,7 +174,7 @@ impl Executor for LocalExecutor {
                 }
             };
             let progress = req.progress.clone().unwrap_or_default();
-            let run = pipeline::run(&this.runtime, &req);
+            let run = pipeline::run_as(&this.runtime, &req, run_id);
             tokio::pin!(run);
             let mut tick = tokio::time::interval(PROGRESS_EVENT_INTERVAL);
             let mut last = (0, 0);
@@ -192,5 +195,11 @@ impl Executor for LocalExecutor {
             )));
         });
         RunHandle { events, cancel }
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn submit(&self, spec: RunSpec, cancel: Cancel) -> RunHandle {
+        self.submit_as(spec, cancel, pipeline::new_run_id())
     }
 }

@@ -325,6 +325,16 @@ impl From<StoreError> for Failure {
 
 /// Run a connector into the database: the whole `sluice run`.
 pub async fn run(runtime: &Runtime, req: &RunRequest) -> Result<RunReport, PipelineError> {
+    run_as(runtime, req, new_run_id()).await
+}
+
+/// [`run`] with the run id chosen by the caller (`sluice serve` answers
+/// with it before the run ends); it must be new, as [`new_run_id`] makes.
+pub async fn run_as(
+    runtime: &Runtime,
+    req: &RunRequest,
+    run_id: String,
+) -> Result<RunReport, PipelineError> {
     check_config_json(&req.config)?;
     let loaded = runtime.load(&req.component)?;
     let db = match &req.output {
@@ -332,7 +342,6 @@ pub async fn run(runtime: &Runtime, req: &RunRequest) -> Result<RunReport, Pipel
         Some(output) => protocol_database(&req.db, output).await?,
     };
     let writer = db.handle.writer.clone();
-    let run_id = new_run_id();
     let result = match claim_lease(&writer, &req.instance, &run_id).await {
         Ok(()) => {
             // Renew the lease while the run lasts; give it back after.

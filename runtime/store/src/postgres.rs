@@ -36,6 +36,7 @@ use sluice_core::value::Value;
 use crate::quarantine::record_hash;
 use crate::sqlite::{holder_is_gone, ms, unix_ms, CRASHED_ERROR};
 
+mod schedule;
 mod state;
 
 /// The backend's name in [`StoreError::Backend`].
@@ -1636,6 +1637,20 @@ impl RunLog for PostgresStore {
         instance: &str,
     ) -> Result<Vec<sluice_core::destination::StateEntry>, StoreError> {
         Ok(self.list_state_pg(instance)?)
+    }
+
+    fn get_schedule(
+        &mut self,
+        instance: &str,
+    ) -> Result<Option<sluice_core::destination::ScheduleEntry>, StoreError> {
+        Ok(self.get_schedule_pg(instance)?)
+    }
+
+    fn set_schedule(
+        &mut self,
+        entry: &sluice_core::destination::ScheduleEntry,
+    ) -> Result<(), StoreError> {
+        Ok(self.set_schedule_pg(entry)?)
     }
 
     fn change_state(

@@ -1043,6 +1043,20 @@ impl RunLog for ProtocolStore {
         self.log.list_state(instance)
     }
 
+    fn get_schedule(
+        &mut self,
+        instance: &str,
+    ) -> Result<Option<sluice_core::destination::ScheduleEntry>, StoreError> {
+        self.log.get_schedule(instance)
+    }
+
+    fn set_schedule(
+        &mut self,
+        entry: &sluice_core::destination::ScheduleEntry,
+    ) -> Result<(), StoreError> {
+        self.log.set_schedule(entry)
+    }
+
     fn change_state(
         &mut self,
         change: &sluice_core::destination::StateChange,

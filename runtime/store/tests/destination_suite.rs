@@ -77,6 +77,10 @@ const CASES: &[(&str, Case)] = &[
         "hostile_identifiers_are_quoted_and_kept_apart",
         hostile_identifiers_are_quoted_and_kept_apart,
     ),
+    (
+        "schedules_are_kept_per_instance_and_replaced",
+        schedules_are_kept_per_instance_and_replaced,
+    ),
 ];
 
 /// Run every case, each on a store from `fresh` (given the case's name).
@@ -1509,4 +1513,34 @@ fn the_same_open_record_is_quarantined_once(store: &mut dyn Store) {
     assert_eq!(again.len(), 1);
     assert!(again[0].id > q[0].id);
     assert_eq!((again[0].seen_count, again[0].run_id.as_str()), (1, "r3"));
+}
+
+/// `sluice serve`'s next run of each instance: none before the first
+/// write, one row per instance after, replaced (not added to) by the next.
+fn schedules_are_kept_per_instance_and_replaced(store: &mut dyn Store) {
+    use sluice_core::destination::ScheduleEntry;
+    assert_eq!(store.get_schedule("a").unwrap(), None);
+    let a = ScheduleEntry {
+        instance: "a".into(),
+        schedule: "every:1h".into(),
+        next_run_at_ms: 1_700_000_000_000,
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    store.set_schedule(&a).unwrap();
+    let b = ScheduleEntry {
+        instance: "b'; DROP TABLE _sluice_schedule; --".into(),
+        schedule: "cron:*/15 * * * *".into(),
+        next_run_at_ms: i64::MAX,
+        updated_at: "2026-01-01T00:00:01.000Z".into(),
+    };
+    store.set_schedule(&b).unwrap();
+    let a2 = ScheduleEntry {
+        next_run_at_ms: a.next_run_at_ms + 3_600_000,
+        updated_at: "2026-01-01T01:00:00.000Z".into(),
+        ..a.clone()
+    };
+    store.set_schedule(&a2).unwrap();
+    assert_eq!(store.get_schedule("a").unwrap(), Some(a2));
+    assert_eq!(store.get_schedule(&b.instance).unwrap(), Some(b));
+    assert_eq!(store.get_schedule("c").unwrap(), None);
 }

@@ -184,6 +184,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The service: run the instances of sluice.toml on their schedules
+    /// (`schedule`, `every`) and on demand through a JSON HTTP API
+    /// (`/api/v1`, `/healthz`, `/readyz`), until SIGTERM or Ctrl-C (runs
+    /// then stop at their next commit). Loopback addresses only: the API
+    /// has no authentication yet.
+    Serve {
+        /// The operator config file.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+        config_file: PathBuf,
+        /// The address to listen on (port 0: any free port).
+        #[arg(long, value_name = "ADDR", default_value = sluice_server::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
     /// Run history: list runs, or `show ID`.
     Runs {
         #[command(flatten)]
@@ -880,6 +893,25 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let dir = connectors_dir(&cli, None);
             let registry = Registry::scan(&rt, &dir).await?;
             output::print_connectors(&registry, *json)?;
+        }
+        Command::Serve {
+            config_file,
+            listen,
+        } => {
+            sluice_server::check_listen(*listen)?;
+            let config = OperatorConfig::load(config_file)?;
+            let rt = Arc::new(runtime(&cli)?);
+            let executor = LocalExecutor::new(rt, connectors_dir(&cli, config.connectors_dir()));
+            sluice_server::serve(sluice_server::ServeOptions {
+                config,
+                listen: *listen,
+                executor,
+                cancel: stop_on_signals(),
+                on_listening: Box::new(|addr| {
+                    eprintln!("sluice serve: listening on http://{addr}")
+                }),
+            })
+            .await?;
         }
         Command::Sync {
             names,

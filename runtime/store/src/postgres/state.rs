@@ -27,7 +27,7 @@ CREATE INDEX IF NOT EXISTS _sluice_state_changes_instance ON _sluice_state_chang
 ";
 
 impl PostgresStore {
-    fn has_table(&mut self, table: &str) -> Result<bool, PgError> {
+    pub(super) fn has_table(&mut self, table: &str) -> Result<bool, PgError> {
         Ok(self
             .client
             .query_one(

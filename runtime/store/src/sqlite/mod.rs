@@ -17,6 +17,7 @@ use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::value::Value;
 
 pub mod checkpoint;
+mod schedule;
 mod state;
 
 pub(crate) use state::record as state_record;
@@ -1821,6 +1822,20 @@ impl RunLog for SqliteStore {
         instance: &str,
     ) -> Result<Vec<sluice_core::destination::StateEntry>, StoreError> {
         Ok(self.list_state_sql(instance)?)
+    }
+
+    fn get_schedule(
+        &mut self,
+        instance: &str,
+    ) -> Result<Option<sluice_core::destination::ScheduleEntry>, StoreError> {
+        Ok(self.get_schedule_sql(instance)?)
+    }
+
+    fn set_schedule(
+        &mut self,
+        entry: &sluice_core::destination::ScheduleEntry,
+    ) -> Result<(), StoreError> {
+        Ok(self.set_schedule_sql(entry)?)
     }
 
     fn change_state(
