@@ -23,6 +23,7 @@ use bytes::BytesMut;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, GenericClient, NoTls, Transaction};
+use sha2::{Digest, Sha256};
 
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
@@ -35,7 +36,6 @@ use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::value::Value;
 
 use crate::quarantine::record_hash;
-use sha2::{Digest, Sha256};
 use crate::sqlite::{holder_is_gone, ms, unix_ms, CRASHED_ERROR};
 
 mod state;
