@@ -784,7 +784,7 @@ fn a_fenced_commit_writes_nothing_and_replay_and_sweeps_are_refused_or_reported(
             connector_version: "1.0",
             pending: &pending,
             state: None,
-            sweep: &[items.clone()],
+            sweep: std::slice::from_ref(&items),
         })
         .unwrap();
     assert_eq!((stats.upserted, stats.swept), (1, 0));
