@@ -16,14 +16,12 @@
 //! UPDATE` (the last record of a key wins), quarantine rows, drift rows,
 //! the state, and full-refresh sweeps.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, GenericClient, NoTls, Transaction};
-use sha2::{Digest, Sha256};
 
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
@@ -49,9 +47,6 @@ pub const DEFAULT_SCHEMA: &str = "public";
 /// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1` bytes); a longer
 /// one would be cut silently, so two tables could become one. Refused.
 pub const MAX_IDENTIFIER_LEN: usize = 63;
-
-/// Bytes of the digest of a kept staging table's columns in its name.
-const STAGING_SHAPE_BYTES: usize = 8;
 
 /// Advisory locks (`pg_advisory_xact_lock(class, key)`, held to the end of
 /// the transaction) have one class per kind, so Sluice's never meet each
@@ -317,9 +312,6 @@ pub struct PostgresStore {
     schema_name: String,
     /// Opened read-only: runs whose lease is gone are shown `crashed`.
     read_only: bool,
-    /// The session's kept staging tables (see [`Staging`]) that a
-    /// committed transaction created, so they exist.
-    staging_tables: HashSet<String>,
 }
 
 /// `url` fit to show: its password replaced.
@@ -478,7 +470,6 @@ impl PostgresStore {
             quoted_schema: quoted,
             schema_name: schema.to_string(),
             read_only,
-            staging_tables: HashSet::new(),
         })
     }
 
@@ -587,49 +578,12 @@ struct CommitTimings {
     commit: Duration,
 }
 
-/// The staging tables of one transaction's upserts.
-///
-/// A run's commits keep theirs for the session (`ON COMMIT DELETE ROWS`:
-/// empty at every transaction's end, committed or not), one per position
-/// in the commit and shape of columns, so a commit creates none after the
-/// first: creating and dropping a table per commit writes and removes a
-/// dozen catalog rows, a relation file and a row type each time. Other
-/// transactions (a replay's) drop theirs at commit, as all did before.
-struct Staging<'a> {
-    /// The next staging table's position in this transaction.
-    next: usize,
-    /// Keep the tables for the session (a run's commits) or drop them.
-    keep: bool,
-    /// Kept tables known to exist (created by a committed transaction).
-    known: &'a HashSet<String>,
-    /// Kept tables this transaction created: known once it commits.
-    created: Vec<String>,
-    /// The steps' times (see [`CommitTimings`]).
-    timings: CommitTimings,
-}
-
-impl<'a> Staging<'a> {
-    fn kept(known: &'a HashSet<String>) -> Self {
-        Staging {
-            next: 0,
-            keep: true,
-            known,
-            created: Vec::new(),
-            timings: CommitTimings::default(),
-        }
-    }
-
-    fn dropped(known: &'a HashSet<String>) -> Self {
-        Staging {
-            keep: false,
-            ..Staging::kept(known)
-        }
-    }
-}
-
 /// Upsert `rows` into `table` (qualified name `target`) inside `tx`: a
-/// binary COPY into a temporary staging table (see [`Staging`]), then one
-/// `INSERT … SELECT` that keeps each key's last row.
+/// binary COPY into a temporary staging table (dropped at commit), then one
+/// `INSERT … SELECT` that keeps each key's last row. `stage` numbers the
+/// staging tables of one transaction; the steps' times add to `timings`.
+// The commit's context, passed as it is.
+#[allow(clippy::too_many_arguments)]
 fn upsert_rows(
     tx: &mut Transaction<'_>,
     target: &str,
@@ -637,14 +591,15 @@ fn upsert_rows(
     rows: &[Row],
     run_id: &str,
     now: &str,
-    stage: &mut Staging<'_>,
+    stage: &mut usize,
+    timings: &mut CommitTimings,
 ) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
     let n = table.columns.len();
-    let position = stage.next;
-    stage.next += 1;
+    let staging = format!("pg_temp._sluice_stage_{stage}");
+    *stage += 1;
     // Staging columns are named by position (c0, c1, …): the stream's own
     // names could be anything, even `seq`.
     let mut defs: Vec<String> = table
@@ -661,27 +616,12 @@ fn upsert_rows(
         .collect();
     defs.push("rec TEXT NOT NULL".into());
     defs.push("seq BIGINT NOT NULL".into());
-    let defs = defs.join(", ");
     let t = Instant::now();
-    let staging = if stage.keep {
-        // Named by position and shape (a digest: a name has 63 bytes).
-        let shape = hex::encode(&Sha256::digest(defs.as_bytes())[..STAGING_SHAPE_BYTES]);
-        let staging = format!("pg_temp._sluice_stage_{position}_{shape}");
-        if !stage.known.contains(&staging) && !stage.created.contains(&staging) {
-            tx.batch_execute(&format!(
-                "CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ({defs}) ON COMMIT DELETE ROWS"
-            ))?;
-            stage.created.push(staging.clone());
-        }
-        staging
-    } else {
-        let staging = format!("pg_temp._sluice_stage_{position}");
-        tx.batch_execute(&format!(
-            "CREATE TEMPORARY TABLE {staging} ({defs}) ON COMMIT DROP"
-        ))?;
-        staging
-    };
-    stage.timings.staging += t.elapsed();
+    tx.batch_execute(&format!(
+        "CREATE TEMPORARY TABLE {staging} ({}) ON COMMIT DROP",
+        defs.join(", ")
+    ))?;
+    timings.staging += t.elapsed();
     let t = Instant::now();
     let mut types: Vec<Type> = table.columns.iter().map(|c| staging_type(c.kind)).collect();
     types.push(Type::TEXT);
@@ -716,7 +656,7 @@ fn upsert_rows(
         }
         writer.finish()?;
     }
-    stage.timings.copy += t.elapsed();
+    timings.copy += t.elapsed();
     let t = Instant::now();
     let mut cols = Vec::with_capacity(n + 3);
     for c in &table.columns {
@@ -763,7 +703,7 @@ fn upsert_rows(
         )
     };
     tx.execute(&sql, &[&run_id, &now])?;
-    stage.timings.upsert += t.elapsed();
+    timings.upsert += t.elapsed();
     Ok(rows.len() as u64)
 }
 
@@ -1046,7 +986,7 @@ impl PostgresStore {
 
     fn commit_pg(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats> {
         let started = Instant::now();
-        let mut stage = Staging::kept(&self.staging_tables);
+        let mut timings = CommitTimings::default();
         let now = now_rfc3339();
         let mut targets = Vec::with_capacity(req.pending.batches.len());
         for (table, _) in &req.pending.batches {
@@ -1072,10 +1012,20 @@ impl PostgresStore {
             }
             .into());
         }
-        stage.timings.fence = t.elapsed();
+        timings.fence = t.elapsed();
         let mut stats = CommitStats::default();
+        let mut stage = 0;
         for ((table, rows), target) in req.pending.batches.iter().zip(&targets) {
-            let n = upsert_rows(&mut tx, target, table, rows, req.run_id, &now, &mut stage)?;
+            let n = upsert_rows(
+                &mut tx,
+                target,
+                table,
+                rows,
+                req.run_id,
+                &now,
+                &mut stage,
+                &mut timings,
+            )?;
             stats.upserted += n;
             *stats
                 .upserted_by_stream
@@ -1169,16 +1119,10 @@ impl PostgresStore {
             stats.swept += n;
             *stats.swept_by_stream.entry(table.name.clone()).or_default() += n;
         }
-        let Staging {
-            created,
-            mut timings,
-            ..
-        } = stage;
         timings.rest = t.elapsed();
         let t = Instant::now();
         tx.commit()?;
         timings.commit = t.elapsed();
-        self.staging_tables.extend(created);
         tracing::debug!(
             rows = stats.upserted,
             total_us = started.elapsed().as_micros() as u64,
@@ -1276,7 +1220,7 @@ impl PostgresStore {
             targets.push(self.qualified(&table.table)?);
         }
         let mut tx = self.client.transaction()?;
-        let mut stage = Staging::dropped(&self.staging_tables);
+        let mut stage = 0;
         let mut applied = ReplayApplied::default();
         for ((id, table, row), target) in plan.accepted.iter().zip(&targets) {
             if !plan.force {
@@ -1296,6 +1240,7 @@ impl PostgresStore {
                 &plan.replay_id,
                 &now,
                 &mut stage,
+                &mut CommitTimings::default(),
             )?;
             tx.execute(
                 "UPDATE _sluice_quarantine SET status = 'replayed', replay_id = $2 WHERE id = $1",
