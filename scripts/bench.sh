@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # `just bench`: build release binaries and the items connector, install the
-# Python peers (dlt, and requests/pydantic/SQLAlchemy for the seed-style
-# pipeline; pinned in bench/peers/requirements.txt) into .tools/bench-venv,
-# then run the harness (bench/src/main.rs). Arguments go to the harness:
-#   scripts/bench.sh [--records N] [--no-python] [--rss] [--concurrency N]
+# Python peers (dlt with its sqlalchemy and postgres extras, and
+# requests/pydantic/SQLAlchemy for the seed-style pipeline; pinned in
+# bench/peers/requirements.txt) into .tools/bench-venv,
+# then run the harness (bench/src/main.rs). With PostgreSQL installed
+# (scripts/setup-postgres.sh), the harness adds the Postgres contestants on a
+# throwaway cluster of its own. Arguments go to the harness:
+#   scripts/bench.sh [--records N] [--rounds N] [--no-python] [--no-postgres]
+#                    [--rss] [--concurrency N]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"

@@ -10,15 +10,23 @@
 //! a 1M- vs a 4M-record run (`--rss`), and N concurrent sandboxed runs in
 //! one `sluice sync` process (`--concurrency N`).
 //!
+//! With PostgreSQL installed (`scripts/setup-postgres.sh`), one throwaway
+//! cluster (`scripts/pg-cluster.sh`, stopped at the end, a panic's too)
+//! adds Sluice → Postgres and dlt → Postgres, each run into a fresh
+//! schema, and a breakdown of where Sluice → Postgres spends its time
+//! (`--no-postgres` skips them).
+//!
 //! Run it through `just bench` (scripts/bench.sh builds the release
 //! binaries and installs the Python peers). No assertions: figures only.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_core::limits::Limits;
 use sluice_fixture::items::{self, router, ItemsConfig};
+use sluice_fixture::postgres::{Cluster, StartError};
 use sluice_fixture::Running;
 use sluice_runner::pipeline;
 use sluice_wasm::{Runtime, RuntimeOptions};
@@ -42,6 +50,16 @@ const REPEATS: usize = 21;
 /// The RSS comparison's two sizes (`--rss`).
 const RSS_SMALL: u64 = 1_000_000;
 const RSS_LARGE: u64 = 4_000_000;
+/// The log filter of the breakdown's extra Sluice → Postgres run: the
+/// store's per-commit `commit timings` events (debug level).
+const TIMINGS_LOG: &str = "warn,sluice_store::postgres=debug";
+/// The message of those events (runtime/store/src/postgres.rs).
+const TIMINGS_EVENT: &str = "commit timings";
+/// How long to wait for a finished run's server backend to exit (and be
+/// reaped by the postmaster, whose children's CPU time then includes it).
+const BACKEND_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How often to look while waiting for it.
+const BACKEND_EXIT_POLL: Duration = Duration::from_millis(10);
 
 struct Args {
     records: u64,
@@ -49,6 +67,7 @@ struct Args {
     rss: bool,
     concurrency: usize,
     rounds: usize,
+    postgres: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -58,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
         rss: false,
         concurrency: DEFAULT_CONCURRENCY,
         rounds: DEFAULT_ROUNDS,
+        postgres: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -70,10 +90,11 @@ fn parse_args() -> Result<Args, String> {
             "--records" => a.records = num("--records")?,
             "--concurrency" => a.concurrency = num("--concurrency")? as usize,
             "--no-python" => a.python = false,
+            "--no-postgres" => a.postgres = false,
             "--rss" => a.rss = true,
             "--rounds" => a.rounds = (num("--rounds")? as usize).max(1),
             "-h" | "--help" => {
-                return Err("usage: sluice-bench [--records N] [--rounds N] [--no-python] [--rss] [--concurrency N (0: skip)]".into())
+                return Err("usage: sluice-bench [--records N] [--rounds N] [--no-python] [--no-postgres] [--rss] [--concurrency N (0: skip)]".into())
             }
             other => return Err(format!("unknown argument {other} (try --help)")),
         }
@@ -96,6 +117,8 @@ fn sibling(name: &str) -> PathBuf {
 /// What one child process did.
 struct Measured {
     seconds: f64,
+    /// User + system CPU time of the process (and its reaped children).
+    cpu_seconds: f64,
     max_rss_kib: i64,
     ok: bool,
     stdout: String,
@@ -141,8 +164,10 @@ fn measure(cmd: &mut Command) -> Measured {
     let mut f = figures.split_whitespace();
     let seconds = f.next().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
     let max_rss_kib = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    let cpu_seconds = f.next().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
     Measured {
         seconds,
+        cpu_seconds,
         max_rss_kib,
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -153,6 +178,7 @@ fn measure(cmd: &mut Command) -> Measured {
 /// The `--rusage-of PROGRAM ARGS…` helper: run the program with this
 /// process's stdio, then write "seconds max_rss_kib" to the file named by
 /// [`RUSAGE_OUT_ENV`] and exit with the program's status.
+/// (A third figure follows: its user + system CPU seconds.)
 // The child is reaped by wait4 (which also gives its rusage), not Child::wait.
 #[allow(clippy::zombie_processes)]
 fn rusage_helper(program: &str, args: &[String]) -> ! {
@@ -170,9 +196,94 @@ fn rusage_helper(program: &str, args: &[String]) -> ! {
     // SAFETY: pid is our child's; status and usage point at live locals.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = start.elapsed().as_secs_f64();
-    std::fs::write(&out, format!("{seconds} {}", usage.ru_maxrss)).expect("rusage file");
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    std::fs::write(&out, format!("{seconds} {} {cpu}", usage.ru_maxrss)).expect("rusage file");
     let ok = r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// The Sluice → Postgres contestant's name.
+const SLUICE_PG: &str = "sluice → postgres (binary COPY + upsert)";
+
+/// Where one more Sluice → Postgres run spends its time: the writer
+/// thread's commits, step by step (the store's debug-level `commit
+/// timings` events: wall time on the writer thread, each step's server
+/// work and round trips included), against the run's wall time, the
+/// Sluice process's CPU time and the server backend's (the postmaster's
+/// reaped children's CPU time before and after).
+fn breakdown(pg: &Cluster, fx: &Running, dir: &Path, cache: &Path, records: u64, schema: &str) {
+    let d = dir.join("timings");
+    std::fs::create_dir_all(&d).expect("timings dir");
+    let postmaster = pg.postmaster_pid();
+    let server_before = postmaster.and_then(reaped_children_cpu);
+    let m = sluice_run_into(fx, &d, pg.url_in(schema).as_ref(), cache, Some(TIMINGS_LOG));
+    wait_for_backends(&pg.url);
+    let server_after = postmaster.and_then(reaped_children_cpu);
+    let stored = pg_count(&pg.url, schema, SLUICE_TABLE);
+    let _ = std::fs::remove_dir_all(&d);
+    // Sum each `key_us=N` field of the events, in the order first seen.
+    let mut sums: Vec<(String, u64)> = Vec::new();
+    let mut commits = 0u64;
+    for line in m.stderr.lines().filter(|l| l.contains(TIMINGS_EVENT)) {
+        commits += 1;
+        for field in line.split_whitespace() {
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
+            let Some(v) = v.parse::<u64>().ok() else {
+                continue;
+            };
+            match sums.iter_mut().find(|(name, _)| name == k) {
+                Some((_, sum)) => *sum += v,
+                None => sums.push((k.to_string(), v)),
+            }
+        }
+    }
+    let sum = |k: &str| sums.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
+    println!();
+    println!("where the time goes, Sluice → Postgres (one more run, SLUICE_LOG={TIMINGS_LOG}):");
+    if !m.ok || stored != Some(records as i64) || commits == 0 {
+        println!(
+            "  <- FAILED, wrong row count or no timings ({commits} events): {}",
+            m.stderr.lines().last().unwrap_or("")
+        );
+        return;
+    }
+    let wall = m.seconds;
+    let ms = |us: u64| us as f64 / 1e3;
+    println!(
+        "  {records} records in {:.2} s wall ({:.0} records/s); CPU: the sluice process {:.2} s, the Postgres backend {}",
+        wall,
+        records as f64 / wall,
+        m.cpu_seconds,
+        match (server_before, server_after) {
+            (Some(a), Some(b)) => format!("{:.2} s", b - a),
+            _ => "unknown".into(),
+        }
+    );
+    let total = sum("total_us");
+    println!(
+        "  the writer thread in {commits} commits: {:.0} ms ({:.0} % of the wall time; {:.2} ms a commit) — the rest of the run overlaps with them (guest, HTTP, record checks):",
+        ms(total),
+        ms(total) / (wall * 1e3) * 100.0,
+        ms(total) / commits as f64
+    );
+    for (key, what) in [
+        ("fence_us", "BEGIN + the lease fence (SELECT … FOR SHARE)"),
+        ("staging_us", "CREATE TEMPORARY TABLE (staging)"),
+        ("copy_us", "encode rows + binary COPY into staging"),
+        ("upsert_us", "INSERT … SELECT DISTINCT ON … ON CONFLICT"),
+        ("rest_us", "state (+ quarantine, drift, sweeps)"),
+        ("commit_us", "COMMIT"),
+    ] {
+        let v = sum(key);
+        println!(
+            "    {what:<48} {:>8.1} ms {:>5.1} %",
+            ms(v),
+            ms(v) / ms(total).max(f64::MIN_POSITIVE) * 100.0
+        );
+    }
 }
 
 /// Sluice's table of the items stream: `sluice run items.wasm` is instance
@@ -183,6 +294,58 @@ fn count_rows(db: &Path, table: &str) -> Option<i64> {
     let conn = rusqlite::Connection::open(db).ok()?;
     conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .ok()
+}
+
+/// Rows of `schema.table` in the cluster at `url`.
+fn pg_count(url: &str, schema: &str, table: &str) -> Option<i64> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).ok()?;
+    let n = c
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".\"{table}\""),
+            &[],
+        )
+        .ok()?
+        .try_get(0)
+        .ok();
+    // Keep the cluster small across rounds.
+    let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+    n
+}
+
+/// CPU seconds of the postmaster's reaped children (the backends of
+/// finished connections): `cutime + cstime` of `/proc/PID/stat`.
+fn reaped_children_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3, cutime 16, cstime 17.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(13)?.parse::<f64>().ok()? + f.get(14)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// Wait until no client backend but this one is connected to `url`, then
+/// for this one to go too (so the postmaster has reaped them all).
+fn wait_for_backends(url: &str) {
+    let start = Instant::now();
+    if let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) {
+        while start.elapsed() < BACKEND_EXIT_WAIT {
+            let others: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                     AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .and_then(|r| r.try_get(0))
+                .unwrap_or(0);
+            if others == 0 {
+                break;
+            }
+            std::thread::sleep(BACKEND_EXIT_POLL);
+        }
+    }
+    std::thread::sleep(BACKEND_EXIT_POLL * 10);
 }
 
 struct Row {
@@ -215,6 +378,18 @@ fn items_wasm() -> PathBuf {
 
 /// `sluice run` of the items connector against `fx` into `db`.
 fn sluice_run(fx: &Running, dir: &Path, db: &Path, cache: &Path) -> Measured {
+    sluice_run_into(fx, dir, db.as_os_str(), cache, None)
+}
+
+/// The same into `db` (a file or a `postgres://` URL), with `log` as its
+/// `SLUICE_LOG` if given.
+fn sluice_run_into(
+    fx: &Running,
+    dir: &Path,
+    db: &std::ffi::OsStr,
+    cache: &Path,
+    log: Option<&str>,
+) -> Measured {
     let cfg = dir.join("items.json");
     std::fs::write(
         &cfg,
@@ -224,9 +399,12 @@ fn sluice_run(fx: &Running, dir: &Path, db: &Path, cache: &Path) -> Measured {
         ),
     )
     .expect("config");
+    let mut cmd = Command::new(sibling("sluice"));
+    if let Some(filter) = log {
+        cmd.env("SLUICE_LOG", filter);
+    }
     measure(
-        Command::new(sibling("sluice"))
-            .arg("run")
+        cmd.arg("run")
             .arg(items_wasm())
             .arg("--config")
             .arg(&cfg)
@@ -300,6 +478,35 @@ fn main() {
             python.display()
         );
     }
+    // One throwaway cluster for the Postgres contestants; dropped (so
+    // stopped) when main returns or unwinds.
+    let cluster = if !args.postgres {
+        println!("(Postgres contestants skipped: --no-postgres)");
+        None
+    } else {
+        match Cluster::try_start() {
+            Ok(c) => Some(c),
+            Err(StartError::NotInstalled(_)) => {
+                println!(
+                    "(Postgres contestants skipped: PostgreSQL is not installed; scripts/setup-postgres.sh installs it)"
+                );
+                None
+            }
+            Err(StartError::Failed(why)) => {
+                println!(
+                    "(Postgres contestants skipped: the throwaway cluster did not start: {why})"
+                );
+                None
+            }
+        }
+    };
+    // Every Postgres run writes into a schema of its own.
+    let schemas = Cell::new(0usize);
+    let fresh_schema = |who: &str| {
+        let n = schemas.get();
+        schemas.set(n + 1);
+        format!("bench_{who}_{n}")
+    };
     // Each contestant: its name, and how to run it once into a directory
     // (its figures and the rows it stored).
     type Contestant<'a> = (
@@ -329,6 +536,16 @@ fn main() {
             }),
         ),
     ];
+    if let Some(pg) = &cluster {
+        contestants.push((
+            SLUICE_PG,
+            Box::new(|d: &Path| {
+                let schema = fresh_schema("sluice");
+                let m = sluice_run_into(&fx, d, pg.url_in(&schema).as_ref(), &cache, None);
+                (m, pg_count(&pg.url, &schema, SLUICE_TABLE))
+            }),
+        ));
+    }
     if with_python {
         contestants.push((
             "dlt rest_api → sqlalchemy/SQLite",
@@ -360,6 +577,27 @@ fn main() {
                 (m, count_rows(&db, "items"))
             }),
         ));
+        if let Some(pg) = &cluster {
+            contestants.push((
+                "dlt rest_api → postgres (psycopg2)",
+                Box::new(|d: &Path| {
+                    let schema = fresh_schema("dlt");
+                    // Trust authentication: dlt wants a password, any will do.
+                    let pg_url = pg.url.replacen("://sluice@", "://sluice:unused@", 1);
+                    let m = measure(
+                        Command::new(&python)
+                            .arg(repo().join("bench/peers/dlt_pipeline.py"))
+                            .arg(&url)
+                            .arg(&pg_url)
+                            .arg(d.join("dlt-work"))
+                            .arg(PAGE_SIZE.to_string())
+                            .arg(&schema)
+                            .env("PYTHONWARNINGS", "ignore"),
+                    );
+                    (m, pg_count(&pg.url, &schema, "items"))
+                }),
+            ));
+        }
     }
     // Rounds interleave the contestants, so a load that comes and goes
     // falls on all of them; each run starts from an empty database.
@@ -396,15 +634,28 @@ fn main() {
         })
         .collect();
 
-    let sluice_rps = rows[0].records.unwrap_or(0) as f64 / rows[0].m.seconds;
+    let rps_of = |r: &Row| r.records.unwrap_or(0) as f64 / r.m.seconds;
+    let sluice_rps = rps_of(&rows[0]);
+    // The second ratio column: Sluice → Postgres against each.
+    let pg_rps = rows.iter().find(|r| r.name == SLUICE_PG).map(rps_of);
     println!();
     println!(
         "median of {} interleaved rounds (peak RSS: the largest of them)",
         args.rounds
     );
     println!(
-        "{:<50} {:>9} {:>9} {:>11} {:>9} {:>14}",
-        "contestant", "records", "seconds", "records/s", "RSS MiB", "sluice ÷ this"
+        "{:<50} {:>9} {:>9} {:>11} {:>9} {:>14}{}",
+        "contestant",
+        "records",
+        "seconds",
+        "records/s",
+        "RSS MiB",
+        "sluice ÷ this",
+        if pg_rps.is_some() {
+            format!(" {:>14}", "sluice→pg ÷ this")
+        } else {
+            String::new()
+        }
     );
     for r in &rows {
         let rps = r.records.unwrap_or(0) as f64 / r.m.seconds;
@@ -415,8 +666,11 @@ fn main() {
                 r.m.stderr.lines().last().unwrap_or("")
             ),
         };
+        let pg_ratio = pg_rps.map_or(String::new(), |p| {
+            format!(" {:>15.2}×", p / rps.max(f64::MIN_POSITIVE))
+        });
         println!(
-            "{:<50} {:>9} {:>9.2} {:>11.0} {:>9} {:>13.2}×{verdict}",
+            "{:<50} {:>9} {:>9.2} {:>11.0} {:>9} {:>13.2}×{pg_ratio}{verdict}",
             r.name,
             r.records.map_or("-".into(), |n| n.to_string()),
             r.m.seconds,
@@ -424,6 +678,9 @@ fn main() {
             mib(r.m.max_rss_kib),
             sluice_rps / rps.max(f64::MIN_POSITIVE),
         );
+    }
+    if let Some(pg) = &cluster {
+        breakdown(pg, &fx, dir, &cache, args.records, &fresh_schema("timings"));
     }
     drop(contestants);
     drop(fx);

@@ -16,7 +16,7 @@
 //! UPDATE` (the last record of a key wins), quarantine rows, drift rows,
 //! the state, and full-refresh sweeps.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -559,10 +559,32 @@ fn quarantine_from_row(row: &postgres::Row) -> Result<QuarantineEntry> {
     })
 }
 
+/// Wall time of a commit's steps on the writer thread (each includes the
+/// server's work and the round trips), reported at debug level as the
+/// `commit timings` event (`SLUICE_LOG=sluice_store::postgres=debug`) for
+/// the benchmark's breakdown. Timers only: nothing here changes a commit.
+#[derive(Debug, Default)]
+struct CommitTimings {
+    /// `BEGIN` and the lease fence (`SELECT … FOR SHARE`).
+    fence: Duration,
+    /// `CREATE TEMPORARY TABLE` of the staging tables.
+    staging: Duration,
+    /// Encoding the rows and the binary `COPY` into staging.
+    copy: Duration,
+    /// `INSERT … SELECT DISTINCT ON … ON CONFLICT DO UPDATE`.
+    upsert: Duration,
+    /// Quarantine, drift, state and sweeps.
+    rest: Duration,
+    /// `COMMIT`.
+    commit: Duration,
+}
+
 /// Upsert `rows` into `table` (qualified name `target`) inside `tx`: a
 /// binary COPY into a temporary staging table (dropped at commit), then one
 /// `INSERT … SELECT` that keeps each key's last row. `stage` numbers the
-/// staging tables of one transaction.
+/// staging tables of one transaction; the steps' times add to `timings`.
+// The commit's context, passed as it is.
+#[allow(clippy::too_many_arguments)]
 fn upsert_rows(
     tx: &mut Transaction<'_>,
     target: &str,
@@ -571,6 +593,7 @@ fn upsert_rows(
     run_id: &str,
     now: &str,
     stage: &mut usize,
+    timings: &mut CommitTimings,
 ) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
@@ -594,10 +617,13 @@ fn upsert_rows(
         .collect();
     defs.push("rec TEXT NOT NULL".into());
     defs.push("seq BIGINT NOT NULL".into());
+    let t = Instant::now();
     tx.batch_execute(&format!(
         "CREATE TEMPORARY TABLE {staging} ({}) ON COMMIT DROP",
         defs.join(", ")
     ))?;
+    timings.staging += t.elapsed();
+    let t = Instant::now();
     let mut types: Vec<Type> = table.columns.iter().map(|c| staging_type(c.kind)).collect();
     types.push(Type::TEXT);
     types.push(Type::INT8);
@@ -631,6 +657,8 @@ fn upsert_rows(
         }
         writer.finish()?;
     }
+    timings.copy += t.elapsed();
+    let t = Instant::now();
     let mut cols = Vec::with_capacity(n + 3);
     for c in &table.columns {
         cols.push(quote_ident(&c.name)?);
@@ -676,6 +704,7 @@ fn upsert_rows(
         )
     };
     tx.execute(&sql, &[&run_id, &now])?;
+    timings.upsert += t.elapsed();
     Ok(rows.len() as u64)
 }
 
@@ -957,6 +986,8 @@ impl PostgresStore {
     }
 
     fn commit_pg(&mut self, req: &CommitRequest<'_>) -> Result<CommitStats> {
+        let started = Instant::now();
+        let mut timings = CommitTimings::default();
         let now = now_rfc3339();
         let mut targets = Vec::with_capacity(req.pending.batches.len());
         for (table, _) in &req.pending.batches {
@@ -966,6 +997,7 @@ impl PostgresStore {
         for table in req.sweep {
             sweeps.push(sweep_sql(&self.qualified(&table.table)?, table)?);
         }
+        let t = Instant::now();
         let mut tx = self.client.transaction()?;
         // Fencing: a run whose lease was taken over writes nothing more.
         // FOR SHARE holds the lease row until this transaction ends, so a
@@ -981,16 +1013,27 @@ impl PostgresStore {
             }
             .into());
         }
+        timings.fence = t.elapsed();
         let mut stats = CommitStats::default();
         let mut stage = 0;
         for ((table, rows), target) in req.pending.batches.iter().zip(&targets) {
-            let n = upsert_rows(&mut tx, target, table, rows, req.run_id, &now, &mut stage)?;
+            let n = upsert_rows(
+                &mut tx,
+                target,
+                table,
+                rows,
+                req.run_id,
+                &now,
+                &mut stage,
+                &mut timings,
+            )?;
             stats.upserted += n;
             *stats
                 .upserted_by_stream
                 .entry(table.name.clone())
                 .or_default() += n;
         }
+        let t = Instant::now();
         if !req.pending.quarantine.is_empty() {
             // One open row per distinct record (see quarantine.rs): the
             // same record again counts on it, also within this commit.
@@ -1077,7 +1120,21 @@ impl PostgresStore {
             stats.swept += n;
             *stats.swept_by_stream.entry(table.name.clone()).or_default() += n;
         }
+        timings.rest = t.elapsed();
+        let t = Instant::now();
         tx.commit()?;
+        timings.commit = t.elapsed();
+        tracing::debug!(
+            rows = stats.upserted,
+            total_us = started.elapsed().as_micros() as u64,
+            fence_us = timings.fence.as_micros() as u64,
+            staging_us = timings.staging.as_micros() as u64,
+            copy_us = timings.copy.as_micros() as u64,
+            upsert_us = timings.upsert.as_micros() as u64,
+            rest_us = timings.rest.as_micros() as u64,
+            commit_us = timings.commit.as_micros() as u64,
+            "commit timings"
+        );
         Ok(stats)
     }
 
@@ -1184,6 +1241,7 @@ impl PostgresStore {
                 &plan.replay_id,
                 &now,
                 &mut stage,
+                &mut CommitTimings::default(),
             )?;
             tx.execute(
                 "UPDATE _sluice_quarantine SET status = 'replayed', replay_id = $2 WHERE id = $1",
