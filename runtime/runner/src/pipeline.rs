@@ -433,6 +433,18 @@ async fn shared_database(
     {
         return Ok(db);
     }
+    // One open at a time in the process: two runs opening one SQLite file
+    // at once would meet its write lock (the open makes tables and marks
+    // crashed runs). Opens are rare; runs that find the database open
+    // never wait here.
+    static OPENING: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    let _opening = OPENING.get_or_init(Default::default).lock().await;
+    if let Some(db) = open_databases()
+        .get(&key)
+        .and_then(std::sync::Weak::upgrade)
+    {
+        return Ok(db);
+    }
     let (loc, pw) = (location.clone(), password.cloned());
     let store = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let mut store = sluice_store::open::open(&loc, pw.as_ref())?;
