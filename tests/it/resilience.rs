@@ -253,6 +253,65 @@ async fn the_breaker_opens_on_a_down_upstream_fails_fast_and_closes_on_recovery(
         .all(|(_, f)| f.is_none() || *f == Some(Fault::Slow)));
 }
 
+/// An always-503 upstream: after the cool-down exactly one probe reaches
+/// it (one attempt: a probe is never retried, whatever `--retries`), and
+/// its failure opens the breaker for the next, long, cool-down, during
+/// which nothing reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_upstream_gets_exactly_one_probe_per_cool_down() {
+    let rt = runtime();
+    let s = Scratch::new();
+    let (fx, faults) = upstream(100, Faults::none());
+    faults.lock().unwrap().down = Some(503);
+    let seen = || faults.lock().unwrap().log.len();
+    let short = Duration::from_millis(300);
+    let trip = HttpPolicy {
+        retries: 0,
+        breaker_threshold: 1,
+        breaker_cooldown: short,
+        ..quick_policy()
+    };
+    let r = pipeline::run(&rt, &request(&s, "sluice.db", &fx, 50, trip))
+        .await
+        .unwrap()
+        .record;
+    assert_eq!((r.status, r.http_breaker_trips), (RunStatus::Failed, 1));
+    assert_eq!(seen(), 1);
+    let tripped = Instant::now();
+    if let Some(rest) =
+        (tripped + short + Duration::from_millis(100)).checked_duration_since(Instant::now())
+    {
+        tokio::time::sleep(rest).await;
+    }
+    let long = HttpPolicy {
+        retries: 3,
+        breaker_threshold: 1,
+        breaker_cooldown: Duration::from_secs(60),
+        ..quick_policy()
+    };
+    let req = request(&s, "sluice.db", &fx, 50, long);
+    let r = pipeline::run(&rt, &req).await.unwrap().record;
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(r.error.as_deref().unwrap().contains("HTTP 503"), "{r:?}");
+    assert_eq!(
+        (r.http_requests, r.http_retries),
+        (1, 0),
+        "the probe was retried"
+    );
+    assert_eq!(r.http_breaker_trips, 1, "the failed probe re-opened it");
+    assert_eq!(seen(), 2, "exactly one probe");
+    for _ in 0..3 {
+        let report = pipeline::run(&rt, &req).await.unwrap();
+        assert_eq!(report.http_circuit_open, 1);
+        assert_eq!(report.record.http_requests, 0);
+    }
+    assert_eq!(
+        seen(),
+        2,
+        "nothing reached the upstream during the cool-down"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_retry_wait_is_started_that_would_end_after_the_deadline() {
     let rt = runtime();

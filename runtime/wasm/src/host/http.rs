@@ -265,6 +265,8 @@ impl HttpCtx {
             upstream.clone(),
             admission == Admission::Probe,
         );
+        // A probe is one attempt, and a request stops being retried once the
+        // breaker has opened (see `Upstreams::may_retry`).
         let shown_url = self.secrets.redact(&req.url).into_owned();
         let mut retry = 0u32;
         loop {
@@ -282,7 +284,7 @@ impl HttpCtx {
             let reason = match &outcome {
                 Ok(r) if resilience::retryable_status(r.status) => format!("HTTP {}", r.status),
                 Ok(_) => {
-                    upstreams.record(&self.policy, &upstream, true);
+                    upstreams.record(&self.policy, &upstream, &admission, true);
                     probe.disarm();
                     return outcome.map_err(SendFail::Guest);
                 }
@@ -294,7 +296,10 @@ impl HttpCtx {
                 // upstream's, so neither retried nor held against it.
                 Err(_) => return outcome.map_err(SendFail::Guest),
             };
-            if repeatable && retry < self.policy.retries {
+            if repeatable
+                && retry < self.policy.retries
+                && upstreams.may_retry(&self.policy, &upstream, &admission)
+            {
                 let asked = match &outcome {
                     Ok(r) => r
                         .headers
@@ -335,7 +340,7 @@ impl HttpCtx {
                     );
                 }
             }
-            if upstreams.record(&self.policy, &upstream, false) {
+            if upstreams.record(&self.policy, &upstream, &admission, false) {
                 self.stats.breaker_trips += 1;
                 if self.may_log() {
                     tracing::warn!(

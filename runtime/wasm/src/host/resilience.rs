@@ -44,12 +44,35 @@ enum BreakerState {
     HalfOpen,
 }
 
+/// One upstream's breaker: its state, and how many times it has opened.
+/// The count tells an answer to a request admitted while the breaker was
+/// closed from one admitted after it closed again: only answers of the
+/// current closed period count (see [`Upstreams::record`]).
+#[derive(Debug, Clone, Copy)]
+struct Breaker {
+    state: BreakerState,
+    /// Times this breaker has opened (tripped or re-opened by a probe).
+    opened: u64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            state: BreakerState::Closed { failures: 0 },
+            opened: 0,
+        }
+    }
+}
+
 /// What the breaker says about a request about to be sent.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Send it (breaker closed, or off).
-    Pass,
-    /// Send it as the half-open probe: its outcome closes or re-opens.
+    /// Send it: the breaker is closed (or off). `period` is the closed
+    /// period it was admitted in; its answer counts only while the breaker
+    /// is still in that period.
+    Pass { period: u64 },
+    /// Send it as the half-open probe: its answer (one attempt, never
+    /// retried) alone closes or re-opens the breaker.
     Probe,
     /// Fail fast: the breaker is open (for about this long still).
     Reject { retry_in: Duration },
@@ -59,7 +82,7 @@ pub enum Admission {
 #[derive(Default)]
 pub struct Upstreams {
     limiters: Mutex<Limiters>,
-    breakers: Mutex<HashMap<String, BreakerState>>,
+    breakers: Mutex<HashMap<String, Breaker>>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -128,18 +151,18 @@ impl Upstreams {
     /// Ask `upstream`'s breaker whether a request may go out now.
     pub fn admit(&self, policy: &HttpPolicy, upstream: &str) -> Admission {
         if policy.breaker_threshold == 0 {
-            return Admission::Pass;
+            return Admission::Pass { period: 0 };
         }
         let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        let state = breakers
-            .entry(upstream.to_string())
-            .or_insert(BreakerState::Closed { failures: 0 });
-        match *state {
-            BreakerState::Closed { .. } => Admission::Pass,
+        let breaker = breakers.entry(upstream.to_string()).or_default();
+        match breaker.state {
+            BreakerState::Closed { .. } => Admission::Pass {
+                period: breaker.opened,
+            },
             BreakerState::Open { until } => {
                 let now = Instant::now();
                 if now >= until {
-                    *state = BreakerState::HalfOpen;
+                    breaker.state = BreakerState::HalfOpen;
                     Admission::Probe
                 } else {
                     Admission::Reject {
@@ -153,41 +176,79 @@ impl Upstreams {
         }
     }
 
-    /// Record the outcome of a request to `upstream` (after its retries).
-    /// Returns `true` when this failure opened the breaker (a trip).
-    pub fn record(&self, policy: &HttpPolicy, upstream: &str, success: bool) -> bool {
+    /// Whether a request admitted as `admission` may be sent again (a
+    /// retry): a probe never (its one answer decides), a passed request
+    /// only while the breaker is still closed in the period it was admitted
+    /// in (once the breaker has opened, retrying it would hit the upstream
+    /// the breaker protects).
+    pub fn may_retry(&self, policy: &HttpPolicy, upstream: &str, admission: &Admission) -> bool {
+        match *admission {
+            Admission::Probe | Admission::Reject { .. } => false,
+            Admission::Pass { .. } if policy.breaker_threshold == 0 => true,
+            Admission::Pass { period } => {
+                let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+                breakers.get(upstream).is_none_or(|b| {
+                    matches!(b.state, BreakerState::Closed { .. }) && b.opened == period
+                })
+            }
+        }
+    }
+
+    /// Record the answer (after its retries) to a request to `upstream`
+    /// that was let through as `admission`. Returns `true` when this
+    /// failure opened the breaker (a trip).
+    ///
+    /// Only the half-open probe's answer closes an open breaker. The answer
+    /// to a request admitted before the breaker opened (still in flight
+    /// when it opened, or answered while the probe is out) says nothing
+    /// about the upstream now: it is ignored, success or failure, as is one
+    /// admitted in an earlier closed period.
+    pub fn record(
+        &self,
+        policy: &HttpPolicy,
+        upstream: &str,
+        admission: &Admission,
+        success: bool,
+    ) -> bool {
         if policy.breaker_threshold == 0 {
             return false;
         }
         let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        let state = breakers
-            .entry(upstream.to_string())
-            .or_insert(BreakerState::Closed { failures: 0 });
+        let breaker = breakers.entry(upstream.to_string()).or_default();
         let open = BreakerState::Open {
             until: Instant::now() + policy.breaker_cooldown,
         };
-        match (*state, success) {
-            (_, true) => {
-                *state = BreakerState::Closed { failures: 0 };
-                false
+        match (*admission, breaker.state) {
+            (Admission::Probe, BreakerState::HalfOpen) => {
+                if success {
+                    breaker.state = BreakerState::Closed { failures: 0 };
+                    false
+                } else {
+                    // The probe failed: open again for another cool-down.
+                    breaker.state = open;
+                    breaker.opened += 1;
+                    true
+                }
             }
-            (BreakerState::Closed { failures }, false) => {
+            (Admission::Pass { period }, BreakerState::Closed { failures })
+                if period == breaker.opened =>
+            {
+                if success {
+                    breaker.state = BreakerState::Closed { failures: 0 };
+                    return false;
+                }
                 let failures = failures + 1;
                 if failures >= policy.breaker_threshold {
-                    *state = open;
+                    breaker.state = open;
+                    breaker.opened += 1;
                     true
                 } else {
-                    *state = BreakerState::Closed { failures };
+                    breaker.state = BreakerState::Closed { failures };
                     false
                 }
             }
-            // The probe failed: open again for another cool-down.
-            (BreakerState::HalfOpen, false) => {
-                *state = open;
-                true
-            }
-            // Already open (a request admitted before it opened).
-            (BreakerState::Open { .. }, false) => false,
+            // Admitted before the breaker last opened, or not admitted.
+            _ => false,
         }
     }
 
@@ -195,9 +256,9 @@ impl Upstreams {
     /// reaching the upstream): let the next request probe instead.
     pub fn release_probe(&self, upstream: &str) {
         let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = breakers.get_mut(upstream) {
-            if *state == BreakerState::HalfOpen {
-                *state = BreakerState::Open {
+        if let Some(breaker) = breakers.get_mut(upstream) {
+            if breaker.state == BreakerState::HalfOpen {
+                breaker.state = BreakerState::Open {
                     until: Instant::now(),
                 };
             }
@@ -313,43 +374,126 @@ mod tests {
         assert_eq!(retry_after("-5", now), None);
     }
 
+    fn passes(a: Admission) -> bool {
+        matches!(a, Admission::Pass { .. })
+    }
+
     #[test]
     fn breaker_opens_fails_fast_half_opens_and_closes() {
         let u = Upstreams::new();
         let p = policy(3, 50);
         let host = "127.0.0.1:9";
-        assert_eq!(u.admit(&p, host), Admission::Pass);
-        assert!(!u.record(&p, host, false));
-        assert!(!u.record(&p, host, false));
-        assert!(!u.record(&p, host, true), "a success resets the count");
-        assert!(!u.record(&p, host, false));
-        assert!(!u.record(&p, host, false));
-        assert!(u.record(&p, host, false), "third consecutive failure trips");
+        let send = |ok: bool| {
+            let a = u.admit(&p, host);
+            assert!(passes(a), "{a:?}");
+            u.record(&p, host, &a, ok)
+        };
+        assert!(!send(false));
+        assert!(!send(false));
+        assert!(!send(true), "a success resets the count");
+        assert!(!send(false));
+        assert!(!send(false));
+        assert!(send(false), "third consecutive failure trips");
         assert!(matches!(u.admit(&p, host), Admission::Reject { .. }));
-        assert_eq!(u.admit(&p, "other:1"), Admission::Pass, "per upstream");
+        assert!(passes(u.admit(&p, "other:1")), "per upstream");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(u.admit(&p, host), Admission::Probe);
+        let probe = u.admit(&p, host);
+        assert_eq!(probe, Admission::Probe);
+        assert!(!u.may_retry(&p, host, &probe), "a probe is one attempt");
         assert!(
             matches!(u.admit(&p, host), Admission::Reject { .. }),
             "one probe at a time"
         );
-        assert!(u.record(&p, host, false), "a failed probe re-opens");
+        assert!(u.record(&p, host, &probe, false), "a failed probe re-opens");
         assert!(matches!(u.admit(&p, host), Admission::Reject { .. }));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(u.admit(&p, host), Admission::Probe);
         u.release_probe(host);
-        assert_eq!(
-            u.admit(&p, host),
-            Admission::Probe,
-            "a dropped probe frees the slot"
-        );
-        assert!(!u.record(&p, host, true));
-        assert_eq!(u.admit(&p, host), Admission::Pass, "closed again");
+        let probe = u.admit(&p, host);
+        assert_eq!(probe, Admission::Probe, "a dropped probe frees the slot");
+        assert!(!u.record(&p, host, &probe, true));
+        assert!(passes(u.admit(&p, host)), "closed again");
         let off = policy(0, 50);
         for _ in 0..10 {
-            assert!(!u.record(&off, "x:1", false));
+            let a = u.admit(&off, "x:1");
+            assert!(!u.record(&off, "x:1", &a, false));
         }
-        assert_eq!(u.admit(&off, "x:1"), Admission::Pass);
+        assert!(passes(u.admit(&off, "x:1")));
+    }
+
+    /// An always-503 upstream, hit by several requests at once (one run's
+    /// `send-all`, or several runs): requests admitted before the breaker
+    /// opened answer late, while the probe is out or after it failed.
+    /// Their answers must not close the breaker, or the upstream gets
+    /// request after request during what should be a long cool-down: it
+    /// gets exactly the one probe.
+    #[test]
+    fn only_the_probe_closes_an_open_breaker() {
+        let u = Upstreams::new();
+        let host = "127.0.0.1:9";
+        let short = policy(2, 30);
+        let long = policy(2, 60_000);
+        // Four requests in flight while the breaker is closed.
+        let early: Vec<Admission> = (0..4).map(|_| u.admit(&short, host)).collect();
+        assert!(early.iter().all(|a| passes(*a)));
+        // Two of them fail and trip it (a short cool-down, to reach the
+        // probe quickly).
+        assert!(!u.record(&short, host, &early[0], false));
+        assert!(u.record(&short, host, &early[1], false));
+        // A late failure of the same period is not a second trip.
+        assert!(!u.record(&short, host, &early[2], false));
+        assert!(
+            !u.may_retry(&short, host, &early[3]),
+            "no retries once open"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        let probe = u.admit(&long, host);
+        assert_eq!(probe, Admission::Probe);
+        // A success from before the trip arrives while the probe is out
+        // (say a cached page, or a request the upstream answered just
+        // before it broke): it must not close the breaker.
+        assert!(!u.record(&long, host, &early[3], true));
+        let mut sent = 1; // the probe
+        for _ in 0..10 {
+            if !matches!(u.admit(&long, host), Admission::Reject { .. }) {
+                sent += 1;
+            }
+        }
+        // The probe gets the upstream's 503: open again, for the long
+        // cool-down.
+        assert!(u.record(&long, host, &probe, false));
+        // Another early answer, now that it is open again.
+        assert!(!u.record(&long, host, &early[3], true));
+        for _ in 0..10 {
+            if !matches!(u.admit(&long, host), Admission::Reject { .. }) {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 1, "the upstream gets exactly one probe");
+    }
+
+    #[test]
+    fn answers_from_an_earlier_closed_period_do_not_count() {
+        let u = Upstreams::new();
+        let host = "h:1";
+        let p = policy(1, 10);
+        let before = u.admit(&p, host);
+        let tripping = u.admit(&p, host);
+        assert!(u.record(&p, host, &tripping, false));
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = u.admit(&p, host);
+        assert!(!u.record(&p, host, &probe, true), "the probe closes it");
+        // A failure of a request admitted before the trip, answered after
+        // the probe closed the breaker, is no news about the upstream now.
+        assert!(!u.record(&p, host, &before, false));
+        assert!(!u.may_retry(&p, host, &before));
+        let now = u.admit(&p, host);
+        assert!(passes(now));
+        assert!(u.may_retry(&p, host, &now));
+        assert!(
+            u.record(&p, host, &now, false),
+            "current answers still count"
+        );
     }
 
     #[tokio::test]
