@@ -14,7 +14,7 @@
 # has one (what `sluice new` writes), else this repository's sdk/js/src/index.js;
 # then componentize-qjs (QuickJS) builds the component from the bundle and the
 # WIT world `source` of the project's wit/ if it has one, else this
-# repository's wit/. Bindings come from the WIT at build time; nothing is
+# repository's wit/0.1.0/. Bindings come from the WIT at build time; nothing is
 # generated into the source tree.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"

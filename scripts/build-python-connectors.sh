@@ -11,7 +11,7 @@
 #
 # componentize-py (installed by scripts/setup-python-guest.sh) generates the
 # bindings from the project's wit/ if it has one (what `sluice new` writes),
-# else this repository's wit/, at build time: nothing generated is kept in
+# else this repository's wit/0.1.0/, at build time: nothing generated is kept in
 # the source tree. `sluice_sdk` is the project's own copy if it has one,
 # else this repository's sdk/python.
 #

@@ -3,7 +3,7 @@
 #   out   the output directory (--out DIR; default connectors/target/components), absolute
 #   dirs  the project directories given, else every connectors/*SUFFIX/ with ENTRY
 # and `project_paths DIR ENTRY` sets name, snake (name with - as _) and wit
-# (the project's wit/ if it has one, else the repository's) for one project.
+# (the project's wit/ if it has one, else the repository's wit/0.1.0/) for one project.
 guest_projects() {
     local suffix="$1" entry="$2" help="$3"
     shift 3
@@ -31,7 +31,7 @@ project_paths() {
     [ -f "$d/$entry" ] || { echo "error: $d/$entry is missing" >&2; exit 1; }
     name="$(basename "$d")"
     snake="${name//-/_}"
-    wit="$here/wit"
+    wit="$here/wit/0.1.0"
     [ -d "$d/wit" ] && wit="$d/wit"
     return 0
 }

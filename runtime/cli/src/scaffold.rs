@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use include_dir::{include_dir, Dir};
 
 static TEMPLATES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../templates");
-static WIT: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../wit");
+static WIT: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../wit/0.1.0");
 static PYTHON_SDK: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../sdk/python/sluice_sdk");
 const JS_SDK: &str = include_str!("../../../sdk/js/src/index.js");
 

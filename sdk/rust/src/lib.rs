@@ -41,7 +41,7 @@ pub mod raw;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../../wit/0.1.0",
         world: "source",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk::bindings",

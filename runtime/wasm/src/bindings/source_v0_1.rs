@@ -6,7 +6,7 @@
 use sluice_core::connector as core;
 
 wasmtime::component::bindgen!({
-    path: "../../wit",
+    path: "../../wit/0.1.0",
     world: "source",
     imports: { default: async | trappable },
     exports: { default: async },
