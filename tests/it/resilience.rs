@@ -46,6 +46,7 @@ fn quick_policy() -> HttpPolicy {
         rate_limits: Vec::new(),
         breaker_threshold: 0,
         breaker_cooldown: Duration::from_secs(1),
+        max_in_flight: 8,
     }
 }
 

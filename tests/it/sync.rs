@@ -562,6 +562,11 @@ fn every_limit_key_refuses_extreme_values() {
         ("http", "breaker_cooldown", durations.to_vec()),
         (
             "http",
+            "max_in_flight",
+            [&small_counts[..], &["0", "257"]].concat(),
+        ),
+        (
+            "http",
             "rate_limits",
             vec!["[\"x=0\"]", "[\"x=inf\"]", "[\"x=1/0\"]", "\"x=1\"", "[1]"],
         ),

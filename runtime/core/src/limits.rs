@@ -121,6 +121,18 @@ pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// through (`--breaker-cooldown`).
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
+/// Requests of one `http.send-all` (WIT `@0.2.0`) the host has in flight
+/// at once, per run (`--max-in-flight`, the `http.max_in_flight` key of
+/// `sluice.toml`): the host sends the list's requests concurrently, never
+/// more than this many at a time; a run's guest waits in one host call at
+/// a time, so this bounds the run. Each request still goes through every
+/// check, retry, rate limit and breaker of `http.send`.
+pub const DEFAULT_HTTP_MAX_IN_FLIGHT: u32 = 8;
+
+/// Most requests an operator may let one run have in flight
+/// (`--max-in-flight`).
+pub const MAX_HTTP_MAX_IN_FLIGHT: u32 = 256;
+
 /// Redirect hops followed for one request (each re-checked against grants).
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -301,7 +313,8 @@ impl std::str::FromStr for RateLimit {
 /// How the host's HTTP client treats upstreams: timeouts, retries, rate
 /// limits and circuit breaking. Defaults are the constants above; the
 /// operator overrides them per run (`--http-timeout`, `--retries`,
-/// `--rate-limit`, `--breaker-threshold`, `--breaker-cooldown`), and a
+/// `--rate-limit`, `--breaker-threshold`, `--breaker-cooldown`,
+/// `--max-in-flight`), and a
 /// config file can set them per connector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpPolicy {
@@ -321,6 +334,8 @@ pub struct HttpPolicy {
     pub breaker_threshold: u32,
     /// How long an open breaker fails fast before one probe.
     pub breaker_cooldown: Duration,
+    /// Requests of one `http.send-all` in flight at once (at least 1).
+    pub max_in_flight: u32,
 }
 
 impl Default for HttpPolicy {
@@ -334,6 +349,7 @@ impl Default for HttpPolicy {
             rate_limits: Vec::new(),
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            max_in_flight: DEFAULT_HTTP_MAX_IN_FLIGHT,
         }
     }
 }
@@ -537,6 +553,7 @@ pub enum Setting {
     Retries,
     BreakerThreshold,
     BreakerCooldown,
+    MaxInFlight,
 }
 
 impl Setting {
@@ -556,6 +573,7 @@ impl Setting {
             Setting::Retries => "--retries",
             Setting::BreakerThreshold => "--breaker-threshold",
             Setting::BreakerCooldown => "--breaker-cooldown",
+            Setting::MaxInFlight => "--max-in-flight",
         }
     }
 
@@ -565,7 +583,8 @@ impl Setting {
             Setting::HttpTimeout
             | Setting::Retries
             | Setting::BreakerThreshold
-            | Setting::BreakerCooldown => "http",
+            | Setting::BreakerCooldown
+            | Setting::MaxInFlight => "http",
             _ => "limits",
         }
     }
@@ -585,6 +604,7 @@ impl Setting {
             Setting::Retries => "retries",
             Setting::BreakerThreshold => "breaker_threshold",
             Setting::BreakerCooldown => "breaker_cooldown",
+            Setting::MaxInFlight => "max_in_flight",
         }
     }
 }
@@ -708,6 +728,10 @@ pub struct HttpOverride {
     /// [default: 30].
     #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub breaker_cooldown: Option<Seconds>,
+    /// Requests of one `http.send-all` (WIT 0.2.0) the run has in flight
+    /// at once, 1 to 256 [default: 8].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_in_flight: Option<u32>,
 }
 
 impl LimitsOverride {
@@ -771,6 +795,15 @@ impl LimitsOverride {
         }
         if let Some(v) = http.breaker_cooldown {
             l.http.breaker_cooldown = duration(S::BreakerCooldown, v)?;
+        }
+        if let Some(v) = http.max_in_flight {
+            if !(1..=MAX_HTTP_MAX_IN_FLIGHT).contains(&v) {
+                return Err(LimitError {
+                    setting: S::MaxInFlight,
+                    problem: format!("must be from 1 to {MAX_HTTP_MAX_IN_FLIGHT}; got {v}"),
+                });
+            }
+            l.http.max_in_flight = v;
         }
         *limits = l;
         Ok(())
@@ -922,6 +955,20 @@ mod tests {
                 }),
                 Setting::Retries,
             ),
+            (
+                http(HttpOverride {
+                    max_in_flight: Some(0),
+                    ..Default::default()
+                }),
+                Setting::MaxInFlight,
+            ),
+            (
+                http(HttpOverride {
+                    max_in_flight: Some(MAX_HTTP_MAX_IN_FLIGHT + 1),
+                    ..Default::default()
+                }),
+                Setting::MaxInFlight,
+            ),
         ];
         for d in bad_durations {
             cases.push((
@@ -982,6 +1029,7 @@ mod tests {
                 rate_limits: vec!["a.example=2/3".parse().unwrap()],
                 breaker_threshold: Some(u32::MAX),
                 breaker_cooldown: Some(Seconds(MAX_DURATION_SECONDS)),
+                max_in_flight: Some(MAX_HTTP_MAX_IN_FLIGHT),
             },
         };
         let l = max.limits().unwrap();
@@ -994,6 +1042,7 @@ mod tests {
         assert_eq!(l.http.timeout, year);
         assert_eq!(l.http.connect_timeout, DEFAULT_HTTP_CONNECT_TIMEOUT);
         assert_eq!(l.http.rate_limits.len(), 1);
+        assert_eq!(l.http.max_in_flight, MAX_HTTP_MAX_IN_FLIGHT);
         let min = LimitsOverride {
             fuel: Some(MIN_FUEL),
             memory: Some(ByteSize(MIN_MEMORY_BYTES)),
@@ -1005,11 +1054,13 @@ mod tests {
                 timeout: Some(Seconds(MIN_DURATION_SECONDS)),
                 retries: Some(0),
                 breaker_threshold: Some(0),
+                max_in_flight: Some(1),
                 ..Default::default()
             },
             ..Default::default()
         };
         let l = min.limits().unwrap();
+        assert_eq!(l.http.max_in_flight, 1);
         assert_eq!(l.timeout, Duration::from_millis(1));
         assert_eq!(l.http.connect_timeout, Duration::from_millis(1));
         assert_eq!((l.max_http_requests, l.http.retries), (0, 0));

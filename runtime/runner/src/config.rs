@@ -898,6 +898,7 @@ retries = 0
 rate_limits = ["a.example.com=1"]
 breaker_threshold = 0
 breaker_cooldown = 2
+max_in_flight = 3
 "#,
         )
         .unwrap();
@@ -911,6 +912,7 @@ breaker_cooldown = 2
         assert_eq!(l.http.connect_timeout, Duration::from_secs(10));
         assert_eq!((l.http.retries, l.http.breaker_threshold), (0, 0));
         assert_eq!(l.http.breaker_cooldown, Duration::from_secs(2));
+        assert_eq!(l.http.max_in_flight, 3);
         assert_eq!(l.http.rate_limits.len(), 1);
     }
 
