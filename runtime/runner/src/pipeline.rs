@@ -642,7 +642,7 @@ async fn run_with_writer(
         writer.discard(Arc::from(run_id.as_str())).await?;
     }
     let host = sandbox.host();
-    let http: HttpStats = host.http.stats;
+    let http: HttpStats = host.http.stats();
     let log_suppressed = host.log.suppressed;
     let peak_memory = host.limiter.peak_memory;
     let fuel_used = sandbox.fuel_used();

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::bindings::SourcePre;
+use crate::bindings::{source_v0_1, source_v0_2, WitVersion};
 use crate::host;
 use crate::host::data::HostState;
 use crate::host::resilience::Upstreams;
@@ -33,8 +33,20 @@ pub enum RuntimeError {
     NotAComponent { path: String, reason: String },
     #[error("{path} does not compile: {reason}")]
     Compile { path: String, reason: String },
-    #[error("{path} does not implement the world sluice:connector/source@0.1.0: {reason}")]
-    WrongWorld { path: String, reason: String },
+    #[error("{path} does not implement the world sluice:connector/source@{version}: {reason}")]
+    WrongWorld {
+        path: String,
+        version: WitVersion,
+        reason: String,
+    },
+    /// Neither version's exports, or imports of another version: one line
+    /// naming the versions this host loads.
+    #[error(
+        "{path} does not implement the world sluice:connector/source of a version this host \
+         supports ({found}); this host supports {}",
+        WitVersion::supported()
+    )]
+    UnsupportedVersion { path: String, found: String },
     #[error("engine setup failed: {0}")]
     Engine(String),
 }
@@ -50,12 +62,30 @@ pub enum CacheOutcome {
     Compiled,
 }
 
+/// A component linked and ready to instantiate, per the WIT version it
+/// was built against.
+#[derive(Clone)]
+pub enum SourcePre {
+    V0_1(source_v0_1::SourcePre<HostState>),
+    V0_2(source_v0_2::SourcePre<HostState>),
+}
+
+impl SourcePre {
+    /// The WIT version of `sluice:connector` the component implements.
+    pub fn wit_version(&self) -> WitVersion {
+        match self {
+            SourcePre::V0_1(_) => WitVersion::V0_1,
+            SourcePre::V0_2(_) => WitVersion::V0_2,
+        }
+    }
+}
+
 /// A component ready to instantiate.
 pub struct Loaded {
     pub path: PathBuf,
     /// SHA-256 of the component bytes, hex.
     pub hash: String,
-    pub pre: SourcePre<HostState>,
+    pub pre: SourcePre,
     pub cache: CacheOutcome,
     pub load_time: Duration,
 }
@@ -205,15 +235,29 @@ impl Runtime {
             reason,
         })?;
         let (component, cache) = self.compile_cached(&bytes, &hash, &shown)?;
+        let version = wit_version(&self.engine, &component).map_err(|found| {
+            RuntimeError::UnsupportedVersion {
+                path: shown.clone(),
+                found,
+            }
+        })?;
         let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
             path: shown.clone(),
+            version,
             reason: format!("{e:#}"),
         };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = SourcePre::new(instance_pre).map_err(wrong_world)?;
+        let pre = match version {
+            WitVersion::V0_1 => {
+                SourcePre::V0_1(source_v0_1::SourcePre::new(instance_pre).map_err(wrong_world)?)
+            }
+            WitVersion::V0_2 => {
+                SourcePre::V0_2(source_v0_2::SourcePre::new(instance_pre).map_err(wrong_world)?)
+            }
+        };
         let loaded = Arc::new(Loaded {
             path: path.to_path_buf(),
             hash: hash.clone(),
@@ -292,6 +336,54 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, file)
+}
+
+/// The bare functions a `@0.1.0` component exports.
+const V0_1_EXPORTS: [&str; 4] = ["spec", "check", "discover", "read"];
+
+/// The package every Sluice interface belongs to.
+const PACKAGE: &str = "sluice:connector";
+
+/// Which version of `sluice:connector` `component` implements, from its
+/// exports: `@0.2.0`'s `connector` interface, or `@0.1.0`'s bare
+/// functions. Every `sluice:connector` interface it imports must be of
+/// that version too. Else what it has instead, for the error line.
+fn wit_version(engine: &Engine, component: &Component) -> Result<WitVersion, String> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let version = if exports
+        .iter()
+        .any(|e| e == source_v0_2::CONNECTOR_INTERFACE)
+    {
+        WitVersion::V0_2
+    } else if exports.iter().any(|e| V0_1_EXPORTS.contains(&e.as_str())) {
+        WitVersion::V0_1
+    } else {
+        let ours: Vec<&str> = exports
+            .iter()
+            .chain(&imports)
+            .map(String::as_str)
+            .filter(|n| n.starts_with(PACKAGE))
+            .collect();
+        return Err(if !ours.is_empty() {
+            format!("it uses {}", ours.join(", "))
+        } else if exports.is_empty() {
+            "it exports nothing".to_string()
+        } else {
+            format!("it exports {}", exports.join(", "))
+        });
+    };
+    let suffix = format!("@{}", version.as_str());
+    if let Some(other) = imports
+        .iter()
+        .find(|n| n.starts_with(PACKAGE) && !n.ends_with(&suffix))
+    {
+        return Err(format!(
+            "its exports are of sluice:connector{suffix}, but it imports {other}"
+        ));
+    }
+    Ok(version)
 }
 
 const CORE_MODULE: &str = "it is a core WebAssembly module; connectors must be components \

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::bindings::{types, Source};
-use crate::engine::{Loaded, Runtime};
+use crate::bindings::{source_v0_1 as v0_1, source_v0_2 as v0_2, WitVersion};
+use crate::engine::{Loaded, Runtime, SourcePre};
 use crate::host::data::{HostState, LimitExceeded, RunLimiter, WasiState};
 use crate::host::http::HttpCtx;
 use crate::host::log::LogCtx;
@@ -149,6 +149,12 @@ pub fn classify_instantiation(err: &wasmtime::Error, max_batch_bytes: u64) -> (R
     classify(err, max_batch_bytes)
 }
 
+/// The instantiated world, per WIT version.
+enum Source {
+    V0_1(v0_1::Source),
+    V0_2(v0_2::Source),
+}
+
 /// A live sandbox: a store with its limits, and the instantiated world.
 pub struct Sandbox {
     store: Store<HostState>,
@@ -222,12 +228,13 @@ impl Sandbox {
                 }
             });
         }
-        let source = match tokio::time::timeout_at(
-            sandbox_deadline.into(),
-            loaded.pre.instantiate_async(&mut store),
-        )
-        .await
-        {
+        let instantiated = async {
+            match &loaded.pre {
+                SourcePre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Source::V0_1),
+                SourcePre::V0_2(pre) => pre.instantiate_async(&mut store).await.map(Source::V0_2),
+            }
+        };
+        let source = match tokio::time::timeout_at(sandbox_deadline.into(), instantiated).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let (status, message) = classify_instantiation(&e, batch_limit);
@@ -281,35 +288,85 @@ impl Sandbox {
         self.started.elapsed()
     }
 
+    /// The WIT version of `sluice:connector` the component implements.
+    pub fn wit_version(&self) -> WitVersion {
+        match self.source {
+            Source::V0_1(_) => WitVersion::V0_1,
+            Source::V0_2(_) => WitVersion::V0_2,
+        }
+    }
+
     pub async fn spec(&mut self) -> Result<ConnectorSpec, GuestError> {
-        let fut = self.source.call_spec(&mut self.store);
-        finish(
-            tokio::time::timeout_at(self.deadline.into(), fut)
-                .await
-                .map(|r| r.map(Ok)),
-            self.batch_limit,
-        )
-        .map(ConnectorSpec::from)
-        .map_err(|e| self.explain(e))
+        let deadline = self.deadline.into();
+        let r = match &self.source {
+            Source::V0_1(s) => {
+                let fut = s.call_spec(&mut self.store);
+                finish(
+                    tokio::time::timeout_at(deadline, fut)
+                        .await
+                        .map(|r| r.map(|spec| Ok::<_, v0_1::types::ConnectorError>(spec.into()))),
+                    self.batch_limit,
+                )
+            }
+            Source::V0_2(s) => {
+                let fut = s.sluice_connector_connector().call_spec(&mut self.store);
+                finish(
+                    tokio::time::timeout_at(deadline, fut)
+                        .await
+                        .map(|r| r.map(|spec| Ok::<_, v0_2::types::ConnectorError>(spec.into()))),
+                    self.batch_limit,
+                )
+            }
+        };
+        r.map_err(|e| self.explain(e))
     }
 
     pub async fn check(&mut self, config: &str) -> Result<(), GuestError> {
-        let fut = self.source.call_check(&mut self.store, config);
-        finish(
-            tokio::time::timeout_at(self.deadline.into(), fut).await,
-            self.batch_limit,
-        )
-        .map_err(|e| self.explain(e))
+        let deadline = self.deadline.into();
+        let r = match &self.source {
+            Source::V0_1(s) => {
+                let fut = s.call_check(&mut self.store, config);
+                finish(
+                    tokio::time::timeout_at(deadline, fut).await,
+                    self.batch_limit,
+                )
+            }
+            Source::V0_2(s) => {
+                let fut = s
+                    .sluice_connector_connector()
+                    .call_check(&mut self.store, config);
+                finish(
+                    tokio::time::timeout_at(deadline, fut).await,
+                    self.batch_limit,
+                )
+            }
+        };
+        r.map_err(|e| self.explain(e))
     }
 
     pub async fn discover(&mut self, config: &str) -> Result<Vec<Stream>, GuestError> {
-        let fut = self.source.call_discover(&mut self.store, config);
-        finish(
-            tokio::time::timeout_at(self.deadline.into(), fut).await,
-            self.batch_limit,
-        )
-        .map(|streams| streams.into_iter().map(Stream::from).collect())
-        .map_err(|e| self.explain(e))
+        let deadline = self.deadline.into();
+        let r = match &self.source {
+            Source::V0_1(s) => {
+                let fut = s.call_discover(&mut self.store, config);
+                finish(
+                    tokio::time::timeout_at(deadline, fut).await,
+                    self.batch_limit,
+                )
+                .map(|streams| streams.into_iter().map(Stream::from).collect())
+            }
+            Source::V0_2(s) => {
+                let fut = s
+                    .sluice_connector_connector()
+                    .call_discover(&mut self.store, config);
+                finish(
+                    tokio::time::timeout_at(deadline, fut).await,
+                    self.batch_limit,
+                )
+                .map(|streams| streams.into_iter().map(Stream::from).collect())
+            }
+        };
+        r.map_err(|e| self.explain(e))
     }
 
     pub async fn read(
@@ -317,14 +374,32 @@ impl Sandbox {
         config: &str,
         streams: &[ConfiguredStream],
     ) -> Result<ReadSummary, GuestError> {
-        let streams: Vec<types::ConfiguredStream> = streams.iter().map(Into::into).collect();
-        let fut = self.source.call_read(&mut self.store, config, &streams);
-        finish(
-            tokio::time::timeout_at(self.deadline.into(), fut).await,
-            self.batch_limit,
-        )
-        .map(ReadSummary::from)
-        .map_err(|e| self.explain(e))
+        let deadline = self.deadline.into();
+        let r = match &self.source {
+            Source::V0_1(s) => {
+                let streams: Vec<v0_1::types::ConfiguredStream> =
+                    streams.iter().map(Into::into).collect();
+                let fut = s.call_read(&mut self.store, config, &streams);
+                finish(
+                    tokio::time::timeout_at(deadline, fut).await,
+                    self.batch_limit,
+                )
+                .map(ReadSummary::from)
+            }
+            Source::V0_2(s) => {
+                let streams: Vec<v0_2::types::ConfiguredStream> =
+                    streams.iter().map(Into::into).collect();
+                let fut =
+                    s.sluice_connector_connector()
+                        .call_read(&mut self.store, config, &streams);
+                finish(
+                    tokio::time::timeout_at(deadline, fut).await,
+                    self.batch_limit,
+                )
+                .map(ReadSummary::from)
+            }
+        };
+        r.map_err(|e| self.explain(e))
     }
 }
 
@@ -367,8 +442,8 @@ impl Sandbox {
 }
 
 /// Flatten (deadline, trap, connector error) into one result.
-fn finish<T>(
-    r: Result<wasmtime::Result<Result<T, types::ConnectorError>>, tokio::time::error::Elapsed>,
+fn finish<T, E: Into<ConnectorError>>(
+    r: Result<wasmtime::Result<Result<T, E>>, tokio::time::error::Elapsed>,
     batch_limit: u64,
 ) -> Result<T, GuestError> {
     match r {

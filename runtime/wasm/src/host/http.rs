@@ -18,14 +18,21 @@
 //! per rate-limited host spaces requests, and a process-wide circuit breaker
 //! per upstream fails requests fast (`http-error.circuit-open`) after
 //! repeated failures.
+//!
+//! `@0.2.0`'s `send-all` sends a list of requests concurrently, at most the
+//! run's `max_in_flight` at once ([`HttpCtx::send_many`]), each exactly as
+//! `send` does ([`HttpCtx::send_one`]); the run's counters are shared by
+//! the requests in flight, so budgets hold across them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::http::{self, HttpError, Method, Request, Response};
+use crate::bindings::source_v0_2 as v0_2;
 use crate::host::resilience::{self, Admission, ProbeGuard, Upstreams};
 use sluice_core::abort::HostAbort;
 pub use sluice_core::egress::{
@@ -119,22 +126,19 @@ impl HttpStats {
     }
 }
 
-/// Per-run state of the `http` capability.
+/// Per-run state of the `http` capability. Shared by the requests of one
+/// `send-all` in flight together: what they count is behind a lock, and
+/// each request borrows a [`Lane`] of its own.
 pub struct HttpCtx {
-    client: reqwest::Client,
+    /// Idle lanes; a request takes one (or makes one) and gives it back.
+    lanes: Mutex<Vec<Lane>>,
     grants: Arc<[HostGrant]>,
     secrets: Secrets,
-    /// Every secret substituted into the request in flight, in its query
-    /// or its headers: the redirect policy re-checks each against every
-    /// hop, as a redirect carries the headers (and on 307/308 the body) on,
-    /// and the hop's URL may echo the query. The client belongs to this one
-    /// run, whose requests are sequential.
-    carried_secrets: Arc<Mutex<Vec<String>>>,
     max_requests: u64,
     /// Refused requests (denied or invalid) past which the run ends.
     max_refused: u64,
     /// `sluice::http` lines written about this run so far.
-    log_lines: u64,
+    log_lines: AtomicU64,
     max_response_bytes: u64,
     max_http_bytes: u64,
     policy: HttpPolicy,
@@ -143,32 +147,39 @@ pub struct HttpCtx {
     /// The run's deadline: no wait (backoff, rate limit) is started that
     /// would end after it.
     deadline: Instant,
-    pub stats: HttpStats,
+    tally: Mutex<Tally>,
 }
 
-/// A redirect the policy refused.
-#[derive(Debug, thiserror::Error)]
-#[error("redirect to {url} refused: {reason}")]
-struct RedirectDenied {
-    url: String,
-    reason: String,
+/// What a run's requests count, together.
+#[derive(Debug, Default)]
+struct Tally {
+    stats: HttpStats,
+    /// Body bytes of responses still being read (not yet in
+    /// `stats.bytes_received`), so that requests in flight together stay
+    /// within the run's byte limit together.
+    receiving: u64,
 }
 
-impl HttpCtx {
-    /// The `http` state of one run whose deadline is `deadline`, sharing the
-    /// process's `upstreams` (rate limiters, breakers).
-    pub fn new(
-        grants: &[HostGrant],
+/// One HTTP client with the secrets its request in flight carries: the
+/// redirect policy re-checks each against every hop, as a redirect carries
+/// the headers (and on 307/308 the body) on, and the hop's URL may echo the
+/// query. The redirect policy belongs to the client, so requests in flight
+/// together each need their own (at most `max_in_flight` per run).
+struct Lane {
+    client: reqwest::Client,
+    carried_secrets: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lane {
+    fn new(
+        grants: &Arc<[HostGrant]>,
         secrets: &Secrets,
-        limits: &Limits,
-        upstreams: Arc<Upstreams>,
-        deadline: Instant,
+        policy: &HttpPolicy,
     ) -> Result<Self, reqwest::Error> {
-        let grants: Arc<[HostGrant]> = grants.to_vec().into();
         let carried_secrets: Arc<Mutex<Vec<String>>> = Arc::default();
         let (policy_grants, policy_secrets, policy_carried_secrets) =
             (grants.clone(), secrets.clone(), carried_secrets.clone());
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url().clone();
             let refuse = |reason: String| RedirectDenied {
                 url: url.to_string(),
@@ -195,7 +206,7 @@ impl HttpCtx {
             attempt.follow()
         });
         let client = reqwest::Client::builder()
-            .redirect(policy)
+            .redirect(redirects)
             // A Referer would hand the next hop the last URL, query (and
             // the secrets substituted into it) included: never send one.
             .referer(false)
@@ -203,24 +214,106 @@ impl HttpCtx {
             // resolved-address check: never use one (nor $HTTP_PROXY & co).
             .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver))
-            .timeout(limits.http.timeout)
-            .connect_timeout(limits.http.connect_timeout.min(limits.http.timeout))
+            .timeout(policy.timeout)
+            .connect_timeout(policy.connect_timeout.min(policy.timeout))
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(HttpCtx {
+        Ok(Lane {
             client,
+            carried_secrets,
+        })
+    }
+}
+
+/// A lane lent to one request, given back to the idle ones when the
+/// request ends (or is dropped).
+struct LentLane<'a> {
+    lane: Option<Lane>,
+    idle: &'a Mutex<Vec<Lane>>,
+}
+
+impl std::ops::Deref for LentLane<'_> {
+    type Target = Lane;
+    fn deref(&self) -> &Lane {
+        self.lane
+            .as_ref()
+            .expect("a lent lane is present until dropped")
+    }
+}
+
+impl Drop for LentLane<'_> {
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(lane);
+        }
+    }
+}
+
+/// A redirect the policy refused.
+#[derive(Debug, thiserror::Error)]
+#[error("redirect to {url} refused: {reason}")]
+struct RedirectDenied {
+    url: String,
+    reason: String,
+}
+
+impl HttpCtx {
+    /// The `http` state of one run whose deadline is `deadline`, sharing the
+    /// process's `upstreams` (rate limiters, breakers).
+    pub fn new(
+        grants: &[HostGrant],
+        secrets: &Secrets,
+        limits: &Limits,
+        upstreams: Arc<Upstreams>,
+        deadline: Instant,
+    ) -> Result<Self, reqwest::Error> {
+        let grants: Arc<[HostGrant]> = grants.to_vec().into();
+        let policy = limits.http.clone();
+        let first = Lane::new(&grants, secrets, &policy)?;
+        Ok(HttpCtx {
+            lanes: Mutex::new(vec![first]),
             grants,
             secrets: secrets.clone(),
-            carried_secrets,
             max_requests: limits.max_http_requests,
             max_refused: limits.max_http_denied,
-            log_lines: 0,
+            log_lines: AtomicU64::new(0),
             max_response_bytes: limits.max_response_bytes,
             max_http_bytes: limits.max_http_bytes,
-            policy: limits.http.clone(),
+            policy,
             upstreams,
             deadline,
-            stats: HttpStats::default(),
+            tally: Mutex::default(),
+        })
+    }
+
+    /// The run's HTTP figures so far.
+    pub fn stats(&self) -> HttpStats {
+        self.tally().stats
+    }
+
+    /// Requests of one `send-all` in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.policy.max_in_flight.max(1) as usize
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle lane, or a new one.
+    fn lend_lane(&self) -> Result<LentLane<'_>, HttpError> {
+        let idle = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let lane = match idle {
+            Some(lane) => lane,
+            None => Lane::new(&self.grants, &self.secrets, &self.policy)
+                .map_err(|e| HttpError::Other(format!("cannot set up an HTTP client: {e}")))?,
+        };
+        Ok(LentLane {
+            lane: Some(lane),
+            idle: &self.lanes,
         })
     }
 
@@ -229,7 +322,7 @@ impl HttpCtx {
     /// backoff between them while the failure is retryable, the request
     /// may be repeated, retries are left and the wait ends before the
     /// deadline. The outcome (after retries) is recorded in the breaker.
-    async fn send_resilient(&mut self, req: Request) -> Result<Response, SendFail> {
+    async fn send_resilient(&self, req: Request) -> Result<Response, SendFail> {
         // A URL that does not parse fails in send_checked, untouched by
         // limiters and breakers.
         let Some((host, port)) = parse_request_url(&req.url)
@@ -252,7 +345,7 @@ impl HttpCtx {
         let upstreams = self.upstreams.clone();
         let admission = upstreams.admit(&self.policy, &upstream);
         if let Admission::Reject { retry_in } = admission {
-            self.stats.circuit_open += 1;
+            self.tally().stats.circuit_open += 1;
             return Err(HttpError::CircuitOpen(format!(
                 "the circuit breaker of {upstream} is open after repeated failures; \
                  requests fail fast for {:.1} s more, then one probe is let through",
@@ -274,7 +367,7 @@ impl HttpCtx {
                 .throttle(&self.policy, &limit_host, self.deadline)
                 .await
                 .map_err(|e| SendFail::Guest(HttpError::Other(e.to_string())))?;
-            self.stats.throttled_ms += waited.as_millis() as u64;
+            self.tally().stats.throttled_ms += waited.as_millis() as u64;
             // A limit the run tripped ends it at once: no retry.
             let outcome = match self.send_checked(req.clone()).await {
                 Ok(r) => Ok(r),
@@ -314,7 +407,7 @@ impl HttpCtx {
                 };
                 if Instant::now() + wait < self.deadline {
                     retry += 1;
-                    self.stats.retries += 1;
+                    self.tally().stats.retries += 1;
                     if self.may_log() {
                         tracing::info!(
                             target: "sluice::http",
@@ -341,7 +434,7 @@ impl HttpCtx {
                 }
             }
             if upstreams.record(&self.policy, &upstream, &admission, false) {
-                self.stats.breaker_trips += 1;
+                self.tally().stats.breaker_trips += 1;
                 if self.may_log() {
                     tracing::warn!(
                         target: "sluice::http",
@@ -361,23 +454,28 @@ impl HttpCtx {
     /// Past [`MAX_HTTP_LOG_LINES`] a line is counted in
     /// [`HttpStats::log_lines_suppressed`] instead; the first one suppressed
     /// says so, once.
-    fn may_log(&mut self) -> bool {
-        if self.log_lines < MAX_HTTP_LOG_LINES {
-            self.log_lines += 1;
+    fn may_log(&self) -> bool {
+        let written = self
+            .log_lines
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_HTTP_LOG_LINES).then_some(n + 1)
+            });
+        if written.is_ok() {
             return true;
         }
-        if self.stats.log_lines_suppressed == 0 {
+        let mut tally = self.tally();
+        if tally.stats.log_lines_suppressed == 0 {
             tracing::warn!(
                 target: "sluice::http",
                 limit = MAX_HTTP_LOG_LINES,
                 "further HTTP log lines about this run are suppressed (counted in the run's report)"
             );
         }
-        self.stats.log_lines_suppressed += 1;
+        tally.stats.log_lines_suppressed += 1;
         false
     }
 
-    async fn send_checked(&mut self, req: Request) -> Result<Response, SendFail> {
+    async fn send_checked(&self, req: Request) -> Result<Response, SendFail> {
         let mut url =
             parse_request_url(&req.url).map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
         // Placeholders only in the query and in header values: anywhere
@@ -418,14 +516,18 @@ impl HttpCtx {
                 return Err(HttpError::Denied(e.to_string()).into());
             }
         }
-        if self.stats.budget_spent() >= self.max_requests {
-            // Ends the run (`http_budget`) rather than telling the guest,
-            // which could otherwise spin on the refusal.
-            return Err(SendFail::Abort(HostAbort::HttpBudget {
-                limit: self.max_requests,
-            }));
+        {
+            let mut tally = self.tally();
+            if tally.stats.budget_spent() >= self.max_requests {
+                // Ends the run (`http_budget`) rather than telling the guest,
+                // which could otherwise spin on the refusal.
+                return Err(SendFail::Abort(HostAbort::HttpBudget {
+                    limit: self.max_requests,
+                }));
+            }
+            tally.stats.requests += 1;
         }
-        self.stats.requests += 1;
+        let lane = self.lend_lane()?;
 
         // Past every check: substitute the secrets.
         if !used.is_empty() {
@@ -440,7 +542,7 @@ impl HttpCtx {
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let mut builder = self.client.request(method, url);
+        let mut builder = lane.client.request(method, url);
         for (name, raw) in &req.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| HttpError::InvalidRequest(format!("bad header name {name:?}")))?;
@@ -454,7 +556,7 @@ impl HttpCtx {
         if let Some(body) = req.body {
             builder = builder.body(body);
         }
-        *self
+        *lane
             .carried_secrets
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = used;
@@ -475,23 +577,128 @@ impl HttpCtx {
             })
             .collect();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
-            if (body.len() + chunk.len()) as u64 > cap {
-                return Err(HttpError::TooLarge(cap).into());
-            }
-            if self.stats.bytes_received + (body.len() + chunk.len()) as u64 > self.max_http_bytes {
-                return Err(SendFail::Abort(HostAbort::HttpBytes {
-                    limit: self.max_http_bytes,
-                }));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        self.stats.bytes_received += body.len() as u64;
+        let read = self.read_body(&mut resp, &mut body, cap).await;
+        let mut tally = self.tally();
+        tally.receiving -= body.len() as u64;
+        read?;
+        tally.stats.bytes_received += body.len() as u64;
+        drop(tally);
         Ok(Response {
             status,
             headers,
             body,
         })
+    }
+}
+
+impl HttpCtx {
+    /// Read `resp`'s body into `body`, at most `cap` bytes, counting what
+    /// arrives in the tally's `receiving` (the caller takes `body.len()`
+    /// out again): past the run's byte limit, counting every response
+    /// being read, the run ends.
+    async fn read_body(
+        &self,
+        resp: &mut reqwest::Response,
+        body: &mut Vec<u8>,
+        cap: u64,
+    ) -> Result<(), SendFail> {
+        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+            if (body.len() + chunk.len()) as u64 > cap {
+                return Err(HttpError::TooLarge(cap).into());
+            }
+            {
+                let mut tally = self.tally();
+                let n = chunk.len() as u64;
+                if tally.stats.bytes_received + tally.receiving + n > self.max_http_bytes {
+                    return Err(SendFail::Abort(HostAbort::HttpBytes {
+                        limit: self.max_http_bytes,
+                    }));
+                }
+                tally.receiving += n;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
+
+    /// One request as `http.send` makes it: the budget, the resilient
+    /// send, the counting of refusals and failures, and their log line.
+    /// `Err` is a limit that ends the run.
+    pub(crate) async fn send_one(
+        &self,
+        req: Request,
+    ) -> Result<Result<Response, HttpError>, HostAbort> {
+        // Refused requests spend the budget too: a connector spinning on a
+        // refusal ends with `http_budget` like one spinning on answers.
+        if self.tally().stats.budget_spent() >= self.max_requests {
+            return Err(HostAbort::HttpBudget {
+                limit: self.max_requests,
+            });
+        }
+        let url = req.url.clone();
+        // The guest never gets a secret's value from the host: transport
+        // errors quote the substituted URL, so they are redacted.
+        let result = match self.send_resilient(req).await {
+            Ok(r) => Ok(r),
+            Err(SendFail::Abort(a)) => return Err(a),
+            Err(SendFail::Guest(e)) => Err(redact_error(&self.secrets, e)),
+        };
+        if let Err(e) = &result {
+            let refused = {
+                let mut tally = self.tally();
+                match e {
+                    HttpError::Denied(_) => tally.stats.denied += 1,
+                    HttpError::InvalidRequest(_) => tally.stats.invalid += 1,
+                    // Counted where they are decided.
+                    HttpError::BudgetExhausted | HttpError::CircuitOpen(_) => {}
+                    _ => tally.stats.failed += 1,
+                }
+                tally.stats.refused()
+            };
+            let url = self.secrets.redact(&url).into_owned();
+            let refusal = match e {
+                HttpError::Denied(why) => Some(format!("denied: {why}")),
+                HttpError::InvalidRequest(why) => Some(format!("invalid request: {why}")),
+                _ => None,
+            };
+            if let Some(last) = refusal.filter(|_| refused > self.max_refused) {
+                // Past the threshold a connector is probing, not syncing:
+                // end the run (`http_denied_limit`).
+                return Err(HostAbort::HttpDeniedLimit {
+                    limit: self.max_refused,
+                    last: format!("{url}: {last}"),
+                });
+            }
+            if self.may_log() {
+                tracing::warn!(target: "sluice::http", url = %sluice_core::text::escaped(&url), error = ?e, "request failed");
+            }
+        }
+        Ok(result)
+    }
+
+    /// Every request of one `send-all`, each exactly as [`Self::send_one`]
+    /// makes it, at most [`Self::max_in_flight`] at once; the answers in
+    /// request order. A limit one of them trips ends the run at once (the
+    /// others in flight are dropped).
+    pub(crate) async fn send_many(
+        &self,
+        reqs: Vec<Request>,
+    ) -> Result<Vec<Result<Response, HttpError>>, HostAbort> {
+        use futures_util::stream::{self, StreamExt};
+        let mut answers: Vec<Option<Result<Response, HttpError>>> = vec![None; reqs.len()];
+        let mut in_flight = stream::iter(
+            reqs.into_iter()
+                .enumerate()
+                .map(|(i, req)| async move { (i, self.send_one(req).await) }),
+        )
+        .buffer_unordered(self.max_in_flight());
+        while let Some((i, answer)) = in_flight.next().await {
+            answers[i] = Some(answer?);
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.expect("every request of the list was answered"))
+            .collect())
     }
 }
 
@@ -554,59 +761,44 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl http::Host for HttpCtx {
     async fn send(&mut self, req: Request) -> wasmtime::Result<Result<Response, HttpError>> {
-        // Refused requests spend the budget too: a connector spinning on a
-        // refusal ends with `http_budget` like one spinning on answers.
-        if self.stats.budget_spent() >= self.max_requests {
-            return Err(HostAbort::HttpBudget {
-                limit: self.max_requests,
-            }
-            .into());
-        }
-        let url = req.url.clone();
-        // The guest never gets a secret's value from the host: transport
-        // errors quote the substituted URL, so they are redacted.
-        let result = match self.send_resilient(req).await {
-            Ok(r) => Ok(r),
-            Err(SendFail::Abort(a)) => return Err(a.into()),
-            Err(SendFail::Guest(e)) => Err(redact_error(&self.secrets, e)),
-        };
-        if let Err(e) = &result {
-            match e {
-                HttpError::Denied(_) => self.stats.denied += 1,
-                HttpError::InvalidRequest(_) => self.stats.invalid += 1,
-                // Counted where they are decided.
-                HttpError::BudgetExhausted | HttpError::CircuitOpen(_) => {}
-                _ => self.stats.failed += 1,
-            }
-            let url = self.secrets.redact(&url).into_owned();
-            let refusal = match e {
-                HttpError::Denied(why) => Some(format!("denied: {why}")),
-                HttpError::InvalidRequest(why) => Some(format!("invalid request: {why}")),
-                _ => None,
-            };
-            if let Some(last) = refusal.filter(|_| self.stats.refused() > self.max_refused) {
-                // Past the threshold a connector is probing, not syncing:
-                // end the run (`http_denied_limit`).
-                return Err(HostAbort::HttpDeniedLimit {
-                    limit: self.max_refused,
-                    last: format!("{url}: {last}"),
-                }
-                .into());
-            }
-            if self.may_log() {
-                tracing::warn!(target: "sluice::http", url = %sluice_core::text::escaped(&url), error = ?e, "request failed");
-            }
-        }
-        Ok(result)
+        Ok(self.send_one(req).await?)
     }
 }
 
-/// Link the `http` interface, reaching each store's [`HttpCtx`] through `get`.
+impl v0_2::http::Host for HttpCtx {
+    async fn send(
+        &mut self,
+        req: v0_2::http::Request,
+    ) -> wasmtime::Result<Result<v0_2::http::Response, v0_2::http::HttpError>> {
+        Ok(self
+            .send_one(req.into())
+            .await?
+            .map(Into::into)
+            .map_err(Into::into))
+    }
+
+    async fn send_all(
+        &mut self,
+        reqs: Vec<v0_2::http::Request>,
+    ) -> wasmtime::Result<Vec<Result<v0_2::http::Response, v0_2::http::HttpError>>> {
+        let answers = self
+            .send_many(reqs.into_iter().map(Into::into).collect())
+            .await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| a.map(Into::into).map_err(Into::into))
+            .collect())
+    }
+}
+
+/// Link the `http` interface of every WIT version, reaching each store's
+/// [`HttpCtx`] through `get`.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut HttpCtx,
 ) -> wasmtime::Result<()> {
-    http::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)
+    http::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)?;
+    v0_2::http::add_to_linker::<T, HasSelf<HttpCtx>>(linker, get)
 }
 
 #[cfg(test)]

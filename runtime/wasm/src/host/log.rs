@@ -3,6 +3,7 @@
 
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::bindings::source_v0_2 as v0_2;
 use crate::bindings::{log, types::Level};
 use sluice_core::limits::MAX_LOG_MESSAGE_BYTES;
 use sluice_core::secrets::Secrets;
@@ -72,10 +73,18 @@ impl log::Host for LogCtx {
     }
 }
 
-/// Link the `log` interface, reaching each store's [`LogCtx`] through `get`.
+impl v0_2::log::Host for LogCtx {
+    async fn log(&mut self, level: v0_2::types::Level, message: String) -> wasmtime::Result<()> {
+        log::Host::log(self, level.into(), message).await
+    }
+}
+
+/// Link the `log` interface of every WIT version, reaching each store's
+/// [`LogCtx`] through `get`.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut LogCtx,
 ) -> wasmtime::Result<()> {
-    log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get)
+    log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get)?;
+    v0_2::log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get)
 }

@@ -17,5 +17,6 @@ pub(crate) fn add_types_to_linker<T: 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
     linker.instance(crate::bindings::source_v0_1::TYPES_INTERFACE)?;
+    linker.instance(crate::bindings::source_v0_2::TYPES_INTERFACE)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::sink::{self, SinkError};
+use crate::bindings::source_v0_2 as v0_2;
 use sluice_core::channel::{EmitRefused, RunChannel};
 
 /// Per-store state of the `sink` capability: present only during `read`.
@@ -34,10 +35,24 @@ impl sink::Host for SinkCtx {
     }
 }
 
-/// Link the `sink` interface, reaching each store's [`SinkCtx`] through `get`.
+impl v0_2::sink::Host for SinkCtx {
+    async fn emit(
+        &mut self,
+        stream: String,
+        records: Vec<String>,
+    ) -> wasmtime::Result<Result<(), v0_2::sink::SinkError>> {
+        Ok(sink::Host::emit(self, stream, records)
+            .await?
+            .map_err(Into::into))
+    }
+}
+
+/// Link the `sink` interface of every WIT version, reaching each store's
+/// [`SinkCtx`] through `get`.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut SinkCtx,
 ) -> wasmtime::Result<()> {
-    sink::add_to_linker::<T, HasSelf<SinkCtx>>(linker, get)
+    sink::add_to_linker::<T, HasSelf<SinkCtx>>(linker, get)?;
+    v0_2::sink::add_to_linker::<T, HasSelf<SinkCtx>>(linker, get)
 }

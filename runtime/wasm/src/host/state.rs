@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::bindings::source_v0_2 as v0_2;
 use crate::bindings::state::{self, StateError};
 use sluice_core::channel::{RunChannel, StateRefused};
 
@@ -40,10 +41,28 @@ impl state::Host for StateCtx {
     }
 }
 
-/// Link the `state` interface, reaching each store's [`StateCtx`] through `get`.
+impl v0_2::state::Host for StateCtx {
+    async fn get(&mut self, stream: String) -> wasmtime::Result<Option<String>> {
+        state::Host::get(self, stream).await
+    }
+
+    async fn commit(
+        &mut self,
+        stream: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), v0_2::state::StateError>> {
+        Ok(state::Host::commit(self, stream, value)
+            .await?
+            .map_err(Into::into))
+    }
+}
+
+/// Link the `state` interface of every WIT version, reaching each store's
+/// [`StateCtx`] through `get`.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut StateCtx,
 ) -> wasmtime::Result<()> {
-    state::add_to_linker::<T, HasSelf<StateCtx>>(linker, get)
+    state::add_to_linker::<T, HasSelf<StateCtx>>(linker, get)?;
+    v0_2::state::add_to_linker::<T, HasSelf<StateCtx>>(linker, get)
 }
