@@ -95,22 +95,71 @@ impl Request {
     /// retryable requests, rate-limits and circuit-breaks per the
     /// operator's policy).
     pub fn send(self) -> Result<Response, Error> {
-        let req = wit::Request {
+        let req = self.into_wit();
+        answer(&req.url, wit::send(&req))
+    }
+
+    fn into_wit(self) -> wit::Request {
+        wit::Request {
             method: self.method,
             url: self.url,
             headers: self.headers,
             body: self.body,
             retryable: self.retryable,
-        };
-        match wit::send(&req) {
-            Ok(r) => Ok(Response {
-                status: r.status,
-                headers: r.headers,
-                body: r.body,
-            }),
-            Err(e) => Err(http_error(&req.url, e)),
         }
     }
+}
+
+fn answer(url: &str, r: Result<wit::Response, wit::HttpError>) -> Result<Response, Error> {
+    match r {
+        Ok(r) => Ok(Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }),
+        Err(e) => Err(http_error(url, e)),
+    }
+}
+
+/// Send every request and wait for all the answers, one per request, in
+/// request order. Built against `@0.2.0` (the default) this is one
+/// `http.send-all`: the host sends the requests concurrently, at most the
+/// operator's `max_in_flight` (default 8) at once, each through the same
+/// checks, retries, rate limits and breaker as [`Request::send`]. Built
+/// with the `wit-0-1` feature it sends them one after the other, with the
+/// same results.
+///
+/// ```ignore
+/// let pages = (1..=4).map(|p| Request::get(format!("{base}/items?page={p}")));
+/// for answer in sluice_sdk::http::send_all(pages) {
+///     let page: Page = answer?.error_for_status()?.json()?;
+/// }
+/// ```
+pub fn send_all<I>(requests: I) -> Vec<Result<Response, Error>>
+where
+    I: IntoIterator<Item = Request>,
+{
+    let reqs: Vec<wit::Request> = requests.into_iter().map(Request::into_wit).collect();
+    send_all_wit(reqs)
+}
+
+#[cfg(not(feature = "wit-0-1"))]
+fn send_all_wit(reqs: Vec<wit::Request>) -> Vec<Result<Response, Error>> {
+    if reqs.is_empty() {
+        return Vec::new();
+    }
+    let answers = wit::send_all(&reqs);
+    reqs.iter()
+        .zip(answers)
+        .map(|(req, r)| answer(&req.url, r))
+        .collect()
+}
+
+#[cfg(feature = "wit-0-1")]
+fn send_all_wit(reqs: Vec<wit::Request>) -> Vec<Result<Response, Error>> {
+    reqs.iter()
+        .map(|req| answer(&req.url, wit::send(req)))
+        .collect()
 }
 
 /// A failed `http.send` as a connector error. What the host refused or

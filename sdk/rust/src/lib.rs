@@ -2,9 +2,10 @@
 //!
 //! The Rust SDK for [Sluice](../../../README.md) source connectors. A connector
 //! implements [`Connector`] and exports it with [`export_connector!`]; the SDK
-//! turns the raw WIT bindings (`wit/`, world `sluice:connector/source@0.1.0`)
+//! turns the raw WIT bindings (`wit/0.2.0/`, world
+//! `sluice:connector/source@0.2.0`; with the `wit-0-1` feature `wit/0.1.0/`)
 //! into typed config, batched [`Reader::emit`], typed state and an HTTP helper
-//! returning JSON.
+//! returning JSON, with [`http::send_all`] for concurrent requests.
 //!
 //! ```ignore
 //! use sluice_sdk::{Connector, Reader, Spec, Stream, Error, json};
@@ -38,7 +39,22 @@ pub mod http;
 pub mod log;
 pub mod raw;
 
+/// The raw WIT bindings of the contract the connector is built against:
+/// `sluice:connector@0.2.0` by default, `@0.1.0` with the `wit-0-1`
+/// feature. The rest of the SDK is the same for both.
 #[doc(hidden)]
+#[cfg(not(feature = "wit-0-1"))]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/0.2.0",
+        world: "source",
+        pub_export_macro: true,
+        default_bindings_module: "sluice_sdk::bindings",
+    });
+}
+
+#[doc(hidden)]
+#[cfg(feature = "wit-0-1")]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/0.1.0",
@@ -47,6 +63,13 @@ pub mod bindings {
         default_bindings_module: "sluice_sdk::bindings",
     });
 }
+
+/// The version of the WIT contract this build of the SDK implements.
+#[cfg(not(feature = "wit-0-1"))]
+pub const WIT_VERSION: &str = "0.2.0";
+/// The version of the WIT contract this build of the SDK implements.
+#[cfg(feature = "wit-0-1")]
+pub const WIT_VERSION: &str = "0.1.0";
 
 use bindings::sluice::connector::{sink, state, types};
 
@@ -369,6 +392,13 @@ pub trait Connector {
 pub mod __private {
     use super::*;
 
+    /// The trait the component's exports implement: the `connector`
+    /// interface in `@0.2.0`, the world's bare functions in `@0.1.0`.
+    #[cfg(not(feature = "wit-0-1"))]
+    pub use crate::bindings::exports::sluice::connector::connector::Guest;
+    #[cfg(feature = "wit-0-1")]
+    pub use crate::bindings::Guest;
+
     /// Log a panic's message at error level before the guest traps, so the
     /// host can report it (wasm32-unknown-unknown has no stderr).
     fn install_panic_hook() {
@@ -435,7 +465,8 @@ pub mod __private {
     }
 }
 
-/// Export a [`Connector`] implementation as the component's `source` world.
+/// Export a [`Connector`] implementation as the component's `source` world
+/// (as its `connector` interface in `@0.2.0`, as bare functions in `@0.1.0`).
 ///
 /// The exports exist only on `wasm32` targets: natively (e.g. `cargo test`
 /// of a connector's pure functions) the world's export names, such as
@@ -448,7 +479,7 @@ macro_rules! export_connector {
         const _: () = {
             struct __SluiceExport;
 
-            impl $crate::bindings::Guest for __SluiceExport {
+            impl $crate::__private::Guest for __SluiceExport {
                 fn spec() -> $crate::bindings::sluice::connector::types::ConnectorSpec {
                     $crate::__private::spec::<$connector>()
                 }

@@ -51,6 +51,11 @@
 //!   `commit_every` batches (0: never).
 //! - `raw`: emits each of `records` (JSON text, as given) to `stream`
 //!   (default `items`) in one batch, then commits.
+//! - `send_all`: GETs every one of `urls` (with `headers`) with one
+//!   `sluice_sdk::http::send_all` (concurrently in a `@0.2.0` build, one
+//!   after the other in a `@0.1.0` one), then emits one `loose` record per
+//!   answer, in answer order: `k` its index, `v` `{"status", "body"}` or
+//!   `{"error"}`, and commits.
 //!
 //! Besides `items`, the connector declares `loose`: an untyped key `k` and
 //! an untyped `v` (full refresh only).
@@ -84,6 +89,8 @@ pub struct Config {
     stream: Option<String>,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    urls: Vec<String>,
 }
 
 /// Recurse `depth` frames deep without a tail call, in wasm locals only,
@@ -370,6 +377,34 @@ impl Connector for Misbehave {
                     reader.emit_raw(stream, record.clone())?;
                 }
                 reader.commit(stream, &json!({"raw": config.records.len()}))
+            }
+            "send_all" => {
+                let requests = config.urls.iter().map(|url| {
+                    let mut req = sluice_sdk::http::Request::get(url.clone());
+                    for (name, value) in &config.headers {
+                        req = req.header(name.clone(), value.clone());
+                    }
+                    req
+                });
+                let answers = sluice_sdk::http::send_all(requests);
+                if answers.len() != config.urls.len() {
+                    return Err(Error::Internal(format!(
+                        "{} answers to {} requests",
+                        answers.len(),
+                        config.urls.len()
+                    )));
+                }
+                for (i, answer) in answers.into_iter().enumerate() {
+                    let v = match answer {
+                        Ok(r) => json!({
+                            "status": r.status,
+                            "body": String::from_utf8_lossy(&r.body),
+                        }),
+                        Err(e) => json!({"error": e.to_string()}),
+                    };
+                    reader.emit("loose", &json!({"k": i, "v": v}))?;
+                }
+                reader.commit("loose", &json!({"answers": config.urls.len()}))
             }
             "http_forever" => loop {
                 let _ = std::hint::black_box(get(config));
