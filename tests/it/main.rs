@@ -23,3 +23,4 @@ mod sandbox;
 mod scaffold;
 mod serve;
 mod sync;
+mod wit_versions;

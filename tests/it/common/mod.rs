@@ -34,6 +34,24 @@ pub fn guest(name: &str) -> PathBuf {
     })
 }
 
+/// Where `just build-connectors` writes the Rust guests built against WIT
+/// `sluice:connector@0.1.0` (the SDK's `wit-0-1` feature), from the same
+/// sources as those in [`GUEST_DIRS`] (built against `@0.2.0`).
+pub const GUEST_DIR_V0_1: &str = "connectors/target/wit-0.1.0/wasm32-unknown-unknown/release";
+
+/// A Rust guest component built against `@0.1.0` by `just build-connectors`.
+pub fn guest_v0_1(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join(GUEST_DIR_V0_1)
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the guest components first (`just build-connectors`)",
+        path.display()
+    );
+    path
+}
+
 /// Compiled-component cache shared by the tests (under target/).
 pub fn cache_dir() -> PathBuf {
     repo_root().join("target/test-component-cache")
