@@ -415,6 +415,8 @@ fn resilience_flags_tune_the_cli_and_bad_ones_are_refused() {
         "4",
         "--breaker-cooldown",
         "2.5",
+        "--max-in-flight",
+        "4",
     ]));
     assert!(out.ok, "{out:?}");
     assert!(out.stdout.contains("upstream: 0 retries"), "{}", out.stdout);
@@ -455,6 +457,8 @@ fn resilience_flags_tune_the_cli_and_bad_ones_are_refused() {
         (&["--breaker-cooldown", "-1"][..], "--breaker-cooldown"),
         (&["--retries", "1000"][..], "--retries"),
         (&["--retries", "many"][..], "--retries"),
+        (&["--max-in-flight", "0"][..], "--max-in-flight"),
+        (&["--max-in-flight", "257"][..], "--max-in-flight"),
     ] {
         let out = common::sluice(base(flags));
         assert!(!out.ok, "{flags:?} accepted");

@@ -516,6 +516,9 @@ impl HttpCtx {
                 return Err(HttpError::Denied(e.to_string()).into());
             }
         }
+        // A client for this request alone (its redirects re-check the
+        // secrets it carries), before it counts as sent.
+        let lane = self.lend_lane()?;
         {
             let mut tally = self.tally();
             if tally.stats.budget_spent() >= self.max_requests {
@@ -527,7 +530,6 @@ impl HttpCtx {
             }
             tally.stats.requests += 1;
         }
-        let lane = self.lend_lane()?;
 
         // Past every check: substitute the secrets.
         if !used.is_empty() {
