@@ -304,6 +304,52 @@ async fn egress_is_checked_for_each_request_of_a_send_all() {
     }
 }
 
+/// `partitions` (`@0.2.0`): what the connector answers, as JSON texts; a
+/// `@0.1.0` component has none (its streams are read whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_the_connectors_in_0_2_and_none_in_0_1() {
+    use sluice_core::secrets::Secrets;
+    use sluice_wasm::sandbox::Sandbox;
+    let rt = runtime();
+    let config = serde_json::json!({
+        "behaviour": "ok",
+        "partitions": [{"from": 1, "to": 100}, {"from": 101, "to": 200}, "shard-3"],
+    })
+    .to_string();
+    let mut answers = Vec::new();
+    for component in [guest("misbehave"), guest_v0_1("misbehave")] {
+        let loaded = rt.load(&component).unwrap();
+        let mut sandbox = Sandbox::new(
+            &rt,
+            &loaded,
+            "run",
+            "misbehave",
+            &[],
+            &Secrets::default(),
+            &Limits::default(),
+        )
+        .await
+        .unwrap();
+        let partitions = sandbox.partitions(&config, "items").await.unwrap();
+        answers.push((sandbox.wit_version(), partitions));
+    }
+    let parsed: Vec<serde_json::Value> = answers[0]
+        .1
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!(answers[0].0, WitVersion::V0_2);
+    assert_eq!(
+        parsed,
+        vec![
+            serde_json::json!({"from": 1, "to": 100}),
+            serde_json::json!({"from": 101, "to": 200}),
+            serde_json::json!("shard-3"),
+        ]
+    );
+    assert_eq!(answers[1], (WitVersion::V0_1, Vec::new()));
+}
+
 /// A component exporting a `connector` interface of a version the host
 /// does not know.
 const V0_3_WAT: &str = r#"(component

@@ -403,6 +403,32 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// The partitions `stream` splits into with `config`, as opaque JSON
+    /// texts (WIT `@0.2.0`); empty when it does not split. A `@0.1.0`
+    /// component has no partitions: every stream is read whole.
+    pub async fn partitions(
+        &mut self,
+        config: &str,
+        stream: &str,
+    ) -> Result<Vec<String>, GuestError> {
+        let deadline = self.deadline.into();
+        let r = match &self.source {
+            Source::V0_1(_) => Ok(Vec::new()),
+            Source::V0_2(s) => {
+                let fut =
+                    s.sluice_connector_connector()
+                        .call_partitions(&mut self.store, config, stream);
+                finish(
+                    tokio::time::timeout_at(deadline, fut).await,
+                    self.batch_limit,
+                )
+            }
+        };
+        r.map_err(|e| self.explain(e))
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let data = self.store.data();

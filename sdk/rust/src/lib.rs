@@ -386,6 +386,14 @@ pub trait Connector {
 
     /// Read the selected streams, emitting records and committing state.
     fn read(config: &Self::Config, reader: &mut Reader) -> Result<(), Error>;
+
+    /// The partitions `stream` splits into with this config: opaque JSON
+    /// values (a date range, an id range, a shard), each meant to be read
+    /// on its own. By default none: the stream is read whole. Only a
+    /// `@0.2.0` build exports it (`@0.1.0` has no partitions).
+    fn partitions(_config: &Self::Config, _stream: &str) -> Result<Vec<Value>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 #[doc(hidden)]
@@ -440,6 +448,18 @@ pub mod __private {
         Ok(C::discover(&cfg)?
             .into_iter()
             .map(Stream::into_wit)
+            .collect())
+    }
+
+    pub fn partitions<C: Connector>(
+        config: String,
+        stream: String,
+    ) -> Result<Vec<String>, types::ConnectorError> {
+        install_panic_hook();
+        let cfg = parse::<C>(&config)?;
+        Ok(C::partitions(&cfg, &stream)?
+            .iter()
+            .map(Value::to_string)
             .collect())
     }
 
@@ -505,6 +525,7 @@ macro_rules! export_connector {
                 > {
                     $crate::__private::read::<$connector>(config, streams)
                 }
+                $crate::__partitions_export!($connector);
             }
 
             $crate::bindings::export!(__SluiceExport with_types_in $crate::bindings);
@@ -517,6 +538,35 @@ macro_rules! export_connector {
             let _ = $crate::__private::check::<$connector>;
             let _ = $crate::__private::discover::<$connector>;
             let _ = $crate::__private::read::<$connector>;
+            let _ = $crate::__private::partitions::<$connector>;
         };
     };
+}
+
+/// The `partitions` export of the `connector` interface (`@0.2.0` only),
+/// inside [`export_connector!`]'s `impl`.
+#[doc(hidden)]
+#[cfg(not(feature = "wit-0-1"))]
+#[macro_export]
+#[rustfmt::skip]
+macro_rules! __partitions_export {
+    ($connector:ty) => {
+        fn partitions(
+            config: ::std::string::String,
+            stream: ::std::string::String,
+        ) -> ::std::result::Result<
+            ::std::vec::Vec<::std::string::String>,
+            $crate::bindings::sluice::connector::types::ConnectorError,
+        > {
+            $crate::__private::partitions::<$connector>(config, stream)
+        }
+    };
+}
+
+/// `@0.1.0` has no `partitions` export.
+#[doc(hidden)]
+#[cfg(feature = "wit-0-1")]
+#[macro_export]
+macro_rules! __partitions_export {
+    ($connector:ty) => {};
 }

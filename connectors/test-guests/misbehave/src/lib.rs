@@ -57,6 +57,9 @@
 //!   answer, in answer order: `k` its index, `v` `{"status", "body"}` or
 //!   `{"error"}`, and commits.
 //!
+//! Whatever the behaviour, `partitions` of any stream are the config's
+//! `partitions` (JSON values).
+//!
 //! Besides `items`, the connector declares `loose`: an untyped key `k` and
 //! an untyped `v` (full refresh only).
 
@@ -91,6 +94,8 @@ pub struct Config {
     body: Option<String>,
     #[serde(default)]
     urls: Vec<String>,
+    #[serde(default)]
+    partitions: Vec<sluice_sdk::Value>,
 }
 
 /// Recurse `depth` frames deep without a tail call, in wasm locals only,
@@ -213,6 +218,10 @@ impl Connector for Misbehave {
                 )
                 .primary_key(["k"]),
             )
+    }
+
+    fn partitions(config: &Config, _stream: &str) -> Result<Vec<sluice_sdk::Value>, Error> {
+        Ok(config.partitions.clone())
     }
 
     fn read(config: &Config, reader: &mut Reader) -> Result<(), Error> {
