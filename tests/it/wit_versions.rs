@@ -304,6 +304,75 @@ async fn egress_is_checked_for_each_request_of_a_send_all() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_budget_holds_across_the_requests_of_a_send_all() {
+    let rt = runtime();
+    let s = Scratch::new();
+    let (router, in_flight) = latency::router(Duration::from_millis(50));
+    let fx = Running::start(router, 0).unwrap();
+    let limits = Limits {
+        max_http_requests: 3,
+        ..Limits::default()
+    };
+    let (report, _) = send_all_run(
+        &rt,
+        &s,
+        "budget.db",
+        guest("misbehave"),
+        &fx,
+        &pages(&fx, 8),
+        limits,
+    )
+    .await;
+    let r = &report.record;
+    assert_eq!(r.status, RunStatus::HttpBudget, "{:?}", r.error);
+    assert_eq!(r.http_requests, 3);
+    assert!(
+        in_flight.total() <= 3,
+        "{} requests sent",
+        in_flight.total()
+    );
+}
+
+/// The breaker sees every request of a send-all: with one in flight at a
+/// time (deterministic), two 503s trip it and the rest fail fast unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_applies_to_each_request_of_a_send_all() {
+    let rt = runtime();
+    let s = Scratch::new();
+    let (router, in_flight) = latency::router(Duration::ZERO);
+    let fx = Running::start(router, 0).unwrap();
+    let mut limits = with_max_in_flight(1);
+    limits.http.retries = 0;
+    limits.http.breaker_threshold = 2;
+    let urls: Vec<String> = (0..6)
+        .map(|_| format!("{}/status/503", fx.base_url()))
+        .collect();
+    let (report, answers) = send_all_run(
+        &rt,
+        &s,
+        "breaker.db",
+        guest("misbehave"),
+        &fx,
+        &urls,
+        limits,
+    )
+    .await;
+    let r = &report.record;
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert_eq!((r.http_requests, r.http_breaker_trips), (2, 1));
+    assert_eq!(report.http_circuit_open, 4);
+    assert_eq!(in_flight.total(), 2);
+    for (i, a) in answers.iter().enumerate() {
+        if i < 2 {
+            assert_eq!(a["v"]["status"], 503, "{a}");
+        } else {
+            let error = a["v"]["error"].as_str().unwrap();
+            assert!(error.contains("circuit open"), "{i}: {error}");
+        }
+    }
+}
+
 /// `partitions` (`@0.2.0`): what the connector answers, as JSON texts; a
 /// `@0.1.0` component has none (its streams are read whole).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
