@@ -1,8 +1,10 @@
 //! `sluice serve`, through the real binary on a free loopback port: runs
 //! on a schedule and on demand through the HTTP API, one run per instance
 //! at a time (409), cross-site requests refused, next run times that
-//! survive a restart, and SIGTERM that lets the running run stop at its
-//! next commit. Every upstream is a loopback fixture the test starts.
+//! survive a restart, SIGTERM that lets the running run stop at its next
+//! commit, cancelling one run, bearer tokens, quarantine and drift
+//! through the API, and Prometheus `/metrics` parsed by a text-format
+//! parser. Every upstream is a loopback fixture the test starts.
 
 use crate::common;
 
@@ -46,15 +48,26 @@ struct Server {
     child: Child,
     addr: String,
     stderr: Arc<Mutex<String>>,
+    /// The `Authorization` header every request carries, if any.
+    auth: Option<String>,
 }
+
+/// A good API token for the tests.
+const TOKEN: &str = "test-token-0123456789";
 
 impl Server {
     fn start(config_file: &Path) -> Server {
+        Self::start_with(config_file, "127.0.0.1:0", &[])
+    }
+
+    /// Started on `listen`, with `env` added to its environment.
+    fn start_with(config_file: &Path, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
             .arg("--config-file")
             .arg(config_file)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
+            .envs(env.iter().copied())
             .env("SLUICE_CACHE_DIR", common::cache_dir())
             .env("SLUICE_LOG", "info")
             .stdin(Stdio::null())
@@ -86,10 +99,16 @@ impl Server {
                 );
             }
         };
+        // A server on every address is reached through loopback.
+        let addr = addr.replace("0.0.0.0", "127.0.0.1");
         let server = Server {
             child,
             addr,
             stderr,
+            auth: env
+                .iter()
+                .find(|(k, _)| *k == "SLUICE_API_TOKEN")
+                .map(|(_, v)| format!("Bearer {v}")),
         };
         server.poll("/healthz is up", || server.get("/healthz").0 == 200);
         server
@@ -99,29 +118,61 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// `METHOD path` with `headers`: (status, JSON body).
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    /// `METHOD path` with `headers` and `body`: (status, head, body).
+    /// Carries the server's token unless `headers` has an
+    /// `Authorization` of its own.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
-            self.addr
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
         );
+        let own_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(auth), false) = (&self.auth, own_auth) {
+            req.push_str(&format!("Authorization: {auth}\r\n"));
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
+        req.push_str(body);
         stream.write_all(req.as_bytes()).unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status: u16 = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("not an HTTP response: {text}"));
-        let body = serde_json::from_str(body)
+        (status, head.to_string(), body.to_string())
+    }
+
+    /// `METHOD path` with `headers`: (status, JSON body).
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        self.request_body(method, path, headers, "")
+    }
+
+    fn request_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
+        let (status, _, text) = self.raw(method, path, headers, body);
+        let body = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
         (status, body)
     }
@@ -393,7 +444,7 @@ fn serve_refuses_a_non_loopback_address_and_a_bad_schedule() {
     ]);
     assert!(!out.ok, "{out:?}");
     assert!(out.stderr.contains("not a loopback address"), "{out:?}");
-    assert!(out.stderr.contains("authentication"), "{out:?}");
+    assert!(out.stderr.contains("SLUICE_API_TOKEN"), "{out:?}");
 
     for (line, expected) in [
         (
@@ -489,4 +540,472 @@ fn a_run_missed_while_down_runs_once_or_is_skipped_as_configured() {
     );
     let (status, log) = server.stop();
     assert_eq!(status.code(), Some(0), "{log}");
+}
+
+/// The samples of a scrape of `/metrics`, parsed by the reference
+/// OpenMetrics parser (`None` only where the test peers' venv is missing
+/// and `SLUICE_SKIP_PROTOCOL_PEERS` is set).
+fn scrape(server: &Server) -> Option<Vec<Value>> {
+    let (code, head, body) = server.raw("GET", "/metrics", &[], "");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let venv = sluice_fixture::peers::venv()?;
+    Some(sluice_fixture::peers::openmetrics_samples(&venv, &body))
+}
+
+/// The value of the sample `name` with (at least) `labels`.
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .map(|s| s["value"].as_f64().unwrap())
+}
+
+#[test]
+fn metrics_count_runs_records_and_http_and_quarantine_and_drift_are_served() {
+    let s = Scratch::new();
+    // Every 5th record has a string amount (quarantined); ids from 20 on
+    // carry a new field (drift).
+    let (router, _) = items::router(ItemsConfig {
+        total: 30,
+        wrong_type_every: Some(5),
+        drift_from: Some(20),
+        ..Default::default()
+    });
+    let fx = Running::start(router, 0).unwrap();
+    let toml = format!(
+        "db = \"sluice.db\"\nconnectors_dir = \"{}\"\n{}",
+        guest("items").parent().unwrap().display(),
+        items_instance("shop", &fx, "")
+    );
+    let config_file = s.write("sluice.toml", &toml);
+    let server = Server::start(&config_file);
+
+    if let Some(before) = scrape(&server) {
+        assert_eq!(sample(&before, "sluice_running_runs", &[]), Some(0.0));
+        assert_eq!(
+            sample(&before, "sluice_runs_total", &[("instance", "shop")]),
+            None,
+            "no run yet"
+        );
+    }
+
+    let (code, body) = server.post("/api/v1/instances/shop/runs", &[]);
+    assert_eq!(code, 202, "{body}");
+    let id = body["run_id"].as_str().unwrap().to_string();
+    server.poll("the run to succeed", || {
+        server.get(&format!("/api/v1/runs/{id}")).1["status"] == "succeeded"
+    });
+    let (_, run) = server.get(&format!("/api/v1/runs/{id}"));
+    if let Some(m) = scrape(&server) {
+        let shop = ("instance", "shop");
+        assert_eq!(
+            sample(&m, "sluice_runs_total", &[shop, ("status", "succeeded")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &m,
+                "sluice_records_emitted_total",
+                &[shop, ("stream", "items")]
+            ),
+            Some(30.0)
+        );
+        assert_eq!(
+            sample(
+                &m,
+                "sluice_records_quarantined_total",
+                &[shop, ("stream", "items")]
+            ),
+            Some(6.0)
+        );
+        assert_eq!(
+            sample(
+                &m,
+                "sluice_records_upserted_total",
+                &[shop, ("stream", "items")]
+            ),
+            run["records_upserted"].as_f64()
+        );
+        assert_eq!(
+            sample(&m, "sluice_http_requests_total", &[shop, ("outcome", "ok")]),
+            run["http_requests"].as_f64()
+        );
+        assert_eq!(
+            sample(&m, "sluice_run_duration_seconds_count", &[shop]),
+            Some(1.0)
+        );
+        let last = sample(&m, "sluice_last_success_timestamp_seconds", &[shop]).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(last > now - 3600.0 && last <= now + 1.0, "{last} vs {now}");
+        assert_eq!(sample(&m, "sluice_running_runs", &[]), Some(0.0));
+        assert!(
+            !m.iter().any(|x| x["labels"]
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|v| v.as_str().unwrap().contains(&id))),
+            "a run id became a label"
+        );
+        let counter = m.iter().find(|x| x["name"] == "sluice_runs_total").unwrap();
+        assert_eq!(counter["type"], "counter", "{counter}");
+        let duration = m
+            .iter()
+            .find(|x| x["name"] == "sluice_run_duration_seconds_count")
+            .unwrap();
+        assert_eq!(duration["type"], "histogram", "{duration}");
+        assert_eq!(duration["unit"], "seconds", "{duration}");
+    }
+
+    // Quarantine through the API: list, show, edit, replay.
+    let (code, q) = server.get("/api/v1/instances/shop/quarantine");
+    assert_eq!(code, 200, "{q}");
+    let entries = q["quarantine"].as_array().unwrap();
+    assert_eq!(entries.len(), 6, "{q}");
+    let first = &entries[0];
+    let qid = first["id"].as_i64().unwrap();
+    let (code, shown) = server.get(&format!("/api/v1/instances/shop/quarantine/{qid}"));
+    assert_eq!(code, 200, "{shown}");
+    assert_eq!(shown["record"], first["record"]);
+    let mut fixed: Value = serde_json::from_str(first["record"].as_str().unwrap()).unwrap();
+    fixed["amount"] = serde_json::json!(1.5);
+    let path = format!("/api/v1/instances/shop/quarantine/{qid}");
+    let (code, body) = server.request_body("PUT", &path, &[], "[1, 2]");
+    assert_eq!(code, 400, "not an object: {body}");
+    let (code, body) = server.request_body(
+        "PUT",
+        &path,
+        &[("Origin", "http://evil.example")],
+        &fixed.to_string(),
+    );
+    assert_eq!(code, 403, "a cross-site edit: {body}");
+    let (code, edited) = server.request_body("PUT", &path, &[], &fixed.to_string());
+    assert_eq!(code, 200, "{edited}");
+    assert_eq!(edited["original_record"], first["record"], "{edited}");
+    let (code, body) =
+        server.request_body("PUT", "/api/v1/instances/shop/quarantine/999999", &[], "{}");
+    assert_eq!(code, 404, "{body}");
+    let (code, summary) = server.request_body(
+        "POST",
+        "/api/v1/instances/shop/quarantine/replay",
+        &[],
+        &format!("{{\"ids\": [{qid}]}}"),
+    );
+    assert_eq!(code, 200, "{summary}");
+    assert_eq!(summary["replayed"], 1, "{summary}");
+    let (_, q) = server.get("/api/v1/instances/shop/quarantine");
+    assert_eq!(q["quarantine"].as_array().unwrap().len(), 5, "{q}");
+    let (_, q) = server.get("/api/v1/instances/shop/quarantine?all=true&limit=2");
+    assert_eq!(q["quarantine"].as_array().unwrap().len(), 2, "{q}");
+    let (code, _) = server.get("/api/v1/instances/nope/quarantine");
+    assert_eq!(code, 404);
+
+    // Drift and the registry.
+    let (code, drift) = server.get("/api/v1/drift?instance=shop");
+    assert_eq!(code, 200, "{drift}");
+    let events = drift["drift"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["path"].as_str().unwrap_or("").contains("region")),
+        "{drift}"
+    );
+    let (code, _) = server.get("/api/v1/drift?instance=nope");
+    assert_eq!(code, 404);
+    let (code, reg) = server.get("/api/v1/connectors");
+    assert_eq!(code, 200, "{reg}");
+    assert_eq!(reg["entries"]["items"]["name"], "items", "{reg}");
+
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
+fn one_run_is_cancelled_through_the_api_and_the_server_goes_on() {
+    let s = Scratch::new();
+    let toml = format!(
+        "db = \"sluice.db\"\n\n[instances.slow]\ncomponent = \"{}\"\n\
+         config = {{ behaviour = \"emit_forever\", size = 10, commit_every = 100 }}\n\
+         limits = {{ max_emit_bytes = \"10GiB\", timeout = \"10m\" }}\n",
+        guest("misbehave").display()
+    );
+    let config_file = s.write("sluice.toml", &toml);
+    let server = Server::start(&config_file);
+    let rows = || {
+        rusqlite::Connection::open(s.path("sluice.db"))
+            .and_then(|c| c.query_row("SELECT count(*) FROM slow__items", [], |r| r.get(0)))
+            .unwrap_or(0i64)
+    };
+    let (code, body) = server.post("/api/v1/instances/slow/runs", &[]);
+    assert_eq!(code, 202, "{body}");
+    let id = body["run_id"].as_str().unwrap().to_string();
+    server.poll("the slow run to have committed", || rows() >= 300);
+    let cancel = format!("/api/v1/runs/{id}/cancel");
+    let (code, body) = server.post(&cancel, &[("Origin", "http://evil.example")]);
+    assert_eq!(code, 403, "a cross-site cancel: {body}");
+    let (code, body) = server.post(&cancel, &[]);
+    assert_eq!(code, 202, "{body}");
+    server.poll("the run to end cancelled", || {
+        server.get(&format!("/api/v1/runs/{id}")).1["status"] == "cancelled"
+    });
+    let (_, run) = server.get(&format!("/api/v1/runs/{id}"));
+    let committed = rows();
+    assert_eq!(run["records_upserted"].as_i64(), Some(committed), "{run}");
+    assert!(
+        committed > 0 && committed % 100 == 0,
+        "stopped at a commit: {committed}"
+    );
+    let (code, body) = server.post(&cancel, &[]);
+    assert_eq!(code, 409, "it has ended: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("cancelled"),
+        "{body}"
+    );
+    let (code, _) = server.post("/api/v1/runs/no-such-run/cancel", &[]);
+    assert_eq!(code, 404);
+
+    // The server still serves: another run starts, and is stopped at once.
+    let (code, body) = server.post("/api/v1/instances/slow/runs", &[]);
+    assert_eq!(code, 202, "the server stopped with the run: {body}");
+    let id2 = body["run_id"].as_str().unwrap().to_string();
+    server.poll("the second run to commit", || rows() >= committed + 300);
+    let (code, body) = server.post(&format!("/api/v1/runs/{id2}/cancel?now=true"), &[]);
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["cancel"], "now");
+    server.poll("the second run to end cancelled", || {
+        server.get(&format!("/api/v1/runs/{id2}")).1["status"] == "cancelled"
+    });
+    if let Some(m) = scrape(&server) {
+        let cancelled = [("instance", "slow"), ("status", "cancelled")];
+        assert_eq!(sample(&m, "sluice_runs_total", &cancelled), Some(2.0));
+    }
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
+fn a_token_guards_every_endpoint_but_the_health_checks() {
+    let s = Scratch::new();
+    let fx = start_items(3);
+    let config_file = s.write(
+        "sluice.toml",
+        format!("db = \"sluice.db\"\n{}", items_instance("a", &fx, "")),
+    );
+    // A token is what lets the server listen beyond loopback.
+    let server = Server::start_with(&config_file, "0.0.0.0:0", &[("SLUICE_API_TOKEN", TOKEN)]);
+    for path in ["/healthz", "/readyz"] {
+        let (code, _, _) = server.raw("GET", path, &[("Authorization", "")], "");
+        assert_eq!(code, 200, "{path} needs no token");
+    }
+    for (method, path) in [
+        ("GET", "/api/v1/instances"),
+        ("GET", "/api/v1/runs"),
+        ("GET", "/metrics"),
+        ("POST", "/api/v1/instances/a/runs"),
+        ("GET", "/api/v1/no-such-endpoint"),
+    ] {
+        for bad in ["", "Bearer wrong-token-0123456789", "Basic dGVzdA==", TOKEN] {
+            let (code, head, body) = server.raw(method, path, &[("Authorization", bad)], "");
+            assert_eq!(code, 401, "{method} {path} with {bad:?}: {body}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: bearer"),
+                "{head}"
+            );
+            assert!(!body.contains(TOKEN), "{body}");
+        }
+    }
+    let (code, body) = server.get("/api/v1/instances");
+    assert_eq!(code, 200, "with the token: {body}");
+    let (code, body) = server.post("/api/v1/instances/a/runs", &[]);
+    assert_eq!(code, 202, "{body}");
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains(TOKEN), "the token reached the log: {log}");
+
+    // From the file, as a reference; a short token is refused.
+    let token_file = s.write("token", format!("{TOKEN}\n"));
+    let config_file = s.write(
+        "sluice.toml",
+        format!(
+            "db = \"sluice.db\"\napi_token = \"file:{}\"\n{}",
+            token_file.display(),
+            items_instance("a", &fx, "")
+        ),
+    );
+    let server = Server::start_with(&config_file, "127.0.0.1:0", &[]);
+    let (code, _, _) = server.raw("GET", "/api/v1/instances", &[], "");
+    assert_eq!(code, 401, "the file's token is required on loopback too");
+    let bearer = format!("Bearer {TOKEN}");
+    let (code, _, body) = server.raw(
+        "GET",
+        "/api/v1/instances",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    drop(server);
+    let out = common::sluice_env(
+        [
+            "serve".as_ref(),
+            "--config-file".as_ref(),
+            config_file.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+        &[("SLUICE_API_TOKEN", "short")],
+    );
+    assert!(!out.ok, "{out:?}");
+    assert!(out.stderr.contains("shorter than 16 characters"), "{out:?}");
+}
+
+/// Send `signal` to the server.
+fn signal(server: &Server, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &server.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal}");
+}
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_file_keeps_the_old_one() {
+    let s = Scratch::new();
+    let fx = start_items(4);
+    let head = "db = \"sluice.db\"\n";
+    let config_file = s.write(
+        "sluice.toml",
+        format!(
+            "{head}{}{}",
+            items_instance("kept", &fx, "every = \"1h\""),
+            items_instance("dropped", &fx, "")
+        ),
+    );
+    let server = Server::start(&config_file);
+    let kept_next = server.instance("kept")["next_run_at"].clone();
+    assert!(kept_next.is_string(), "{kept_next}");
+
+    // Added, removed, rescheduled (cron in a time zone, with jitter).
+    s.write(
+        "sluice.toml",
+        format!(
+            "{head}{}{}",
+            items_instance(
+                "kept",
+                &fx,
+                "schedule = \"0 0 9 * * *\"\ntimezone = \"Europe/Berlin\"\njitter = \"10s\""
+            ),
+            items_instance("added", &fx, "every = \"1s\"")
+        ),
+    );
+    signal(&server, "-HUP");
+    server.poll("the added instance to run", || {
+        server.get("/api/v1/instances").1["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "added")
+            && !server.runs("added", "succeeded").is_empty()
+    });
+    let (_, list) = server.get("/api/v1/instances");
+    let names: Vec<&str> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["added", "kept"], "{list}");
+    let kept = server.instance("kept");
+    assert_eq!(kept["schedule"], "0 0 9 * * *", "{kept}");
+    assert_eq!(kept["timezone"], "Europe/Berlin", "{kept}");
+    assert_eq!(kept["jitter"], "10s", "{kept}");
+    assert_ne!(kept["next_run_at"], kept_next, "rescheduled: {kept}");
+    let (code, _) = server.post("/api/v1/instances/dropped/runs", &[]);
+    assert_eq!(code, 404, "a removed instance is gone");
+    assert!(
+        server.log().contains("configuration reloaded"),
+        "{}",
+        server.log()
+    );
+
+    // A bad file: one clear error, nothing changes, the server goes on.
+    s.write(
+        "sluice.toml",
+        format!("{head}{}", items_instance("kept", &fx, "every = \"soon\"")),
+    );
+    signal(&server, "-HUP");
+    server.poll("the reload error", || {
+        server
+            .log()
+            .contains("failed, keeping the old configuration")
+    });
+    let log = server.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("keeping the old configuration"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("\"soon\" is not a duration"), "{log}");
+    let (_, after) = server.get("/api/v1/instances");
+    assert_eq!(after["instances"].as_array().unwrap().len(), 2, "{after}");
+    let ran = server.runs("added", "succeeded").len();
+    server.poll("added to go on running", || {
+        server.runs("added", "succeeded").len() > ran
+    });
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
+fn a_due_run_while_the_last_is_going_is_recorded_as_skipped() {
+    let s = Scratch::new();
+    let toml = format!(
+        "db = \"sluice.db\"\n\n[instances.slow]\ncomponent = \"{}\"\nevery = \"1s\"\n\
+         config = {{ behaviour = \"emit_forever\", size = 10, commit_every = 100 }}\n\
+         limits = {{ max_emit_bytes = \"10GiB\", timeout = \"10m\" }}\n",
+        guest("misbehave").display()
+    );
+    let config_file = s.write("sluice.toml", &toml);
+    let server = Server::start(&config_file);
+    server.poll("a skipped run in the run log", || {
+        !server.runs("slow", "skipped").is_empty()
+    });
+    let skipped = server.runs("slow", "skipped")[0].clone();
+    let running = server.runs("slow", "running");
+    assert_eq!(running.len(), 1, "{running:?}");
+    let reason = skipped["error"].as_str().unwrap();
+    assert!(
+        reason.contains("still going") && reason.contains(running[0]["id"].as_str().unwrap()),
+        "{skipped}"
+    );
+    assert_eq!(skipped["records_emitted"], 0);
+    let slow = server.instance("slow");
+    assert_eq!(slow["health"], "running", "{slow}");
+    assert!(slow["skipped_runs"].as_u64().unwrap() >= 1, "{slow}");
+    if let Some(m) = scrape(&server) {
+        assert!(
+            sample(&m, "sluice_runs_skipped_total", &[("instance", "slow")]).unwrap() >= 1.0,
+            "{m:?}"
+        );
+    }
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let out = sluice([
+        "runs".as_ref(),
+        "--db".as_ref(),
+        s.path("sluice.db").as_os_str(),
+    ]);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("skipped"),
+        "`sluice runs` shows it: {out:?}"
+    );
 }

@@ -20,21 +20,55 @@ pub enum CancelLevel {
 }
 
 /// A cancellation signal shared by the runs it should stop. The default
-/// is never cancelled.
+/// is never cancelled. A [`Cancel::child`] also obeys its parent: a
+/// service's stop reaches every run, and one run can be stopped alone.
 #[derive(Debug, Clone)]
 pub struct Cancel {
     tx: Arc<watch::Sender<CancelLevel>>,
+    parent: Option<Box<Cancel>>,
 }
 
 impl Default for Cancel {
     fn default() -> Self {
         Cancel {
             tx: Arc::new(watch::channel(CancelLevel::Run).0),
+            parent: None,
         }
     }
 }
 
 impl Cancel {
+    /// A signal of its own that is also stopped (or aborted) whenever
+    /// this one is; stopping the child leaves this one running.
+    pub fn child(&self) -> Cancel {
+        Cancel {
+            tx: Arc::new(watch::channel(CancelLevel::Run).0),
+            parent: Some(Box::new(self.clone())),
+        }
+    }
+
+    /// Resolves once this signal or an ancestor reaches `min`.
+    fn reached(
+        &self,
+        min: CancelLevel,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let mut rx = self.tx.subscribe();
+            // The sender lives in `self`, so `wait_for` never fails.
+            match &self.parent {
+                None => {
+                    let _ = rx.wait_for(|l| *l >= min).await;
+                }
+                Some(parent) => {
+                    tokio::select! {
+                        _ = rx.wait_for(|l| *l >= min) => {}
+                        () = parent.reached(min) => {}
+                    }
+                }
+            }
+        })
+    }
+
     /// Ask runs to stop at their next commit.
     pub fn stop(&self) {
         self.tx.send_if_modified(|level| {
@@ -51,26 +85,27 @@ impl Cancel {
         self.tx.send_replace(CancelLevel::Abort);
     }
 
+    /// How far this signal (or an ancestor) asks runs to stop.
     pub fn level(&self) -> CancelLevel {
-        *self.tx.borrow()
+        let own = *self.tx.borrow();
+        match &self.parent {
+            None => own,
+            Some(parent) => own.max(parent.level()),
+        }
     }
 
     /// Resolves once a stop (or an abort) is requested.
     pub async fn stopped(&self) {
-        let mut rx = self.tx.subscribe();
-        let _ = rx.wait_for(|l| *l >= CancelLevel::Stop).await;
+        self.reached(CancelLevel::Stop).await;
     }
 
     /// Resolves once runs must stop without waiting for a commit: `grace`
     /// after a stop request, or at an abort.
     pub async fn hard(&self, grace: Duration) {
-        let mut rx = self.tx.subscribe();
-        if rx.wait_for(|l| *l >= CancelLevel::Stop).await.is_err() {
-            return std::future::pending().await;
-        }
+        self.reached(CancelLevel::Stop).await;
         tokio::select! {
             () = tokio::time::sleep(grace) => {}
-            _ = rx.wait_for(|l| *l == CancelLevel::Abort) => {}
+            () = self.reached(CancelLevel::Abort) => {}
         }
     }
 }
@@ -78,6 +113,42 @@ impl Cancel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_obeys_its_parent_and_stops_alone() {
+        let grace = Duration::from_secs(10);
+        let parent = Cancel::default();
+        let (a, b) = (parent.child(), parent.child());
+        a.stop();
+        assert_eq!(a.level(), CancelLevel::Stop);
+        assert_eq!(b.level(), CancelLevel::Run, "a sibling keeps running");
+        assert_eq!(parent.level(), CancelLevel::Run, "the parent keeps running");
+        tokio::time::timeout(Duration::from_secs(1), a.stopped())
+            .await
+            .expect("the child's own stop");
+        let b_stopped = tokio::spawn({
+            let b = b.clone();
+            async move { b.stopped().await }
+        });
+        let b_hard = tokio::spawn({
+            let b = b.clone();
+            async move { b.hard(grace).await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!b_stopped.is_finished());
+        parent.stop();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            b_stopped.is_finished(),
+            "the parent's stop reaches the child"
+        );
+        assert_eq!(b.level(), CancelLevel::Stop);
+        assert!(!b_hard.is_finished(), "within the grace period");
+        parent.abort();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(b_hard.is_finished(), "the parent's abort does not wait");
+        assert_eq!(b.child().level(), CancelLevel::Abort, "a grandchild too");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_stop_turns_hard_after_the_grace_period_or_at_an_abort() {

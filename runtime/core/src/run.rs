@@ -66,6 +66,10 @@ pub enum RunStatus {
     /// Stopped by the operator (SIGTERM, Ctrl-C) at a commit or after the
     /// grace period; its counts are what was committed.
     Cancelled,
+    /// A due run of `sluice serve` that did not run (the previous run was
+    /// still going, or the server stopped first); its error says why. It
+    /// read and wrote nothing.
+    Skipped,
 }
 
 impl RunStatus {
@@ -80,6 +84,7 @@ impl RunStatus {
                 | RunStatus::StoreError
                 | RunStatus::Crashed
                 | RunStatus::Cancelled
+                | RunStatus::Skipped
         )
     }
 
@@ -106,6 +111,7 @@ impl RunStatus {
             RunStatus::BatchTooLarge => "batch_too_large",
             RunStatus::Crashed => "crashed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Skipped => "skipped",
         }
     }
 
@@ -122,6 +128,7 @@ impl RunStatus {
             RunStatus::StoreError,
             RunStatus::Crashed,
             RunStatus::Cancelled,
+            RunStatus::Skipped,
             RunStatus::TableLimit,
             RunStatus::InstanceLimit,
             RunStatus::StackOverflow,
@@ -196,6 +203,19 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// A due run that did not run, now, and why.
+    pub fn skipped(id: &str, connector: &str, reason: &str) -> Self {
+        let now = now_rfc3339();
+        RunRecord {
+            ended_at: Some(now.clone()),
+            started_at: now,
+            duration_ms: Some(0),
+            status: RunStatus::Skipped,
+            error: Some(reason.to_string()),
+            ..RunRecord::started(id, connector, "", "")
+        }
+    }
+
     /// A run that starts now: `running`, nothing counted yet.
     pub fn started(id: &str, connector: &str, version: &str, component_hash: &str) -> Self {
         RunRecord {

@@ -21,8 +21,10 @@
 //! limits = { fuel = 5_000_000_000, memory = "128MiB", timeout = "10m", max_record_bytes = "1MiB" }
 //! http = { retries = 5, timeout = "20s" }
 //! tables = { contacts = "crm_contacts" }  # default: crm__contacts
-//! schedule = "*/15 * * * *"        # `sluice serve`: cron (UTC), or
+//! schedule = "*/15 * * * *"        # `sluice serve`: cron, or
 //! # every = "30m"                  # a fixed interval; neither: on demand
+//! timezone = "Europe/Berlin"       # of `schedule` (default UTC)
+//! jitter = "30s"                   # a random delay added to each due time
 //! catch_up = "once"                # a run missed while down: "once" | "skip"
 //! ```
 //!
@@ -45,7 +47,7 @@ use sluice_core::mode::WriteMode;
 use sluice_core::run_spec::{ComponentSource, RunSpec};
 use sluice_core::secrets::{SecretError, SecretHost, SecretSource, SecretSpec, Secrets};
 
-use crate::schedule::{CatchUp, Schedule};
+use crate::schedule::{CatchUp, Schedule, ScheduleError};
 
 /// The config file read when none is named (`--config-file`).
 pub const DEFAULT_CONFIG_FILE: &str = "sluice.toml";
@@ -112,6 +114,10 @@ pub struct FileConfig {
     /// [`DEFAULT_MAX_CONCURRENT_RUNS`], at most [`MAX_CONCURRENT_RUNS`]).
     #[serde(default)]
     pub max_concurrent_runs: Option<usize>,
+    /// Where `sluice serve`'s API bearer token comes from (`env:VAR` or
+    /// `file:PATH`); `SLUICE_API_TOKEN` in the environment wins.
+    #[serde(default)]
+    pub api_token: Option<SecretSource>,
     /// The connector instances, by name.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceConfig>,
@@ -186,6 +192,14 @@ pub struct InstanceConfig {
     /// runs once at start (`"once"`, the default) or is skipped (`"skip"`).
     #[serde(default)]
     pub catch_up: CatchUp,
+    /// `sluice serve`: the IANA time zone of `schedule` (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// `sluice serve`: each due time is moved on by a random delay of up
+    /// to this long (`"30s"`; at most [`crate::schedule::MAX_JITTER`]), so
+    /// instances on one schedule do not all start at once.
+    #[serde(default)]
+    pub jitter: Option<String>,
 }
 
 impl InstanceConfig {
@@ -364,9 +378,28 @@ impl OperatorConfig {
             ));
         }
         self.secret_specs(name, inst)?;
-        Schedule::parse(inst.schedule.as_deref(), inst.every.as_deref())
+        Self::instance_schedule(inst).map_err(|e| self.instance_error(name, e.to_string()))?;
+        crate::schedule::parse_jitter(inst.jitter.as_deref())
             .map_err(|e| self.instance_error(name, e.to_string()))?;
         Ok(())
+    }
+
+    /// An instance's schedule, in its time zone.
+    fn instance_schedule(inst: &InstanceConfig) -> Result<Option<Schedule>, ScheduleError> {
+        let schedule = Schedule::parse(inst.schedule.as_deref(), inst.every.as_deref())?;
+        match (schedule, inst.timezone.as_deref()) {
+            (Some(s), Some(tz)) => s.in_timezone(tz).map(Some),
+            (None, Some(_)) => Err(ScheduleError::TimezoneWithoutCron),
+            (s, None) => Ok(s),
+        }
+    }
+
+    /// The `jitter` of instance `name` (checked at load).
+    pub fn jitter(&self, name: &str) -> Option<std::time::Duration> {
+        let inst = self.file.instances.get(name)?;
+        crate::schedule::parse_jitter(inst.jitter.as_deref())
+            .ok()
+            .flatten()
     }
 
     /// The database of instance `name` and its password's reference,
@@ -397,9 +430,7 @@ impl OperatorConfig {
     /// such instance). Checked at load, so it parses.
     pub fn schedule(&self, name: &str) -> Option<Schedule> {
         let inst = self.file.instances.get(name)?;
-        Schedule::parse(inst.schedule.as_deref(), inst.every.as_deref())
-            .ok()
-            .flatten()
+        Self::instance_schedule(inst).ok().flatten()
     }
 
     /// The `catch_up` of instance `name`.
@@ -494,6 +525,15 @@ impl OperatorConfig {
             .connectors_dir
             .as_deref()
             .map(|p| self.resolve_path(p))
+    }
+
+    /// Where the API token comes from, if the file says (a relative
+    /// `file:` path is relative to the file's directory).
+    pub fn api_token(&self) -> Option<SecretSource> {
+        self.file.api_token.as_ref().map(|src| match src {
+            SecretSource::File(p) => SecretSource::File(self.resolve_path(p)),
+            other => other.clone(),
+        })
     }
 
     /// Instance names, in order.

@@ -113,6 +113,17 @@ impl LocalExecutor {
         }
     }
 
+    /// The runtime runs run on (its compile cache, its upstreams'
+    /// breakers).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Where registry names are looked up.
+    pub fn connectors_dir(&self) -> &std::path::Path {
+        &self.connectors_dir
+    }
+
     /// The spec as this process runs it: component found, limits checked,
     /// secrets read from this process's environment and files.
     async fn request(&self, spec: RunSpec, cancel: Cancel) -> Result<RunRequest, ExecutorError> {

@@ -456,26 +456,13 @@ async fn shared_database(
         backend: "runner",
         message: format!("opening the database failed: {e}"),
     })??;
-    let (db, spare) = {
-        let mut open = open_databases();
-        match open.get(&key).and_then(std::sync::Weak::upgrade) {
-            // Another run of this process opened it meanwhile: share
-            // theirs, and close ours.
-            Some(db) => (db, Some(store)),
-            None => {
-                let db = Arc::new(SharedDatabase {
-                    handle: WriterHandle::spawn(store),
-                });
-                open.retain(|_, w| w.strong_count() > 0);
-                open.insert(key, Arc::downgrade(&db));
-                (db, None)
-            }
-        }
-    };
-    if let Some(store) = spare {
-        // Dropped where blocking is allowed (a Postgres client's runtime).
-        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
-    }
+    // Registered under `OPENING`, so no other open can have raced this one.
+    let db = Arc::new(SharedDatabase {
+        handle: WriterHandle::spawn(store),
+    });
+    let mut open = open_databases();
+    open.retain(|_, w| w.strong_count() > 0);
+    open.insert(key, Arc::downgrade(&db));
     Ok(db)
 }
 

@@ -1,8 +1,8 @@
 //! When an instance of `sluice.toml` runs on its own (`sluice serve`):
-//! a cron `schedule` (five fields, or six with seconds first) or a fixed
-//! interval `every`, and what to do about a run missed while the server
-//! was down (`catch_up`). Times are UTC; a `timezone` option is not built
-//! yet.
+//! a cron `schedule` (five fields, or six with seconds first; UTC, or the
+//! instance's `timezone`) or a fixed interval `every`, what to do about a
+//! run missed while the server was down (`catch_up`), and a random delay
+//! added to each due time (`jitter`).
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,9 @@ pub const MIN_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest `every` accepted (a year).
 pub const MAX_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The longest `jitter` accepted.
+pub const MAX_JITTER: Duration = Duration::from_secs(3600);
 
 /// A schedule that cannot be used, with why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,6 +37,30 @@ pub enum ScheduleError {
         humantime::format_duration(MAX_EVERY)
     )]
     EveryBounds { text: String },
+    #[error("`timezone`: {0:?} is not an IANA time zone name (e.g. \"Europe/Berlin\", \"UTC\")")]
+    Timezone(String),
+    #[error("`timezone` applies to a cron `schedule`; an `every` interval has none")]
+    TimezoneWithoutCron,
+    #[error(
+        "`jitter`: {text:?} is not a duration of at most {}",
+        humantime::format_duration(MAX_JITTER)
+    )]
+    Jitter { text: String },
+}
+
+/// Parse a `jitter` value (`None`: no jitter).
+pub fn parse_jitter(text: Option<&str>) -> Result<Option<Duration>, ScheduleError> {
+    let Some(text) = text else { return Ok(None) };
+    let bad = || ScheduleError::Jitter {
+        text: text.to_string(),
+    };
+    let d: Duration = humantime::Duration::from_str(text)
+        .map_err(|_| bad())?
+        .into();
+    if d > MAX_JITTER {
+        return Err(bad());
+    }
+    Ok((!d.is_zero()).then_some(d))
 }
 
 /// A run missed while the server was down.
@@ -50,8 +77,12 @@ pub enum CatchUp {
 /// When an instance runs on its own.
 #[derive(Debug, Clone)]
 pub enum Schedule {
-    /// A cron expression (UTC).
-    Cron { pattern: String, cron: Box<Cron> },
+    /// A cron expression, in UTC or in `tz`.
+    Cron {
+        pattern: String,
+        cron: Box<Cron>,
+        tz: Option<chrono_tz::Tz>,
+    },
     /// A fixed interval from the start of the last run.
     Every { text: String, every: Duration },
 }
@@ -91,6 +122,7 @@ impl Schedule {
                 let s = Schedule::Cron {
                     pattern: pattern.to_string(),
                     cron: Box::new(cron),
+                    tz: None,
                 };
                 if s.next_after(unix_ms(SystemTime::now())).is_none() {
                     return Err(ScheduleError::NeverDue {
@@ -119,11 +151,41 @@ impl Schedule {
         }
     }
 
+    /// The same cron expression in time zone `name` (an IANA name).
+    pub fn in_timezone(self, name: &str) -> Result<Schedule, ScheduleError> {
+        let tz: chrono_tz::Tz = name
+            .parse()
+            .map_err(|_| ScheduleError::Timezone(name.to_string()))?;
+        match self {
+            Schedule::Cron { pattern, cron, .. } => Ok(Schedule::Cron {
+                pattern,
+                cron,
+                tz: Some(tz),
+            }),
+            Schedule::Every { .. } => Err(ScheduleError::TimezoneWithoutCron),
+        }
+    }
+
+    /// The time zone of a cron schedule, if not UTC.
+    pub fn timezone(&self) -> Option<&'static str> {
+        match self {
+            Schedule::Cron { tz: Some(tz), .. } => Some(tz.name()),
+            _ => None,
+        }
+    }
+
     /// What the persisted time was computed from: a change of schedule
     /// makes the server compute a new time.
     pub fn key(&self) -> String {
         match self {
-            Schedule::Cron { pattern, .. } => format!("cron:{pattern}"),
+            Schedule::Cron {
+                pattern, tz: None, ..
+            } => format!("cron:{pattern}"),
+            Schedule::Cron {
+                pattern,
+                tz: Some(tz),
+                ..
+            } => format!("cron:{pattern}@{}", tz.name()),
             Schedule::Every { text, .. } => format!("every:{text}"),
         }
     }
@@ -143,11 +205,18 @@ impl Schedule {
             Schedule::Every { every, .. } => {
                 Some(ms.saturating_add(i64::try_from(every.as_millis()).unwrap_or(i64::MAX)))
             }
-            Schedule::Cron { cron, .. } => {
+            Schedule::Cron { cron, tz, .. } => {
                 let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)?;
-                cron.find_next_occurrence(&t, false)
-                    .ok()
-                    .map(|n| n.timestamp_millis())
+                match tz {
+                    None => cron
+                        .find_next_occurrence(&t, false)
+                        .ok()
+                        .map(|n| n.timestamp_millis()),
+                    Some(tz) => cron
+                        .find_next_occurrence(&t.with_timezone(tz), false)
+                        .ok()
+                        .map(|n| n.timestamp_millis()),
+                }
             }
         }
     }
@@ -185,6 +254,62 @@ mod tests {
         let s = Schedule::parse(None, Some("30m")).unwrap().unwrap();
         assert_eq!(s.next_after(1000), Some(1000 + 30 * 60 * 1000));
         assert_eq!(s.first_due(5), Some(5));
+    }
+
+    #[test]
+    fn cron_in_a_timezone_follows_its_clock_across_dst() {
+        let s = Schedule::parse(Some("0 9 * * *"), None)
+            .unwrap()
+            .unwrap()
+            .in_timezone("Europe/Berlin")
+            .unwrap();
+        assert_eq!(s.key(), "cron:0 9 * * *@Europe/Berlin");
+        assert_eq!(s.timezone(), Some("Europe/Berlin"));
+        let ms = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        };
+        // Winter (CET, UTC+1): 09:00 in Berlin is 08:00 UTC.
+        assert_eq!(
+            s.next_after(ms("2026-01-15T00:00:00Z")),
+            Some(ms("2026-01-15T08:00:00Z"))
+        );
+        // Summer (CEST, UTC+2): 07:00 UTC.
+        assert_eq!(
+            s.next_after(ms("2026-07-15T00:00:00Z")),
+            Some(ms("2026-07-15T07:00:00Z"))
+        );
+        let utc = Schedule::parse(Some("0 9 * * *"), None).unwrap().unwrap();
+        assert_eq!(utc.key(), "cron:0 9 * * *", "UTC keeps its key");
+        assert_eq!(
+            utc.next_after(ms("2026-07-15T00:00:00Z")),
+            Some(ms("2026-07-15T09:00:00Z"))
+        );
+        let e = Schedule::parse(Some("0 9 * * *"), None)
+            .unwrap()
+            .unwrap()
+            .in_timezone("Mars/Olympus")
+            .unwrap_err();
+        assert!(e.to_string().contains("not an IANA time zone"), "{e}");
+        let e = Schedule::parse(None, Some("1h"))
+            .unwrap()
+            .unwrap()
+            .in_timezone("UTC")
+            .unwrap_err();
+        assert_eq!(e, ScheduleError::TimezoneWithoutCron);
+    }
+
+    #[test]
+    fn jitter_is_a_bounded_duration() {
+        assert_eq!(parse_jitter(None).unwrap(), None);
+        assert_eq!(parse_jitter(Some("0s")).unwrap(), None);
+        assert_eq!(
+            parse_jitter(Some("30s")).unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert!(parse_jitter(Some("2h")).is_err());
+        assert!(parse_jitter(Some("soon")).is_err());
     }
 
     #[test]

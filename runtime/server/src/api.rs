@@ -1,20 +1,27 @@
-//! The HTTP API, JSON under `/api/v1`, plus `/healthz` and `/readyz`.
-//! Loopback only (no authentication is built yet); mutating endpoints
-//! refuse cross-site requests: an `Origin` that is not the server's own,
-//! or `Sec-Fetch-Site: cross-site`, is answered 403. No CORS.
+//! The HTTP API, JSON under `/api/v1`, plus `/healthz`, `/readyz` and
+//! Prometheus `/metrics`. With a token, every request but the two health
+//! checks needs `Authorization: Bearer TOKEN` (401 otherwise). Mutating
+//! requests (any method but GET and HEAD) refuse cross-site requests: an
+//! `Origin` that is not the server's own, or `Sec-Fetch-Site:
+//! cross-site`, is answered 403. No CORS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::scheduler::{Service, StartError};
+use sluice_core::destination::{QuarantineFilter, StoreError};
+use sluice_runner::pipeline::PipelineError;
+
+use crate::scheduler::{CancelError, Service, StartError};
+use crate::ApiToken;
 
 /// Runs `GET /api/v1/runs` answers when no `limit` is given.
 pub const DEFAULT_RUNS_LIMIT: usize = 50;
@@ -26,15 +33,20 @@ pub const MAX_RUNS_LIMIT: usize = 1000;
 /// are not listed by this slice of the API).
 pub const MAX_RUNS_SCANNED: usize = 10_000;
 
+/// Quarantined records `GET …/quarantine` answers when no `limit` is
+/// given (at most [`MAX_RUNS_LIMIT`]).
+pub const DEFAULT_QUARANTINE_LIMIT: usize = 100;
+
 #[derive(Clone)]
 struct Api {
     service: Arc<Service>,
     /// The origins the server itself has (`http://127.0.0.1:PORT`, …).
     own_origins: Arc<Vec<String>>,
+    token: Option<ApiToken>,
 }
 
 /// The routes, for a server listening on `local`.
-pub fn router(service: Arc<Service>, local: SocketAddr) -> Router {
+pub fn router(service: Arc<Service>, local: SocketAddr, token: Option<ApiToken>) -> Router {
     let port = local.port();
     let mut own = vec![
         format!("http://{local}"),
@@ -46,16 +58,61 @@ pub fn router(service: Arc<Service>, local: SocketAddr) -> Router {
     let api = Api {
         service,
         own_origins: Arc::new(own),
+        token,
     };
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/instances", get(list_instances))
+        .route("/api/v1/instances/{name}/runs", post(start_run))
+        .route("/api/v1/instances/{name}/quarantine", get(list_quarantine))
+        .route(
+            "/api/v1/instances/{name}/quarantine/replay",
+            post(replay_quarantine),
+        )
+        .route(
+            "/api/v1/instances/{name}/quarantine/{id}",
+            get(show_quarantined).put(edit_quarantined),
+        )
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{id}", get(get_run))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/drift", get(list_drift))
+        .route("/api/v1/connectors", get(list_connectors))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(api.clone(), guard));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/api/v1/instances", get(list_instances))
-        .route("/api/v1/instances/{name}/runs", post(start_run))
-        .route("/api/v1/runs", get(list_runs))
-        .route("/api/v1/runs/{id}", get(get_run))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .merge(guarded)
         .with_state(api)
+}
+
+/// The bearer token (when one is set) and, for a mutating request, the
+/// same-site check.
+async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if let Some(token) = &api.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !presented.is_some_and(|p| token.matches(p)) {
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "this server needs Authorization: Bearer TOKEN (its API token)",
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if mutating && cross_site(&api, req.headers()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: the Origin is not this server's",
+        );
+    }
+    next.run(req).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -113,17 +170,7 @@ fn cross_site(api: &Api, headers: &HeaderMap) -> bool {
     }
 }
 
-async fn start_run(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if cross_site(&api, &headers) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "cross-site request refused: the Origin is not this server's",
-        );
-    }
+async fn start_run(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.service.start_run(&name) {
         Ok(run_id) => (
             StatusCode::ACCEPTED,
@@ -183,5 +230,211 @@ async fn get_run(State(api): State<Api>, Path(id): Path<String>) -> Response {
         Ok(Some(run)) => Json(json!(run)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
         Err(e) => store_error(e),
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        api.service.scrape(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelQuery {
+    /// Stop at once, not at the next commit.
+    #[serde(default)]
+    now: bool,
+}
+
+async fn cancel_run(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<CancelQuery>,
+) -> Response {
+    match api.service.cancel_run(&id, q.now).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "run_id": id,
+                "cancel": if q.now { "now" } else { "at_next_commit" },
+            })),
+        )
+            .into_response(),
+        Err(e @ CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ CancelError::NotRunning { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// 404 for an instance the config does not have.
+fn unknown_instance(api: &Api, name: &str) -> Option<Response> {
+    (!api.service.has_instance(name))
+        .then(|| error(StatusCode::NOT_FOUND, format!("no instance named {name:?}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineQuery {
+    stream: Option<String>,
+    /// Include records already replayed.
+    #[serde(default)]
+    all: bool,
+    limit: Option<usize>,
+}
+
+async fn list_quarantine(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<QuarantineQuery>,
+) -> Response {
+    if let Some(r) = unknown_instance(&api, &name) {
+        return r;
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_QUARANTINE_LIMIT);
+    if limit == 0 || limit > MAX_RUNS_LIMIT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_RUNS_LIMIT}"),
+        );
+    }
+    let filter = QuarantineFilter {
+        stream: q.stream,
+        all: q.all,
+        limit: Some(limit),
+        ..QuarantineFilter::default()
+    };
+    match api.service.quarantine(&name, filter).await {
+        Ok(entries) => Json(json!({ "quarantine": entries })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn show_quarantined(
+    State(api): State<Api>,
+    Path((name, id)): Path<(String, i64)>,
+) -> Response {
+    if let Some(r) = unknown_instance(&api, &name) {
+        return r;
+    }
+    let filter = QuarantineFilter {
+        ids: vec![id],
+        all: true,
+        ..QuarantineFilter::default()
+    };
+    match api.service.quarantine(&name, filter).await {
+        Ok(entries) => match entries.into_iter().next() {
+            Some(entry) => Json(json!(entry)).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no quarantined record {id} of instance {name}"),
+            ),
+        },
+        Err(e) => store_error(e),
+    }
+}
+
+/// `PUT …/quarantine/{id}` with the corrected record (a JSON object) as
+/// its body.
+async fn edit_quarantined(
+    State(api): State<Api>,
+    Path((name, id)): Path<(String, i64)>,
+    body: String,
+) -> Response {
+    if let Some(r) = unknown_instance(&api, &name) {
+        return r;
+    }
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(_)) => {}
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "the record must be a JSON object"),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the record is not JSON: {e}"),
+            )
+        }
+    }
+    match api
+        .service
+        .edit_quarantined(&name, id, body.trim().to_string())
+        .await
+    {
+        Ok(entry) => Json(json!(entry)).into_response(),
+        Err(StoreError::QuarantineNotFound(_)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no quarantined record {id} of instance {name}"),
+        ),
+        Err(e @ StoreError::Invalid(_)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    #[serde(default)]
+    ids: Vec<i64>,
+    stream: Option<String>,
+    /// Write stale records too.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST …/quarantine/replay`, with an optional JSON body `{"ids": [..],
+/// "stream": "..", "force": false}` (no body: every open record).
+async fn replay_quarantine(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: String,
+) -> Response {
+    if let Some(r) = unknown_instance(&api, &name) {
+        return r;
+    }
+    let body: ReplayBody = if body.trim().is_empty() {
+        ReplayBody::default()
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad replay request: {e}")),
+        }
+    };
+    let filter = QuarantineFilter {
+        ids: body.ids,
+        stream: body.stream,
+        ..QuarantineFilter::default()
+    };
+    match api.service.replay(&name, filter, body.force).await {
+        Ok(summary) => Json(json!(summary)).into_response(),
+        Err(PipelineError::Store(e)) => store_error(e),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DriftQuery {
+    instance: Option<String>,
+    stream: Option<String>,
+}
+
+async fn list_drift(State(api): State<Api>, Query(q): Query<DriftQuery>) -> Response {
+    if let Some(r) = q
+        .instance
+        .as_deref()
+        .and_then(|n| unknown_instance(&api, n))
+    {
+        return r;
+    }
+    match api.service.drift(q.instance, q.stream).await {
+        Ok(events) => Json(json!({ "drift": events })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn list_connectors(State(api): State<Api>) -> Response {
+    match api.service.connectors().await {
+        Ok(registry) => Json(json!(registry)).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

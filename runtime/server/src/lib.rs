@@ -6,11 +6,16 @@
 //! runner's [`LocalExecutor`]. Depends on `sluice-runner`, `sluice-store`
 //! and `sluice-core`; only the CLI depends on it.
 //!
-//! Not built yet (see the README): Prometheus `/metrics`, alert rules,
-//! the dashboard, bearer-token auth (so only loopback addresses are
-//! served), SIGHUP reload, jitter and schedule timezones.
+//! Prometheus metrics at `/metrics` ([`metrics`]). With an API token
+//! (`SLUICE_API_TOKEN`, or `api_token` in `sluice.toml`) every endpoint
+//! but `/healthz` and `/readyz` needs `Authorization: Bearer TOKEN`; a
+//! non-loopback `--listen` needs a token, or the server refuses to start.
+//!
+//! Not built yet (see the README): alert rules, the dashboard, SIGHUP
+//! reload, jitter and schedule timezones.
 
 pub mod api;
+pub mod metrics;
 pub mod scheduler;
 
 use std::net::SocketAddr;
@@ -25,14 +30,58 @@ pub use scheduler::Service;
 /// The address `sluice serve` listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
+/// The environment variable of the API's bearer token (it wins over
+/// `api_token` in `sluice.toml`).
+pub const API_TOKEN_ENV: &str = "SLUICE_API_TOKEN";
+
+/// The shortest API token accepted: a guessable token is no protection.
+pub const MIN_API_TOKEN_LEN: usize = 16;
+
+/// The API's bearer token (its value is never printed).
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+impl ApiToken {
+    /// A token, if long enough and printable (it travels in a header).
+    pub fn new(value: &str, from: &str) -> Result<ApiToken, ServerError> {
+        let value = value.trim();
+        if value.chars().count() < MIN_API_TOKEN_LEN {
+            return Err(ServerError::BadToken(format!(
+                "the API token from {from} is shorter than {MIN_API_TOKEN_LEN} characters"
+            )));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ServerError::BadToken(format!(
+                "the API token from {from} must be printable ASCII without spaces"
+            )));
+        }
+        Ok(ApiToken(value.to_string()))
+    }
+
+    /// Does `presented` equal the token (in constant time)?
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
 /// Why the server cannot start or stopped badly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(
-        "refusing to listen on {0}: it is not a loopback address, and the API has no \
-         authentication yet (bearer tokens are not built); listen on 127.0.0.1 or [::1]"
+        "refusing to listen on {0}: it is not a loopback address, and no API token is set; \
+         set {API_TOKEN_ENV} (or api_token = \"env:VAR\" | \"file:PATH\" in sluice.toml), \
+         or listen on 127.0.0.1 or [::1]"
     )]
     NotLoopback(SocketAddr),
+    #[error("{0}")]
+    BadToken(String),
     #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
@@ -46,9 +95,9 @@ pub enum ServerError {
     Config(#[from] sluice_runner::config::ConfigError),
 }
 
-/// Refuse an address other than loopback (no auth is built yet).
-pub fn check_listen(addr: SocketAddr) -> Result<(), ServerError> {
-    if addr.ip().is_loopback() {
+/// Refuse an address other than loopback without a token.
+pub fn check_listen(addr: SocketAddr, token: Option<&ApiToken>) -> Result<(), ServerError> {
+    if addr.ip().is_loopback() || token.is_some() {
         Ok(())
     } else {
         Err(ServerError::NotLoopback(addr))
@@ -59,6 +108,8 @@ pub fn check_listen(addr: SocketAddr) -> Result<(), ServerError> {
 pub struct ServeOptions {
     pub config: OperatorConfig,
     pub listen: SocketAddr,
+    /// Required of every request but `/healthz` and `/readyz`, if set.
+    pub token: Option<ApiToken>,
     pub executor: LocalExecutor,
     /// The stop request (SIGTERM, Ctrl-C): scheduling stops, running runs
     /// stop at their next commit, then [`serve`] returns.
@@ -70,7 +121,7 @@ pub struct ServeOptions {
 /// Run the service until `options.cancel` is stopped and every run has
 /// ended.
 pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
-    check_listen(options.listen)?;
+    check_listen(options.listen, options.token.as_ref())?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|error| ServerError::Bind {
@@ -78,10 +129,21 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
             error,
         })?;
     let local = listener.local_addr().map_err(ServerError::Http)?;
+    let config_path = options.config.path.clone();
     let service =
         Arc::new(Service::start(options.config, options.executor, options.cancel.clone()).await?);
     let scheduler = tokio::spawn(scheduler::run_scheduler(service.clone()));
-    let app = api::router(service.clone(), local);
+    // Listening for SIGHUP before the server says it is up: a reload
+    // asked for right after never kills the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ServerError::Http)?;
+    let reloads = tokio::spawn(reload_on_sighup(
+        service.clone(),
+        config_path,
+        hangups,
+        options.cancel.clone(),
+    ));
+    let app = api::router(service.clone(), local, options.token);
     (options.on_listening)(local);
     let stop = options.cancel.clone();
     let http = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -91,6 +153,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
     options.cancel.stopped().await;
     tracing::info!("stopping: no new runs; waiting for running runs to stop at their next commit");
     let _ = scheduler.await;
+    let _ = reloads.await;
     service.wait_for_runs().await;
     match http.await {
         Ok(Ok(())) => Ok(()),
@@ -99,19 +162,67 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
     }
 }
 
+/// Re-read the config file at each SIGHUP until the server stops. A bad
+/// file keeps the old configuration and logs one error.
+async fn reload_on_sighup(
+    service: Arc<Service>,
+    path: std::path::PathBuf,
+    mut hangups: tokio::signal::unix::Signal,
+    cancel: Cancel,
+) {
+    loop {
+        tokio::select! {
+            got = hangups.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                match service.reload(&path).await {
+                    Ok(r) => tracing::info!(
+                        config = %path.display(),
+                        added = ?r.added,
+                        removed = ?r.removed,
+                        rescheduled = ?r.rescheduled,
+                        "configuration reloaded"
+                    ),
+                    Err(e) => tracing::error!(
+                        "reloading {} failed, keeping the old configuration: {e}",
+                        path.display()
+                    ),
+                }
+            }
+            () = cancel.stopped() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_addresses_are_served() {
+    fn other_addresses_than_loopback_need_a_token() {
+        let token = ApiToken::new("0123456789abcdef", "test").unwrap();
         for ok in ["127.0.0.1:8787", "[::1]:0", "127.0.0.2:1"] {
-            assert!(check_listen(ok.parse().unwrap()).is_ok(), "{ok}");
+            assert!(check_listen(ok.parse().unwrap(), None).is_ok(), "{ok}");
         }
         for bad in ["0.0.0.0:8787", "[::]:8787", "192.168.1.2:80"] {
-            let e = check_listen(bad.parse().unwrap()).unwrap_err();
+            let e = check_listen(bad.parse().unwrap(), None).unwrap_err();
             assert!(e.to_string().contains("not a loopback address"), "{e}");
-            assert!(e.to_string().contains("no authentication yet"), "{e}");
+            assert!(e.to_string().contains(API_TOKEN_ENV), "{e}");
+            assert!(check_listen(bad.parse().unwrap(), Some(&token)).is_ok());
         }
+    }
+
+    #[test]
+    fn a_token_is_long_printable_and_compared_whole() {
+        let e = ApiToken::new("short", "SLUICE_API_TOKEN").unwrap_err();
+        assert!(e.to_string().contains("shorter than 16"), "{e}");
+        assert!(ApiToken::new("0123456789 abcdef", "x").is_err());
+        let t = ApiToken::new("  0123456789abcdef\n", "x").unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+        assert!(!t.matches(b"0123456789abcde"));
+        assert!(!t.matches(b"0123456789abcdefg"));
+        assert!(!t.matches(b""));
+        assert_eq!(format!("{t:?}"), "ApiToken(***)");
     }
 }

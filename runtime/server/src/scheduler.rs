@@ -4,7 +4,8 @@
 //! (scheduled or on demand) through the [`LocalExecutor`], never two of
 //! one instance at once and at most `max_concurrent_runs` in all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -13,13 +14,15 @@ use tokio::sync::{watch, Semaphore};
 
 use sluice_core::cancel::{Cancel, CancelLevel};
 use sluice_core::destination::Store;
-use sluice_core::destination::{ScheduleEntry, StoreError};
+use sluice_core::destination::{
+    DriftEvent, QuarantineEntry, QuarantineFilter, ScheduleEntry, StoreError,
+};
 use sluice_core::location::DbLocation;
 use sluice_core::run::{now_rfc3339, RunRecord};
 use sluice_core::secrets::SecretSource;
 use sluice_runner::config::OperatorConfig;
 use sluice_runner::executor::ExecutorError;
-use sluice_runner::pipeline::{new_run_id, PipelineError};
+use sluice_runner::pipeline::{new_run_id, PipelineError, ReplaySummary};
 use sluice_runner::schedule::{rfc3339_ms, unix_ms, CatchUp, Schedule};
 use sluice_runner::LocalExecutor;
 
@@ -40,6 +43,15 @@ pub enum StartError {
     Stopping,
     #[error(transparent)]
     Config(#[from] sluice_runner::config::ConfigError),
+}
+
+/// Why a run was not cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("run {0} not found")]
+    NotFound(String),
+    #[error("run {run_id} is not running here (it is {status})")]
+    NotRunning { run_id: String, status: String },
 }
 
 /// A run that did not happen, and why.
@@ -65,6 +77,7 @@ pub struct LastRun {
 #[derive(Debug, Clone, Default)]
 struct InstanceState {
     schedule: Option<Schedule>,
+    jitter: Option<Duration>,
     catch_up: CatchUp,
     next_run_at_ms: Option<i64>,
     running: Option<String>,
@@ -82,12 +95,17 @@ pub struct InstanceView {
     /// The interval, if scheduled so.
     pub every: Option<String>,
     pub catch_up: &'static str,
+    /// The time zone of the cron expression (`None`: UTC).
+    pub timezone: Option<&'static str>,
+    /// The largest random delay added to each due time.
+    pub jitter: Option<String>,
     pub next_run_at: Option<String>,
     /// The run going now, if any.
     pub running: Option<String>,
     /// The last run this server started (since it started).
     pub last_run: Option<LastRun>,
-    /// The newest run in the run log (whoever started it).
+    /// The newest run in the run log (whoever started it; skipped runs
+    /// aside).
     pub last_recorded_run: Option<RunRecord>,
     /// `ok` (last run succeeded), `failing` (it did not), `running`, or
     /// `unknown` (no run yet).
@@ -101,22 +119,87 @@ pub struct InstanceView {
 /// One open run log per database the instances use.
 type SharedStore = Arc<Mutex<Box<dyn Store>>>;
 
+/// The config and the run logs it names (replaced whole at a reload).
+struct Topology {
+    config: Arc<OperatorConfig>,
+    /// The run log of each instance, by instance (several may share one).
+    stores: BTreeMap<String, SharedStore>,
+    /// The distinct run logs.
+    logs: Vec<(DbLocation, SharedStore)>,
+}
+
+impl Topology {
+    /// Open the run log of every instance of `config`, reusing those of
+    /// `previous` that it still names.
+    async fn open(
+        config: OperatorConfig,
+        previous: Option<&Topology>,
+    ) -> Result<Topology, StoreError> {
+        let mut logs: Vec<(DbLocation, SharedStore)> = Vec::new();
+        let mut stores = BTreeMap::new();
+        for name in config.names() {
+            // Checked at load: every instance has a database.
+            let Some((db, password)) = config.db_of(&name) else {
+                continue;
+            };
+            let known = logs
+                .iter()
+                .chain(previous.into_iter().flat_map(|p| p.logs.iter()))
+                .find(|(d, _)| *d == db)
+                .map(|(_, s)| s.clone());
+            let store = match known {
+                Some(s) => s,
+                None => open_store(db.clone(), password).await?,
+            };
+            if !logs.iter().any(|(d, _)| *d == db) {
+                logs.push((db, store.clone()));
+            }
+            stores.insert(name, store);
+        }
+        Ok(Topology {
+            config: Arc::new(config),
+            stores,
+            logs,
+        })
+    }
+
+    fn logs(&self) -> Vec<SharedStore> {
+        self.logs.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// Is `log` the run log of instance `name`?
+    fn is_log_of(&self, name: &str, log: &SharedStore) -> bool {
+        self.stores.get(name).is_some_and(|s| Arc::ptr_eq(s, log))
+    }
+}
+
+/// What a reload of `sluice.toml` changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Instances whose schedule, jitter or catch-up changed.
+    pub rescheduled: Vec<String>,
+}
+
 /// The running service: the config, the executor, the state of each
 /// instance, the run slots and the stop request.
 pub struct Service {
-    config: OperatorConfig,
+    topology: std::sync::RwLock<Arc<Topology>>,
     executor: LocalExecutor,
     cancel: Cancel,
     slots: Arc<Semaphore>,
     instances: Mutex<BTreeMap<String, InstanceState>>,
-    /// The run log of each instance, by instance (several may share one).
-    stores: BTreeMap<String, SharedStore>,
-    /// The distinct run logs.
-    logs: Vec<SharedStore>,
     /// Runs started and not yet ended.
-    active: watch::Sender<usize>,
+    active: Arc<watch::Sender<usize>>,
     /// When the scheduler last ticked (ms since the epoch).
     last_tick_ms: std::sync::atomic::AtomicI64,
+    /// The stop signal of each run this process started and that has not
+    /// ended (a child of the service's: a server stop reaches them all).
+    run_cancels: Mutex<HashMap<String, Cancel>>,
+    /// Runs executing now (past their slot).
+    executing: AtomicUsize,
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn now_ms() -> i64 {
@@ -146,62 +229,201 @@ impl Service {
         executor: LocalExecutor,
         cancel: Cancel,
     ) -> Result<Service, crate::ServerError> {
-        let mut opened: Vec<(DbLocation, SharedStore)> = Vec::new();
-        let mut stores = BTreeMap::new();
-        let mut instances = BTreeMap::new();
-        for name in config.names() {
-            // Checked at load: every instance has a database.
-            let Some((db, password)) = config.db_of(&name) else {
-                continue;
-            };
-            let store = match opened.iter().find(|(d, _)| *d == db) {
-                Some((_, s)) => s.clone(),
-                None => {
-                    let s = open_store(db.clone(), password).await?;
-                    opened.push((db, s.clone()));
-                    s
-                }
-            };
-            stores.insert(name.clone(), store);
-            instances.insert(
-                name.clone(),
-                InstanceState {
+        let topology = Topology::open(config, None).await?;
+        let config = &topology.config;
+        let instances: BTreeMap<String, InstanceState> = config
+            .names()
+            .into_iter()
+            .map(|name| {
+                let state = InstanceState {
                     schedule: config.schedule(&name),
+                    jitter: config.jitter(&name),
                     catch_up: config.catch_up(&name),
                     ..Default::default()
-                },
-            );
-        }
+                };
+                (name, state)
+            })
+            .collect();
+        let names: Vec<String> = instances.keys().cloned().collect();
         let service = Service {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs())),
-            config,
+            topology: std::sync::RwLock::new(Arc::new(topology)),
             executor,
             cancel,
             instances: Mutex::new(instances),
-            stores,
-            logs: opened.into_iter().map(|(_, s)| s).collect(),
-            active: watch::channel(0).0,
+            active: Arc::new(watch::channel(0).0),
             last_tick_ms: now_ms().into(),
+            run_cancels: Mutex::new(HashMap::new()),
+            executing: AtomicUsize::new(0),
+            metrics: crate::metrics::Metrics::new(),
         };
-        service.load_schedules().await?;
+        service.load_schedules(&names).await?;
+        service.load_last_successes().await?;
         Ok(service)
+    }
+
+    /// The config and run logs now.
+    fn topo(&self) -> Arc<Topology> {
+        self.topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-read `sluice.toml` from `path` (SIGHUP): instances added,
+    /// removed (a run going on ends as it would) or rescheduled; runs
+    /// already started keep the config they started with. A bad file
+    /// changes nothing. `max_concurrent_runs` takes effect at a restart.
+    pub async fn reload(&self, path: &std::path::Path) -> Result<Reloaded, crate::ServerError> {
+        let config = OperatorConfig::load(path)?;
+        let old = self.topo();
+        if config.max_concurrent_runs() != old.config.max_concurrent_runs() {
+            tracing::warn!("max_concurrent_runs changed; it takes effect when the server restarts");
+        }
+        let topology = Topology::open(config, Some(&old)).await?;
+        let mut out = Reloaded::default();
+        let mut to_schedule = Vec::new();
+        {
+            let mut instances = self.lock();
+            instances.retain(|name, _| {
+                let keep = topology.stores.contains_key(name);
+                if !keep {
+                    out.removed.push(name.clone());
+                }
+                keep
+            });
+            for name in topology.config.names() {
+                let schedule = topology.config.schedule(&name);
+                let jitter = topology.config.jitter(&name);
+                let catch_up = topology.config.catch_up(&name);
+                match instances.get_mut(&name) {
+                    None => {
+                        out.added.push(name.clone());
+                        to_schedule.push(name.clone());
+                        instances.insert(
+                            name,
+                            InstanceState {
+                                schedule,
+                                jitter,
+                                catch_up,
+                                ..Default::default()
+                            },
+                        );
+                    }
+                    Some(state) => {
+                        let key = |s: &Option<Schedule>| s.as_ref().map(Schedule::key);
+                        if key(&state.schedule) != key(&schedule)
+                            || state.jitter != jitter
+                            || state.catch_up != catch_up
+                        {
+                            out.rescheduled.push(name.clone());
+                            to_schedule.push(name.clone());
+                            state.schedule = schedule;
+                            state.jitter = jitter;
+                            state.catch_up = catch_up;
+                            state.next_run_at_ms = None;
+                        }
+                    }
+                }
+            }
+        }
+        *self.topology.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(topology);
+        self.load_schedules(&to_schedule).await?;
+        Ok(out)
+    }
+
+    /// Seed `sluice_last_success_timestamp_seconds` from the run logs, so
+    /// a restart does not make every instance look stale.
+    async fn load_last_successes(&self) -> Result<(), StoreError> {
+        let t = self.topo();
+        for log in t.logs() {
+            let runs = with_store(&log, |s| s.list_runs(crate::api::MAX_RUNS_SCANNED)).await?;
+            for r in runs
+                .iter()
+                .filter(|r| r.status == sluice_core::run::RunStatus::Succeeded)
+            {
+                if t.is_log_of(&r.connector, &log) {
+                    self.metrics.succeeded(&r.connector, r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask a run this process started to stop: at its next commit
+    /// (`now = false`; after the grace period at the latest) or at once.
+    pub async fn cancel_run(&self, run_id: &str, now: bool) -> Result<(), CancelError> {
+        let cancel = self
+            .run_cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned();
+        if let Some(cancel) = cancel {
+            if now {
+                cancel.abort();
+            } else {
+                cancel.stop();
+            }
+            tracing::info!(run_id, now, "run cancel requested");
+            return Ok(());
+        }
+        match self.run(run_id).await {
+            Ok(Some(run)) => Err(CancelError::NotRunning {
+                run_id: run_id.to_string(),
+                status: run.status.as_str().to_string(),
+            }),
+            _ => Err(CancelError::NotFound(run_id.to_string())),
+        }
+    }
+
+    /// Runs executing now.
+    pub fn running_runs(&self) -> usize {
+        self.executing.load(Ordering::Relaxed)
+    }
+
+    /// The text of `/metrics`.
+    pub fn scrape(&self) -> String {
+        let breakers = self.executor.runtime().upstreams().breakers();
+        self.metrics.encode(self.running_runs(), &breakers)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, InstanceState>> {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn load_schedules(&self) -> Result<(), StoreError> {
-        let scheduled: Vec<(String, Schedule, CatchUp)> = self
+    /// Load (or compute, and persist) the next run of each scheduled
+    /// instance of `names`.
+    async fn load_schedules(&self, names: &[String]) -> Result<(), StoreError> {
+        let scheduled: Vec<(String, Schedule, CatchUp, Option<Duration>)> = self
             .lock()
             .iter()
-            .filter_map(|(n, s)| s.schedule.clone().map(|sc| (n.clone(), sc, s.catch_up)))
+            .filter(|(n, _)| names.contains(n))
+            .filter_map(|(n, s)| {
+                s.schedule
+                    .clone()
+                    .map(|sc| (n.clone(), sc, s.catch_up, s.jitter))
+            })
             .collect();
-        for (name, schedule, catch_up) in scheduled {
-            let store = &self.stores[&name];
+        for (name, schedule, catch_up, jitter) in scheduled {
+            let Ok(store) = self.store_of(&name) else {
+                continue;
+            };
             let n = name.clone();
-            let saved = with_store(store, move |s| s.get_schedule(&n)).await?;
-            let next = next_at_start(saved.as_ref(), &schedule, catch_up, now_ms());
+            let saved = with_store(&store, move |s| s.get_schedule(&n)).await?;
+            let now = now_ms();
+            let next = next_at_start(saved.as_ref(), &schedule, catch_up, now);
+            // A time newly computed from the schedule gets its jitter; a
+            // persisted one has it already, and a catch-up runs now.
+            let fresh = next.is_some_and(|t| t > now)
+                && saved
+                    .as_ref()
+                    .is_none_or(|e| Some(e.next_run_at_ms) != next);
+            let next = if fresh {
+                next.map(|t| jittered(t, jitter))
+            } else {
+                next
+            };
             if let Some(e) = saved.as_ref().filter(|e| e.schedule == schedule.key()) {
                 if next != Some(e.next_run_at_ms) {
                     tracing::info!(instance = %name, due = %rfc3339_ms(e.next_run_at_ms), ?catch_up, "a run fell due while the server was down");
@@ -224,12 +446,22 @@ impl Service {
             next_run_at_ms: next,
             updated_at: now_rfc3339(),
         };
-        with_store(&self.stores[name], move |s| s.set_schedule(&entry)).await
+        match self.store_of(name) {
+            Ok(store) => with_store(&store, move |s| s.set_schedule(&entry)).await,
+            // Removed by a reload meanwhile.
+            Err(_) => Ok(()),
+        }
     }
 
     /// Start a run of `name` now; returns its run id. It may wait for a
     /// slot (`max_concurrent_runs`) before it starts.
     pub fn start_run(self: &Arc<Self>, name: &str) -> Result<String, StartError> {
+        self.start_due(name, None)
+    }
+
+    /// Start a run of `name`, due at `due_at` (ms since the epoch) when
+    /// the schedule started it: its lag is measured when it gets its slot.
+    fn start_due(self: &Arc<Self>, name: &str, due_at: Option<i64>) -> Result<String, StartError> {
         if self.cancel.level() >= CancelLevel::Stop {
             return Err(StartError::Stopping);
         }
@@ -248,39 +480,53 @@ impl Service {
             state.running = Some(run_id.clone());
             run_id
         };
-        let spec = match self.config.run_spec(name) {
+        let spec = match self.topo().config.run_spec(name) {
             Ok(spec) => spec,
             Err(e) => {
-                self.finish(name, &run_id, "not_started", Some(e.to_string()));
+                self.metrics.not_started(name);
+                self.finish(
+                    name,
+                    &run_id,
+                    crate::metrics::NOT_STARTED,
+                    Some(e.to_string()),
+                );
                 return Err(e.into());
             }
         };
         self.active.send_modify(|n| *n += 1);
+        let cancel = self.cancel.child();
+        self.run_cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.clone(), cancel.clone());
         let this = self.clone();
         let name = name.to_string();
         let id = run_id.clone();
         tokio::spawn(async move {
             let _slot = this.slots.clone().acquire_owned().await;
-            if this.cancel.level() >= CancelLevel::Stop {
-                this.skip(
-                    &name,
-                    Some(id.clone()),
-                    "the server stopped before the run got a slot",
-                );
+            if cancel.level() >= CancelLevel::Stop {
+                let why = if this.cancel.level() >= CancelLevel::Stop {
+                    "the server stopped before the run got a slot"
+                } else {
+                    "the run was cancelled before it got a slot"
+                };
+                this.skip(&name, Some(id.clone()), why);
                 this.clear_running(&name, &id);
             } else {
                 tracing::info!(instance = %name, run_id = %id, "run starts");
-                let handle = this
-                    .executor
-                    .submit_as(spec, this.cancel.clone(), id.clone());
-                match handle.finish().await {
+                if let Some(due_at) = due_at {
+                    this.metrics.schedule_lag(now_ms() - due_at);
+                }
+                this.executing.fetch_add(1, Ordering::Relaxed);
+                let handle = this.executor.submit_as(spec, cancel, id.clone());
+                let result = handle.finish().await;
+                this.executing.fetch_sub(1, Ordering::Relaxed);
+                match result {
                     Ok(report) => {
-                        let status = serde_json::to_value(report.record.status)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default();
+                        let status = report.record.status.as_str();
                         tracing::info!(instance = %name, run_id = %id, %status, "run ended");
-                        this.finish(&name, &id, &status, report.record.error.clone());
+                        this.metrics.run_ended(&name, &report);
+                        this.finish(&name, &id, status, report.record.error.clone());
                     }
                     Err(ExecutorError::Pipeline(e @ PipelineError::InstanceBusy { .. })) => {
                         this.skip(&name, Some(id.clone()), &e.to_string());
@@ -288,10 +534,15 @@ impl Service {
                     }
                     Err(e) => {
                         tracing::error!(instance = %name, run_id = %id, error = %e, "the run could not run");
-                        this.finish(&name, &id, "not_started", Some(e.to_string()));
+                        this.metrics.not_started(&name);
+                        this.finish(&name, &id, crate::metrics::NOT_STARTED, Some(e.to_string()));
                     }
                 }
             }
+            this.run_cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             this.active.send_modify(|n| *n -= 1);
         });
         Ok(run_id)
@@ -317,9 +568,22 @@ impl Service {
         self.clear_running(name, run_id);
     }
 
-    /// Record (log and count) a due run that did not happen.
+    /// Record (log, count, and write to the run log as `skipped`) a due
+    /// run that did not happen.
     fn skip(&self, name: &str, run_id: Option<String>, reason: &str) {
         tracing::warn!(instance = %name, reason, "run skipped");
+        self.metrics.skipped(name);
+        let record = RunRecord::skipped(run_id.as_deref().unwrap_or(&new_run_id()), name, reason);
+        if let Ok(store) = self.store_of(name) {
+            self.active.send_modify(|n| *n += 1);
+            let active = self.active.clone();
+            tokio::spawn(async move {
+                if let Err(e) = with_store(&store, move |s| s.insert_run(&record)).await {
+                    tracing::error!(error = %e, "could not record a skipped run");
+                }
+                active.send_modify(|n| *n -= 1);
+            });
+        }
         if let Some(state) = self.lock().get_mut(name) {
             state.skipped += 1;
             state.last_skip = Some(Skip {
@@ -335,14 +599,16 @@ impl Service {
         self.last_tick_ms
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         let now = now_ms();
-        let due: Vec<(String, Schedule)> = self
+        let due: Vec<(String, Schedule, i64, Option<Duration>)> = self
             .lock()
             .iter()
-            .filter(|(_, s)| s.next_run_at_ms.is_some_and(|t| t <= now))
-            .filter_map(|(n, s)| s.schedule.clone().map(|sc| (n.clone(), sc)))
+            .filter_map(|(n, s)| {
+                let at = s.next_run_at_ms.filter(|t| *t <= now)?;
+                s.schedule.clone().map(|sc| (n.clone(), sc, at, s.jitter))
+            })
             .collect();
-        for (name, schedule) in due {
-            let next = schedule.next_after(now);
+        for (name, schedule, due_at, jitter) in due {
+            let next = schedule.next_after(now).map(|t| jittered(t, jitter));
             // Persisted before the run starts: a crash during the run does
             // not run it again at restart.
             if let Some(next) = next {
@@ -354,7 +620,7 @@ impl Service {
             if let Some(state) = self.lock().get_mut(&name) {
                 state.next_run_at_ms = next;
             }
-            match self.start_run(&name) {
+            match self.start_due(&name, Some(due_at)) {
                 Ok(_) | Err(StartError::Stopping) => {}
                 Err(StartError::Busy { run_id, .. }) => self.skip(
                     &name,
@@ -383,8 +649,8 @@ impl Service {
 
     /// Can every run log be read?
     pub async fn stores_reachable(&self) -> Result<(), StoreError> {
-        for log in &self.logs {
-            with_store(log, |s| s.list_runs(1).map(|_| ())).await?;
+        for log in self.topo().logs() {
+            with_store(&log, |s| s.list_runs(1).map(|_| ())).await?;
         }
         Ok(())
     }
@@ -402,21 +668,26 @@ impl Service {
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
         // The newest run of each instance, one read of each run log.
+        let t = self.topo();
+        let logs = t.logs();
         let mut newest: Vec<BTreeMap<String, RunRecord>> = Vec::new();
-        for log in &self.logs {
+        for log in &logs {
             let runs = with_store(log, |s| s.list_runs(crate::api::MAX_RUNS_SCANNED)).await?;
             let mut by_instance = BTreeMap::new();
-            for r in runs {
+            // A skipped run says nothing of the instance's health.
+            for r in runs
+                .into_iter()
+                .filter(|r| r.status != sluice_core::run::RunStatus::Skipped)
+            {
                 by_instance.entry(r.connector.clone()).or_insert(r);
             }
             newest.push(by_instance);
         }
         let mut out = Vec::new();
         for (name, s) in states {
-            let last_recorded_run = self
-                .logs
+            let last_recorded_run = logs
                 .iter()
-                .position(|log| Arc::ptr_eq(log, &self.stores[&name]))
+                .position(|log| t.is_log_of(&name, log))
                 .and_then(|i| newest[i].get(&name).cloned());
             let health = if s.running.is_some() {
                 "running"
@@ -436,6 +707,8 @@ impl Service {
                     Some(Schedule::Every { text, .. }) => Some(text.clone()),
                     _ => None,
                 },
+                timezone: s.schedule.as_ref().and_then(Schedule::timezone),
+                jitter: s.jitter.map(|j| humantime::format_duration(j).to_string()),
                 catch_up: match s.catch_up {
                     CatchUp::Once => "once",
                     CatchUp::Skip => "skip",
@@ -460,9 +733,10 @@ impl Service {
         instance: Option<String>,
         status: Option<String>,
     ) -> Result<Vec<RunRecord>, StoreError> {
+        let t = self.topo();
         let logs: Vec<SharedStore> = match &instance {
-            Some(name) => self.stores.get(name).into_iter().cloned().collect(),
-            None => self.logs.clone(),
+            Some(name) => t.stores.get(name).into_iter().cloned().collect(),
+            None => t.logs(),
         };
         let mut all = Vec::new();
         for log in logs {
@@ -480,11 +754,117 @@ impl Service {
         Ok(all)
     }
 
+    /// The run log of instance `name`.
+    fn store_of(&self, name: &str) -> Result<SharedStore, StoreError> {
+        self.topo()
+            .stores
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::Invalid(format!("no instance named {name:?}")))
+    }
+
+    /// Quarantined records of instance `name` matching `filter`.
+    pub async fn quarantine(
+        &self,
+        name: &str,
+        mut filter: QuarantineFilter,
+    ) -> Result<Vec<QuarantineEntry>, StoreError> {
+        filter.connector = Some(name.to_string());
+        with_store(&self.store_of(name)?, move |s| s.list_quarantine(&filter)).await
+    }
+
+    /// Replace quarantined record `id` of instance `name` (the original is
+    /// kept); it must be quarantined by that instance.
+    pub async fn edit_quarantined(
+        &self,
+        name: &str,
+        id: i64,
+        record: String,
+    ) -> Result<QuarantineEntry, StoreError> {
+        let instance = name.to_string();
+        with_store(&self.store_of(name)?, move |s| {
+            let of = |s: &mut dyn Store| {
+                s.list_quarantine(&QuarantineFilter {
+                    connector: Some(instance.clone()),
+                    ids: vec![id],
+                    all: true,
+                    ..QuarantineFilter::default()
+                })
+            };
+            if of(s)?.is_empty() {
+                return Err(StoreError::QuarantineNotFound(id));
+            }
+            s.edit_quarantined(id, &record)?;
+            of(s)?
+                .into_iter()
+                .next()
+                .ok_or(StoreError::QuarantineNotFound(id))
+        })
+        .await
+    }
+
+    /// Replay quarantined records of instance `name` (see
+    /// [`sluice_runner::pipeline::replay`]).
+    pub async fn replay(
+        &self,
+        name: &str,
+        mut filter: QuarantineFilter,
+        force: bool,
+    ) -> Result<ReplaySummary, PipelineError> {
+        filter.connector = Some(name.to_string());
+        let store = self.store_of(name)?;
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            sluice_runner::pipeline::replay(guard.as_mut(), &filter, force)
+        })
+        .await
+        .map_err(|e| {
+            PipelineError::from(StoreError::Invalid(format!("the replay task failed: {e}")))
+        })?
+    }
+
+    /// Drift events of every run log, or of instance `name`'s.
+    pub async fn drift(
+        &self,
+        name: Option<String>,
+        stream: Option<String>,
+    ) -> Result<Vec<DriftEvent>, StoreError> {
+        let t = self.topo();
+        let logs: Vec<SharedStore> = match &name {
+            Some(n) => vec![self.store_of(n)?],
+            None => t.logs(),
+        };
+        let mut all = Vec::new();
+        for log in logs {
+            let (n, st) = (name.clone(), stream.clone());
+            let events =
+                with_store(&log, move |s| s.list_drift(n.as_deref(), st.as_deref())).await?;
+            // A run log shared with instances of another config: only ours.
+            all.extend(
+                events
+                    .into_iter()
+                    .filter(|e| t.is_log_of(&e.connector, &log)),
+            );
+        }
+        Ok(all)
+    }
+
+    /// The connectors of the registry.
+    pub async fn connectors(
+        &self,
+    ) -> Result<sluice_runner::registry::Registry, sluice_runner::registry::RegistryError> {
+        sluice_runner::registry::Registry::scan(
+            self.executor.runtime(),
+            self.executor.connectors_dir(),
+        )
+        .await
+    }
+
     /// One run, from whichever run log has it.
     pub async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
-        for log in &self.logs {
+        for log in self.topo().logs() {
             let id = id.to_string();
-            match with_store(log, move |s| s.get_run(&id)).await {
+            match with_store(&log, move |s| s.get_run(&id)).await {
                 Ok(run) => return Ok(Some(run)),
                 Err(StoreError::RunNotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -492,6 +872,16 @@ impl Service {
         }
         Ok(None)
     }
+}
+
+/// `t` moved on by a random delay below `jitter`.
+fn jittered(t: i64, jitter: Option<Duration>) -> i64 {
+    let Some(jitter) = jitter else { return t };
+    let max = i64::try_from(jitter.as_millis()).unwrap_or(i64::MAX);
+    if max <= 0 {
+        return t;
+    }
+    t.saturating_add(rand::random_range(0..max))
 }
 
 /// The first due time of an instance when the server starts at `now`,
@@ -554,6 +944,15 @@ mod tests {
             next_run_at_ms: next,
             updated_at: String::new(),
         }
+    }
+
+    #[test]
+    fn jitter_delays_within_its_bound() {
+        assert_eq!(jittered(1000, None), 1000);
+        let j = Some(Duration::from_millis(50));
+        let seen: std::collections::BTreeSet<i64> = (0..200).map(|_| jittered(1000, j)).collect();
+        assert!(seen.iter().all(|t| (1000..1050).contains(t)), "{seen:?}");
+        assert!(seen.len() > 1, "always the same delay: {seen:?}");
     }
 
     #[test]

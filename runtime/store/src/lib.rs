@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod protocol;
 pub mod quarantine;
 pub mod sqlite;
+mod state_change;
 pub mod writer;
 
 pub use postgres::PostgresStore;

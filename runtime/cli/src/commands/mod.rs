@@ -186,9 +186,11 @@ enum Command {
     },
     /// The service: run the instances of sluice.toml on their schedules
     /// (`schedule`, `every`) and on demand through a JSON HTTP API
-    /// (`/api/v1`, `/healthz`, `/readyz`), until SIGTERM or Ctrl-C (runs
-    /// then stop at their next commit). Loopback addresses only: the API
-    /// has no authentication yet.
+    /// (`/api/v1`, `/healthz`, `/readyz`, Prometheus `/metrics`), until
+    /// SIGTERM or Ctrl-C (runs then stop at their next commit). With an
+    /// API token (SLUICE_API_TOKEN, or `api_token` in sluice.toml) every
+    /// request but the health checks needs `Authorization: Bearer TOKEN`;
+    /// a non-loopback address needs one.
     Serve {
         /// The operator config file.
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
@@ -265,21 +267,40 @@ impl DbArgs {
     }
 
     /// Open an existing store to edit (never create one for a command
-    /// that edits it).
+    /// that edits it). It may block: call it inside [`blocking`].
     fn open_existing(&self) -> Result<Box<dyn Store>> {
         let db = self.location()?;
-        Ok(blocking(|| {
-            open::open_existing(&db, self.db_password.as_ref())
-        })?)
+        Ok(open::open_existing(&db, self.db_password.as_ref())?)
     }
 
     /// Open an existing store read-only, for a command that only reads:
-    /// it changes nothing (and works on a read-only filesystem).
+    /// it changes nothing (and works on a read-only filesystem). It may
+    /// block: call it inside [`blocking`].
     fn open_read_only(&self) -> Result<Box<dyn Store>> {
         let db = self.location()?;
-        Ok(blocking(|| {
-            open::open_read_only(&db, self.db_password.as_ref())
-        })?)
+        Ok(open::open_read_only(&db, self.db_password.as_ref())?)
+    }
+}
+
+/// `sluice serve`'s API token: `SLUICE_API_TOKEN`, else the file's
+/// `api_token` reference, else none.
+fn api_token(config: &OperatorConfig) -> Result<Option<sluice_server::ApiToken>> {
+    let env = sluice_server::API_TOKEN_ENV;
+    if let Some(value) = std::env::var_os(env) {
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{env} is not UTF-8"))?;
+        return Ok(Some(sluice_server::ApiToken::new(&value, env)?));
+    }
+    match config.api_token() {
+        None => Ok(None),
+        Some(src) => {
+            let value = src.read("api_token")?;
+            Ok(Some(sluice_server::ApiToken::new(
+                &value,
+                &format!("api_token ({src})"),
+            )?))
+        }
     }
 }
 
@@ -898,13 +919,15 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             config_file,
             listen,
         } => {
-            sluice_server::check_listen(*listen)?;
             let config = OperatorConfig::load(config_file)?;
+            let token = api_token(&config)?;
+            sluice_server::check_listen(*listen, token.as_ref())?;
             let rt = Arc::new(runtime(&cli)?);
             let executor = LocalExecutor::new(rt, connectors_dir(&cli, config.connectors_dir()));
             sluice_server::serve(sluice_server::ServeOptions {
                 config,
                 listen: *listen,
+                token,
                 executor,
                 cancel: stop_on_signals(),
                 on_listening: Box::new(|addr| {
@@ -968,15 +991,14 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             // Read-only, so nothing is marked: a `running` run whose lease
             // is gone is shown `crashed` (as the next write-capable command
             // records it).
-            let mut store = db.open_read_only()?;
             blocking(|| -> Result<()> {
+                let mut store = db.open_read_only()?;
                 match action {
                     None => output::print_runs(&store.list_runs(*limit)?, *json)?,
                     Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,
                 }
                 Ok(())
             })?;
-            blocking(|| drop(store));
         }
         Command::Quarantine { db, json, action } => blocking(|| -> Result<()> {
             match action {

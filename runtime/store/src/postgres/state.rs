@@ -2,13 +2,11 @@
 //! Postgres, audited in `_sluice_state_changes` (made on first use), as on
 //! SQLite (`sqlite/state.rs`).
 
-use sluice_core::destination::{
-    StateChange, StateChangeRecord, StateEntry, StoreError, OPERATOR_RUN_PREFIX,
-};
+use sluice_core::destination::{StateChange, StateChangeRecord, StateEntry, OPERATOR_RUN_PREFIX};
 use sluice_core::run::now_rfc3339;
 
 use super::{PgError, PostgresStore, LOCK_SCHEMA};
-use crate::sqlite::state_record as record;
+use crate::state_change;
 
 /// The audit of state changes.
 const STATE_CHANGES_SCHEMA: &str = "
@@ -59,11 +57,6 @@ impl PostgresStore {
         &mut self,
         change: &StateChange,
     ) -> Result<Vec<StateChangeRecord>, PgError> {
-        if change.value.is_some() && change.stream.is_none() {
-            return Err(
-                StoreError::Invalid("a state is set for one stream at a time".into()).into(),
-            );
-        }
         let now = now_rfc3339();
         let mut tx = self.client.transaction()?;
         // Creating the audit table: one process at a time (as the schema).
@@ -78,48 +71,26 @@ impl PostgresStore {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let mut records = Vec::new();
-        match (&change.stream, &change.value) {
-            (Some(stream), Some(value)) => {
-                tx.execute(
+        let records = state_change::plan(change, &before, &now)?;
+        for r in &records {
+            match &r.new_value {
+                Some(value) => tx.execute(
                     "INSERT INTO _sluice_state (connector, stream, value, run_id, updated_at) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (connector, stream) DO UPDATE SET \
                      value = excluded.value, run_id = excluded.run_id, updated_at = excluded.updated_at",
                     &[
-                        &change.instance,
-                        stream,
+                        &r.instance,
+                        &r.stream,
                         value,
-                        &format!("{OPERATOR_RUN_PREFIX}{}", change.id),
-                        &now,
+                        &format!("{OPERATOR_RUN_PREFIX}{}", r.id),
+                        &r.at,
                     ],
-                )?;
-                let old = before.first().map(|b| b.1.clone());
-                records.push(record(
-                    change,
-                    &now,
-                    stream,
-                    "set",
-                    old,
-                    Some(value.clone()),
-                ));
-            }
-            (_, None) => {
-                for (stream, old) in &before {
-                    tx.execute(
-                        "DELETE FROM _sluice_state WHERE connector = $1 AND stream = $2",
-                        &[&change.instance, stream],
-                    )?;
-                    records.push(record(
-                        change,
-                        &now,
-                        stream,
-                        "reset",
-                        Some(old.clone()),
-                        None,
-                    ));
-                }
-            }
-            (None, Some(_)) => unreachable!("refused above"),
+                )?,
+                None => tx.execute(
+                    "DELETE FROM _sluice_state WHERE connector = $1 AND stream = $2",
+                    &[&r.instance, &r.stream],
+                )?,
+            };
         }
         for r in &records {
             tx.execute(

@@ -20,8 +20,6 @@ pub mod checkpoint;
 mod schedule;
 mod state;
 
-pub(crate) use state::record as state_record;
-
 use checkpoint::{Checkpointer, BACKSTOP_CHECKPOINT_PAGES};
 
 use crate::quarantine::record_hash;

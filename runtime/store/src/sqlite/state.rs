@@ -4,12 +4,11 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use sluice_core::destination::{
-    StateChange, StateChangeRecord, StateEntry, StoreError, OPERATOR_RUN_PREFIX,
-};
+use sluice_core::destination::{StateChange, StateChangeRecord, StateEntry, OPERATOR_RUN_PREFIX};
 use sluice_core::run::now_rfc3339;
 
 use super::{has_table, SqlError, SqliteStore};
+use crate::state_change;
 
 /// The audit of state changes.
 const STATE_CHANGES_SCHEMA: &str = "
@@ -53,11 +52,6 @@ impl SqliteStore {
         &mut self,
         change: &StateChange,
     ) -> Result<Vec<StateChangeRecord>, SqlError> {
-        if change.value.is_some() && change.stream.is_none() {
-            return Err(
-                StoreError::Invalid("a state is set for one stream at a time".into()).into(),
-            );
-        }
         let now = now_rfc3339();
         let tx = self
             .conn
@@ -81,47 +75,26 @@ impl SqliteStore {
                 rows.collect::<Result<_, _>>()?
             }
         };
-        let mut records = Vec::new();
-        match (&change.stream, &change.value) {
-            (Some(stream), Some(value)) => {
-                tx.execute(
+        let records = state_change::plan(change, &before, &now)?;
+        for r in &records {
+            match &r.new_value {
+                Some(value) => tx.execute(
                     "INSERT INTO _sluice_state (connector, stream, value, run_id, updated_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (connector, stream) DO UPDATE SET \
                      value = excluded.value, run_id = excluded.run_id, updated_at = excluded.updated_at",
                     params![
-                        change.instance,
-                        stream,
+                        r.instance,
+                        r.stream,
                         value,
-                        format!("{OPERATOR_RUN_PREFIX}{}", change.id),
-                        now
+                        format!("{OPERATOR_RUN_PREFIX}{}", r.id),
+                        r.at
                     ],
-                )?;
-                records.push(record(
-                    change,
-                    &now,
-                    stream,
-                    "set",
-                    before.first().map(|b| b.1.clone()),
-                    Some(value.clone()),
-                ));
-            }
-            (_, None) => {
-                for (stream, old) in &before {
-                    tx.execute(
-                        "DELETE FROM _sluice_state WHERE connector = ?1 AND stream = ?2",
-                        params![change.instance, stream],
-                    )?;
-                    records.push(record(
-                        change,
-                        &now,
-                        stream,
-                        "reset",
-                        Some(old.clone()),
-                        None,
-                    ));
-                }
-            }
-            (None, Some(_)) => unreachable!("refused above"),
+                )?,
+                None => tx.execute(
+                    "DELETE FROM _sluice_state WHERE connector = ?1 AND stream = ?2",
+                    params![r.instance, r.stream],
+                )?,
+            };
         }
         for r in &records {
             tx.execute(
@@ -173,26 +146,5 @@ impl SqliteStore {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-}
-
-/// The audit row of one stream's change.
-pub(crate) fn record(
-    change: &StateChange,
-    at: &str,
-    stream: &str,
-    action: &str,
-    old_value: Option<String>,
-    new_value: Option<String>,
-) -> StateChangeRecord {
-    StateChangeRecord {
-        id: change.id.clone(),
-        at: at.to_string(),
-        instance: change.instance.clone(),
-        stream: stream.to_string(),
-        action: action.to_string(),
-        old_value,
-        new_value,
-        by: change.by.clone(),
     }
 }

@@ -91,6 +91,31 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
+/// One upstream's breaker as metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerView {
+    /// `host:port`.
+    pub upstream: String,
+    /// Open or half-open: requests fail fast (but for one probe).
+    pub open: bool,
+}
+
+impl Upstreams {
+    /// Every upstream whose breaker has seen a failure, by name.
+    pub fn breakers(&self) -> Vec<BreakerView> {
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<BreakerView> = breakers
+            .iter()
+            .map(|(upstream, state)| BreakerView {
+                upstream: upstream.clone(),
+                open: !matches!(state, BreakerState::Closed { .. }),
+            })
+            .collect();
+        out.sort_by(|a, b| a.upstream.cmp(&b.upstream));
+        out
+    }
+}
+
 fn quota(limit: &RateLimit) -> (Quota, (Duration, u32)) {
     let period = Duration::from_secs_f64(1.0 / limit.rps).max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
