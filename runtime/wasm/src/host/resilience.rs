@@ -108,7 +108,7 @@ impl Upstreams {
             .iter()
             .map(|(upstream, state)| BreakerView {
                 upstream: upstream.clone(),
-                open: !matches!(state, BreakerState::Closed { .. }),
+                open: !matches!(state.state, BreakerState::Closed { .. }),
             })
             .collect();
         out.sort_by(|a, b| a.upstream.cmp(&b.upstream));
