@@ -1009,3 +1009,169 @@ fn a_due_run_while_the_last_is_going_is_recorded_as_skipped() {
         "`sluice runs` shows it: {out:?}"
     );
 }
+
+#[test]
+fn alert_rules_fire_once_resolve_and_reach_webhooks_with_retries() {
+    use sluice_fixture::webhook;
+    let s = Scratch::new();
+    let fx = start_items(3);
+    // The JSON hook refuses its first request: the server retries.
+    let (router, json_seen) = webhook::router(1);
+    let json_hook = Running::start(router, 0).unwrap();
+    let (router, slack_seen) = webhook::router(0);
+    let slack_hook = Running::start(router, 0).unwrap();
+    let toml = format!(
+        "db = \"sluice.db\"\n\
+         [alerts]\nevaluate_every = \"1s\"\nrepeat_interval = \"1h\"\n\
+         [[alerts.webhooks]]\nurl = \"{}/hook\"\n\
+         [[alerts.webhooks]]\nurl = \"env:SLUICE_TEST_SLACK_URL\"\nformat = \"slack\"\n\
+         [[alerts.rules]]\nname = \"failing\"\nkind = \"failure_rate\"\nwindow = \"1h\"\n\
+         threshold = 0.5\ninstances = [\"broken\"]\n\
+         [[alerts.rules]]\nname = \"stale\"\nkind = \"staleness\"\nafter = \"2s\"\n\
+         instances = [\"fresh\"]\n\
+         \n[instances.broken]\ncomponent = \"{}\"\nconfig = {{ behaviour = \"error\" }}\n{}",
+        json_hook.base_url(),
+        guest("misbehave").display(),
+        items_instance("fresh", &fx, "")
+    );
+    let config_file = s.write("sluice.toml", &toml);
+    let slack_url = format!("{}/hook", slack_hook.base_url());
+    let env = [("SLUICE_TEST_SLACK_URL", slack_url.as_str())];
+    let server = Server::start_with(&config_file, "127.0.0.1:0", &env);
+    let bodies_of = |rule: &str, state: &str| -> Vec<Value> {
+        json_seen
+            .bodies()
+            .into_iter()
+            .filter(|b| b["rule"] == rule && b["state"] == state)
+            .collect()
+    };
+
+    // `fresh` never succeeded: stale after 2 s (the timer finds it).
+    server.poll("the staleness alert", || {
+        !bodies_of("stale", "firing").is_empty()
+    });
+    assert_eq!(
+        json_seen.refused(),
+        1,
+        "the refused first attempt was retried"
+    );
+    let fired = &bodies_of("stale", "firing")[0];
+    assert_eq!(fired["instance"], "fresh", "{fired}");
+    assert_eq!(fired["kind"], "staleness", "{fired}");
+    assert!(
+        fired["message"]
+            .as_str()
+            .unwrap()
+            .contains("without a successful run"),
+        "{fired}"
+    );
+    server.poll("the Slack-format copy", || {
+        slack_seen.bodies().iter().any(|b| {
+            b["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("[FIRING] stale (staleness) on instance fresh"))
+        })
+    });
+    // A successful run resolves it.
+    let (code, body) = server.post("/api/v1/instances/fresh/runs", &[]);
+    assert_eq!(code, 202, "{body}");
+    server.poll("stale to resolve", || {
+        !bodies_of("stale", "resolved").is_empty()
+    });
+
+    // Two failed runs: one alert, not two.
+    for _ in 0..2 {
+        let (code, body) = server.post("/api/v1/instances/broken/runs", &[]);
+        assert_eq!(code, 202, "{body}");
+        let id = body["run_id"].as_str().unwrap().to_string();
+        server.poll("the broken run to fail", || {
+            server.get(&format!("/api/v1/runs/{id}")).1["status"] == "failed"
+        });
+    }
+    server.poll("the failure-rate alert", || {
+        !bodies_of("failing", "firing").is_empty()
+    });
+    let evaluations = |server: &Server| {
+        server.get("/api/v1/alerts").1["evaluations"]
+            .as_u64()
+            .unwrap()
+    };
+    let now = evaluations(&server);
+    server.poll("two more evaluations", || evaluations(&server) >= now + 2);
+    assert_eq!(
+        bodies_of("failing", "firing").len(),
+        1,
+        "re-sent before the repeat interval"
+    );
+    let (code, alerts) = server.get("/api/v1/alerts");
+    assert_eq!(code, 200, "{alerts}");
+    let firing: Vec<&str> = alerts["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(firing, ["failing"], "{alerts}");
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    // Kept in the run log: `sluice alerts` lists it, and a restarted
+    // server does not send it again.
+    let out = sluice([
+        "alerts".as_ref(),
+        "--config-file".as_ref(),
+        config_file.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(out.ok, "{out:?}");
+    let listed: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(listed["firing"][0]["rule"], "failing", "{listed}");
+    assert_eq!(listed["firing"].as_array().unwrap().len(), 1, "{listed}");
+    let events: Vec<(&str, &str, bool)> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["rule"].as_str().unwrap(),
+                e["event"].as_str().unwrap(),
+                e["delivered"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let of = |rule: &str| -> Vec<(&str, bool)> {
+        let mut v: Vec<(&str, bool)> = events
+            .iter()
+            .filter(|e| e.0 == rule)
+            .map(|e| (e.1, e.2))
+            .collect();
+        v.reverse();
+        v
+    };
+    assert_eq!(of("failing"), [("firing", true)], "{listed}");
+    // Stale fired, resolved (and may have fired again since: 2 s after
+    // the success).
+    assert_eq!(
+        of("stale")[..2],
+        [("firing", true), ("resolved", true)],
+        "{listed}"
+    );
+    let text = sluice([
+        "alerts".as_ref(),
+        "--config-file".as_ref(),
+        config_file.as_os_str(),
+    ]);
+    assert!(text.ok && text.stdout.contains("firing:"), "{text:?}");
+    let server = Server::start_with(&config_file, "127.0.0.1:0", &env);
+    let now = evaluations(&server);
+    server.poll("two evaluations after the restart", || {
+        evaluations(&server) >= now + 2
+    });
+    assert_eq!(
+        bodies_of("failing", "firing").len(),
+        1,
+        "re-sent after a restart"
+    );
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}

@@ -343,6 +343,40 @@ pub struct ScheduleEntry {
     pub updated_at: String,
 }
 
+/// An alert rule's state for one instance, as `sluice serve` keeps it
+/// (`_sluice_alerts`): firing or resolved, since when, and when it was
+/// last sent (a firing alert is sent again only after the repeat
+/// interval).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertState {
+    pub rule: String,
+    pub instance: String,
+    pub firing: bool,
+    /// When it started firing (or resolved).
+    pub since: String,
+    /// When a notification of this state last reached a webhook.
+    pub last_sent_at: Option<String>,
+    pub message: String,
+    /// The figure the rule looked at (a ratio, a count, seconds).
+    pub value: Option<f64>,
+    pub updated_at: String,
+}
+
+/// A change of an alert, or a repeat of a firing one, and whether its
+/// notification was delivered (`_sluice_alert_events`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertEvent {
+    pub at: String,
+    pub rule: String,
+    pub instance: String,
+    /// `firing`, `resolved` or `repeat`.
+    pub event: String,
+    pub message: String,
+    pub delivered: bool,
+    /// Why delivery failed (after its retries), if it did.
+    pub error: Option<String>,
+}
+
 /// The run log: run history, streams declared, quarantine and replay,
 /// drift events, the component each instance ran, and the run lease.
 pub trait RunLog: Send + 'static {
@@ -428,6 +462,17 @@ pub trait RunLog: Send + 'static {
     fn get_schedule(&mut self, instance: &str) -> Result<Option<ScheduleEntry>, StoreError>;
     /// Persist the next run of `entry.instance`, replacing the one before.
     fn set_schedule(&mut self, entry: &ScheduleEntry) -> Result<(), StoreError>;
+    /// Every alert's state (`sluice serve`'s alert rules).
+    fn list_alerts(&mut self) -> Result<Vec<AlertState>, StoreError>;
+    /// Replace `state`'s row and, if given, append `event`, in ONE
+    /// transaction.
+    fn record_alert(
+        &mut self,
+        state: &AlertState,
+        event: Option<&AlertEvent>,
+    ) -> Result<(), StoreError>;
+    /// The newest `limit` alert events, newest first.
+    fn list_alert_events(&mut self, limit: usize) -> Result<Vec<AlertEvent>, StoreError>;
 }
 
 /// A backend that is a destination and a run log in one database (SQLite

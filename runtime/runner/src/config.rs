@@ -84,6 +84,8 @@ pub enum ConfigError {
         instance: String,
         error: SecretError,
     },
+    #[error("{}: {reason}", path.display())]
+    Alerts { path: PathBuf, reason: String },
     #[error("{}: no instances: define at least one [instances.NAME] table", path.display())]
     NoInstances { path: PathBuf },
     #[error("{}: no instance named {name:?} (instances: {known})", path.display())]
@@ -118,6 +120,9 @@ pub struct FileConfig {
     /// `file:PATH`); `SLUICE_API_TOKEN` in the environment wins.
     #[serde(default)]
     pub api_token: Option<SecretSource>,
+    /// `sluice serve`'s alert rules and webhooks.
+    #[serde(default)]
+    pub alerts: crate::alert_config::AlertsConfig,
     /// The connector instances, by name.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceConfig>,
@@ -316,6 +321,14 @@ impl OperatorConfig {
                 });
             }
         }
+        config
+            .file
+            .alerts
+            .check(&config.names())
+            .map_err(|reason| ConfigError::Alerts {
+                path: path.to_path_buf(),
+                reason,
+            })?;
         for (name, inst) in &config.file.instances {
             config.check_instance(name, inst)?;
             if let Err(e) = inst.overrides().check() {

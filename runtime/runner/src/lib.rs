@@ -7,6 +7,7 @@
 //! instances at once ([`sync`]).
 //! Depends on `sluice-core`, `sluice-wasm` and `sluice-store`.
 
+pub mod alert_config;
 pub mod channel;
 pub mod check;
 pub mod config;

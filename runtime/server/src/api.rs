@@ -33,6 +33,9 @@ pub const MAX_RUNS_LIMIT: usize = 1000;
 /// are not listed by this slice of the API).
 pub const MAX_RUNS_SCANNED: usize = 10_000;
 
+/// Alert events `GET /api/v1/alerts` answers when no `events` is given.
+pub const DEFAULT_ALERT_EVENTS: usize = 50;
+
 /// Quarantined records `GET …/quarantine` answers when no `limit` is
 /// given (at most [`MAX_RUNS_LIMIT`]).
 pub const DEFAULT_QUARANTINE_LIMIT: usize = 100;
@@ -78,6 +81,7 @@ pub fn router(service: Arc<Service>, local: SocketAddr, token: Option<ApiToken>)
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/drift", get(list_drift))
         .route("/api/v1/connectors", get(list_connectors))
+        .route("/api/v1/alerts", get(list_alerts))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard));
     Router::new()
@@ -436,5 +440,29 @@ async fn list_connectors(State(api): State<Api>) -> Response {
     match api.service.connectors().await {
         Ok(registry) => Json(json!(registry)).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsQuery {
+    events: Option<usize>,
+}
+
+/// Firing alerts, every alert's state, and the newest alert events.
+async fn list_alerts(State(api): State<Api>, Query(q): Query<AlertsQuery>) -> Response {
+    let events = q.events.unwrap_or(DEFAULT_ALERT_EVENTS).min(MAX_RUNS_LIMIT);
+    match api.service.alerts(events).await {
+        Ok((states, events)) => {
+            let firing: Vec<_> = states.iter().filter(|s| s.firing).collect();
+            Json(json!({
+                "firing": firing,
+                "alerts": states,
+                "events": events,
+                "evaluations": api.service.evaluations(),
+            }))
+            .into_response()
+        }
+        Err(e) => store_error(e),
     }
 }

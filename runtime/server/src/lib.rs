@@ -11,9 +11,12 @@
 //! but `/healthz` and `/readyz` needs `Authorization: Bearer TOKEN`; a
 //! non-loopback `--listen` needs a token, or the server refuses to start.
 //!
-//! Not built yet (see the README): alert rules, the dashboard, SIGHUP
-//! reload, jitter and schedule timezones.
+//! Alert rules ([`alerts`]) are evaluated after each run and on a timer,
+//! and sent to webhooks. `sluice.toml` is re-read on SIGHUP.
+//!
+//! Not built yet (see the README): the dashboard.
 
+pub mod alerts;
 pub mod api;
 pub mod metrics;
 pub mod scheduler;
@@ -133,6 +136,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
     let service =
         Arc::new(Service::start(options.config, options.executor, options.cancel.clone()).await?);
     let scheduler = tokio::spawn(scheduler::run_scheduler(service.clone()));
+    let alerting = tokio::spawn(scheduler::run_alerts(service.clone()));
     // Listening for SIGHUP before the server says it is up: a reload
     // asked for right after never kills the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -153,6 +157,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServerError> {
     options.cancel.stopped().await;
     tracing::info!("stopping: no new runs; waiting for running runs to stop at their next commit");
     let _ = scheduler.await;
+    let _ = alerting.await;
     let _ = reloads.await;
     service.wait_for_runs().await;
     match http.await {

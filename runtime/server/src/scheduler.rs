@@ -15,7 +15,8 @@ use tokio::sync::{watch, Semaphore};
 use sluice_core::cancel::{Cancel, CancelLevel};
 use sluice_core::destination::Store;
 use sluice_core::destination::{
-    DriftEvent, QuarantineEntry, QuarantineFilter, ScheduleEntry, StoreError,
+    AlertEvent, AlertState, DriftEvent, QuarantineEntry, QuarantineFilter, ScheduleEntry,
+    StoreError,
 };
 use sluice_core::location::DbLocation;
 use sluice_core::run::{now_rfc3339, RunRecord};
@@ -200,6 +201,15 @@ pub struct Service {
     /// Runs executing now (past their slot).
     executing: AtomicUsize,
     pub metrics: crate::metrics::Metrics,
+    /// When the service started (ms since the epoch): staleness of an
+    /// instance that never succeeded counts from here.
+    started_ms: i64,
+    /// One alert evaluation at a time (so one change is sent once).
+    alerting: tokio::sync::Mutex<()>,
+    /// Alert evaluations done.
+    evaluations: std::sync::atomic::AtomicU64,
+    /// The webhooks' client.
+    http: reqwest::Client,
 }
 
 fn now_ms() -> i64 {
@@ -256,6 +266,13 @@ impl Service {
             run_cancels: Mutex::new(HashMap::new()),
             executing: AtomicUsize::new(0),
             metrics: crate::metrics::Metrics::new(),
+            started_ms: now_ms(),
+            alerting: tokio::sync::Mutex::new(()),
+            evaluations: 0.into(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| StoreError::Invalid(format!("the webhook client: {e}")))?,
         };
         service.load_schedules(&names).await?;
         service.load_last_successes().await?;
@@ -527,6 +544,7 @@ impl Service {
                         tracing::info!(instance = %name, run_id = %id, %status, "run ended");
                         this.metrics.run_ended(&name, &report);
                         this.finish(&name, &id, status, report.record.error.clone());
+                        this.evaluate_alerts(Some(&name)).await;
                     }
                     Err(ExecutorError::Pipeline(e @ PipelineError::InstanceBusy { .. })) => {
                         this.skip(&name, Some(id.clone()), &e.to_string());
@@ -754,6 +772,124 @@ impl Service {
         Ok(all)
     }
 
+    /// Evaluate the alert rules (of instance `only`, or of every
+    /// instance), send what changed, and record it.
+    pub async fn evaluate_alerts(&self, only: Option<&str>) {
+        let _one = self.alerting.lock().await;
+        let t = self.topo();
+        let alerts = &t.config.file.alerts;
+        if alerts.rules.is_empty() {
+            return;
+        }
+        let _count = CountOnDrop(&self.evaluations);
+        for (log_db, log) in &t.logs {
+            let names: Vec<String> = t
+                .config
+                .names()
+                .into_iter()
+                .filter(|n| t.is_log_of(n, log) && only.is_none_or(|o| o == n))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let read = with_store(log, |s| {
+                Ok((
+                    s.list_alerts()?,
+                    s.list_runs(crate::alerts::ALERT_RUNS_SCANNED)?,
+                ))
+            })
+            .await;
+            let (states, runs) = match read {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(db = %log_db, error = %e, "cannot evaluate alerts");
+                    continue;
+                }
+            };
+            let now = now_ms();
+            for rule_cfg in &alerts.rules {
+                let Ok(rule) = rule_cfg.rule() else { continue };
+                for name in names
+                    .iter()
+                    .filter(|n| rule_cfg.instances().is_empty() || rule_cfg.instances().contains(n))
+                {
+                    let mine: Vec<RunRecord> = runs
+                        .iter()
+                        .filter(|r| &r.connector == name)
+                        .cloned()
+                        .collect();
+                    let cond = crate::alerts::evaluate(&rule, &mine, now, self.started_ms);
+                    let before = states
+                        .iter()
+                        .find(|s| s.rule == rule_cfg.name() && &s.instance == name);
+                    let crate::alerts::Step::Notify(event) =
+                        crate::alerts::step(before, &cond, now, alerts.repeat_interval())
+                    else {
+                        continue;
+                    };
+                    let no_webhooks = alerts.webhooks.is_empty();
+                    let next = |delivery: &Result<(), String>| {
+                        crate::alerts::next_state(
+                            rule_cfg.name(),
+                            name,
+                            before,
+                            &cond,
+                            event,
+                            delivery,
+                            no_webhooks,
+                        )
+                    };
+                    // What is sent is the state as it will be stored.
+                    let (sent, _) = next(&Ok(()));
+                    let delivery = if no_webhooks {
+                        Ok(())
+                    } else {
+                        crate::alerts::deliver(&self.http, alerts, rule_cfg, &sent, event).await
+                    };
+                    let (state, ev) = next(&delivery);
+                    match &delivery {
+                        Ok(()) => {
+                            tracing::warn!(rule = rule_cfg.name(), instance = %name, event, message = %cond.message, "alert")
+                        }
+                        Err(e) => {
+                            tracing::error!(rule = rule_cfg.name(), instance = %name, event, error = %e, "alert not delivered")
+                        }
+                    }
+                    if let Err(e) =
+                        with_store(log, move |s| s.record_alert(&state, Some(&ev))).await
+                    {
+                        tracing::error!(error = %e, "could not record an alert");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Alert evaluations finished so far.
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations.load(Ordering::SeqCst)
+    }
+
+    /// Every alert state and the newest alert events of the run logs.
+    pub async fn alerts(
+        &self,
+        events: usize,
+    ) -> Result<(Vec<AlertState>, Vec<AlertEvent>), StoreError> {
+        let t = self.topo();
+        let (mut states, mut evs) = (Vec::new(), Vec::new());
+        for log in t.logs() {
+            let (s, e) = with_store(&log, move |s| {
+                Ok((s.list_alerts()?, s.list_alert_events(events)?))
+            })
+            .await?;
+            states.extend(s.into_iter().filter(|a| t.is_log_of(&a.instance, &log)));
+            evs.extend(e.into_iter().filter(|a| t.is_log_of(&a.instance, &log)));
+        }
+        evs.sort_by(|a, b| b.at.cmp(&a.at));
+        evs.truncate(events);
+        Ok((states, evs))
+    }
+
     /// The run log of instance `name`.
     fn store_of(&self, name: &str) -> Result<SharedStore, StoreError> {
         self.topo()
@@ -918,6 +1054,26 @@ async fn open_store(
         .await
         .map_err(|e| StoreError::Invalid(format!("opening the store failed: {e}")))?
         .map(|s| Arc::new(Mutex::new(s)))
+}
+
+/// Counts one when dropped (at the end of an evaluation, however it ends).
+struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Evaluate the alert rules on their timer until a stop is requested.
+pub async fn run_alerts(service: Arc<Service>) {
+    loop {
+        let every = service.topo().config.file.alerts.evaluate_every();
+        tokio::select! {
+            () = tokio::time::sleep(every) => service.evaluate_alerts(None).await,
+            () = service.cancel.stopped() => break,
+        }
+    }
 }
 
 /// Tick until a stop is requested.

@@ -36,6 +36,7 @@ use sluice_core::value::Value;
 use crate::quarantine::record_hash;
 use crate::sqlite::{holder_is_gone, ms, unix_ms, CRASHED_ERROR};
 
+mod alerts;
 mod schedule;
 mod state;
 
@@ -1702,6 +1703,25 @@ impl RunLog for PostgresStore {
         instance: &str,
     ) -> Result<Option<sluice_core::destination::ScheduleEntry>, StoreError> {
         Ok(self.get_schedule_pg(instance)?)
+    }
+
+    fn list_alerts(&mut self) -> Result<Vec<sluice_core::destination::AlertState>, StoreError> {
+        Ok(self.list_alerts_pg()?)
+    }
+
+    fn record_alert(
+        &mut self,
+        state: &sluice_core::destination::AlertState,
+        event: Option<&sluice_core::destination::AlertEvent>,
+    ) -> Result<(), StoreError> {
+        Ok(self.record_alert_pg(state, event)?)
+    }
+
+    fn list_alert_events(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<sluice_core::destination::AlertEvent>, StoreError> {
+        Ok(self.list_alert_events_pg(limit)?)
     }
 
     fn set_schedule(

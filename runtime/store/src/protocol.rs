@@ -1050,6 +1050,25 @@ impl RunLog for ProtocolStore {
         self.log.get_schedule(instance)
     }
 
+    fn list_alerts(&mut self) -> Result<Vec<sluice_core::destination::AlertState>, StoreError> {
+        self.log.list_alerts()
+    }
+
+    fn record_alert(
+        &mut self,
+        state: &sluice_core::destination::AlertState,
+        event: Option<&sluice_core::destination::AlertEvent>,
+    ) -> Result<(), StoreError> {
+        self.log.record_alert(state, event)
+    }
+
+    fn list_alert_events(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<sluice_core::destination::AlertEvent>, StoreError> {
+        self.log.list_alert_events(limit)
+    }
+
     fn set_schedule(
         &mut self,
         entry: &sluice_core::destination::ScheduleEntry,

@@ -81,6 +81,10 @@ const CASES: &[(&str, Case)] = &[
         "schedules_are_kept_per_instance_and_replaced",
         schedules_are_kept_per_instance_and_replaced,
     ),
+    (
+        "alert_states_are_replaced_and_their_events_kept_in_order",
+        alert_states_are_replaced_and_their_events_kept_in_order,
+    ),
 ];
 
 /// Run every case, each on a store from `fresh` (given the case's name).
@@ -1543,4 +1547,72 @@ fn schedules_are_kept_per_instance_and_replaced(store: &mut dyn Store) {
     assert_eq!(store.get_schedule("a").unwrap(), Some(a2));
     assert_eq!(store.get_schedule(&b.instance).unwrap(), Some(b));
     assert_eq!(store.get_schedule("c").unwrap(), None);
+}
+
+/// `sluice serve`'s alerts: one state row per (rule, instance), replaced
+/// by the next, and every event appended, newest first when listed.
+fn alert_states_are_replaced_and_their_events_kept_in_order(store: &mut dyn Store) {
+    use sluice_core::destination::{AlertEvent, AlertState};
+    assert!(store.list_alerts().unwrap().is_empty());
+    assert!(store.list_alert_events(10).unwrap().is_empty());
+    let firing = AlertState {
+        rule: "failing".into(),
+        instance: "a'; DROP TABLE _sluice_alerts; --".into(),
+        firing: true,
+        since: "2026-01-01T00:00:00.000Z".into(),
+        last_sent_at: None,
+        message: "2 of 3 runs failed".into(),
+        value: Some(0.667),
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    let event = |at: &str, what: &str, delivered: bool| AlertEvent {
+        at: at.into(),
+        rule: firing.rule.clone(),
+        instance: firing.instance.clone(),
+        event: what.into(),
+        message: "m".into(),
+        delivered,
+        error: (!delivered).then(|| "connection refused".to_string()),
+    };
+    store
+        .record_alert(&firing, Some(&event("t1", "firing", false)))
+        .unwrap();
+    let sent = AlertState {
+        last_sent_at: Some("t2".into()),
+        ..firing.clone()
+    };
+    store
+        .record_alert(&sent, Some(&event("t2", "firing", true)))
+        .unwrap();
+    let other = AlertState {
+        rule: "stale".into(),
+        firing: false,
+        value: None,
+        ..firing.clone()
+    };
+    store.record_alert(&other, None).unwrap();
+    let resolved = AlertState {
+        firing: false,
+        since: "t3".into(),
+        ..sent.clone()
+    };
+    store
+        .record_alert(&resolved, Some(&event("t3", "resolved", true)))
+        .unwrap();
+    assert_eq!(store.list_alerts().unwrap(), vec![resolved, other]);
+    let events = store.list_alert_events(10).unwrap();
+    let seen: Vec<(&str, &str, bool)> = events
+        .iter()
+        .map(|e| (e.at.as_str(), e.event.as_str(), e.delivered))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("t3", "resolved", true),
+            ("t2", "firing", true),
+            ("t1", "firing", false)
+        ]
+    );
+    assert_eq!(events[2].error.as_deref(), Some("connection refused"));
+    assert_eq!(store.list_alert_events(1).unwrap().len(), 1);
 }

@@ -245,6 +245,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Alerts of `sluice serve`'s rules: those firing, and the newest
+    /// events (fired, repeated, resolved; delivered or not), from the run
+    /// logs of sluice.toml's instances.
+    Alerts {
+        /// The operator config file.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+        config_file: PathBuf,
+        /// How many events, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The store a command reads or edits.
@@ -1045,6 +1059,52 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 other => other,
             };
+        }
+        Command::Alerts {
+            config_file,
+            limit,
+            json,
+        } => {
+            let config = OperatorConfig::load(config_file)?;
+            blocking(|| -> Result<()> {
+                let names = config.names();
+                let mut seen: Vec<DbLocation> = Vec::new();
+                let (mut states, mut events) = (Vec::new(), Vec::new());
+                for name in &names {
+                    let Some((db, password)) = config.db_of(name) else {
+                        continue;
+                    };
+                    if seen.contains(&db) {
+                        continue;
+                    }
+                    // A database no run has made yet has no alerts.
+                    if db.as_sqlite().is_some_and(|p| !p.exists()) {
+                        seen.push(db);
+                        continue;
+                    }
+                    let mut store = open::open_read_only(&db, password.as_ref())?;
+                    let ours = |i: &str| {
+                        names.iter().any(|n| n == i)
+                            && config.db_of(i).is_some_and(|(d, _)| d == db)
+                    };
+                    states.extend(
+                        store
+                            .list_alerts()?
+                            .into_iter()
+                            .filter(|a| ours(&a.instance)),
+                    );
+                    events.extend(
+                        store
+                            .list_alert_events(*limit)?
+                            .into_iter()
+                            .filter(|a| ours(&a.instance)),
+                    );
+                    seen.push(db);
+                }
+                events.sort_by(|a, b| b.at.cmp(&a.at));
+                events.truncate(*limit);
+                output::print_alerts(&states, &events, *json)
+            })?;
         }
         Command::Drift {
             db,

@@ -509,6 +509,79 @@ pub fn print_drift(events: &[DriftEvent], as_json: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn print_alerts(
+    states: &[sluice_core::destination::AlertState],
+    events: &[sluice_core::destination::AlertEvent],
+    as_json: bool,
+) -> Result<()> {
+    let firing: Vec<_> = states.iter().filter(|s| s.firing).collect();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "firing": firing,
+                "alerts": states,
+                "events": events,
+            }))?
+        );
+        return Ok(());
+    }
+    if firing.is_empty() {
+        println!("no alert is firing");
+    } else {
+        let rows = firing
+            .iter()
+            .map(|a| {
+                vec![
+                    cell(&a.rule),
+                    cell(&a.instance),
+                    a.since.clone(),
+                    a.last_sent_at.clone().unwrap_or_else(|| "-".into()),
+                    cell(&a.message),
+                ]
+            })
+            .collect();
+        println!(
+            "firing:\n{}",
+            table(
+                &["rule", "instance", "since", "sent", "message"],
+                &[],
+                2,
+                rows
+            )
+        );
+    }
+    if !events.is_empty() {
+        let rows = events
+            .iter()
+            .map(|e| {
+                vec![
+                    e.at.clone(),
+                    cell(&e.rule),
+                    cell(&e.instance),
+                    e.event.clone(),
+                    match (&e.delivered, &e.error) {
+                        (true, _) => "yes".to_string(),
+                        (false, Some(why)) => format!("no: {}", cell(why)),
+                        (false, None) => "no".to_string(),
+                    },
+                    cell(&e.message),
+                ]
+            })
+            .collect();
+        println!(
+            "recent:\n{}",
+            table(
+                &["at", "rule", "instance", "event", "delivered", "message"],
+                &[],
+                2,
+                rows
+            )
+        );
+    }
+    Ok(())
+}
+
 pub fn print_connectors(registry: &Registry, as_json: bool) -> Result<()> {
     if as_json {
         println!("{}", serde_json::to_string_pretty(registry)?);

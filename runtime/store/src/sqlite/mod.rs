@@ -16,6 +16,7 @@ use sluice_core::row::{ColumnKind, Row, StreamTable, META_COLUMNS};
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_core::value::Value;
 
+mod alerts;
 pub mod checkpoint;
 mod schedule;
 mod state;
@@ -1827,6 +1828,25 @@ impl RunLog for SqliteStore {
         instance: &str,
     ) -> Result<Option<sluice_core::destination::ScheduleEntry>, StoreError> {
         Ok(self.get_schedule_sql(instance)?)
+    }
+
+    fn list_alerts(&mut self) -> Result<Vec<sluice_core::destination::AlertState>, StoreError> {
+        Ok(self.list_alerts_sql()?)
+    }
+
+    fn record_alert(
+        &mut self,
+        state: &sluice_core::destination::AlertState,
+        event: Option<&sluice_core::destination::AlertEvent>,
+    ) -> Result<(), StoreError> {
+        Ok(self.record_alert_sql(state, event)?)
+    }
+
+    fn list_alert_events(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<sluice_core::destination::AlertEvent>, StoreError> {
+        Ok(self.list_alert_events_sql(limit)?)
     }
 
     fn set_schedule(
