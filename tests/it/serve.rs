@@ -1175,3 +1175,51 @@ fn alert_rules_fire_once_resolve_and_reach_webhooks_with_retries() {
     let (status, log) = server.stop();
     assert_eq!(status.code(), Some(0), "{log}");
 }
+
+#[test]
+fn a_run_is_served_with_its_guest_log_lines() {
+    let s = Scratch::new();
+    let (router, _) = sluice_fixture::latency::router(Duration::ZERO);
+    let fx = Running::start(router, 0).unwrap();
+    let toml = format!(
+        "db = \"sluice.db\"\n\n[instances.echo]\ncomponent = \"{guest}\"\n\
+         allow_hosts = [\"127.0.0.1:{port}\"]\n\
+         config = {{ behaviour = \"echo\", url = \"{base}/pages/3\" }}\n\
+         \n[instances.spam]\ncomponent = \"{guest}\"\nconfig = {{ behaviour = \"log_spam\" }}\n\
+         limits = {{ fuel = 300000000 }}\n",
+        guest = guest("misbehave").display(),
+        port = fx.addr.port(),
+        base = fx.base_url(),
+    );
+    let config_file = s.write("sluice.toml", &toml);
+    let server = Server::start(&config_file);
+    let run = |name: &str| {
+        let (code, body) = server.post(&format!("/api/v1/instances/{name}/runs"), &[]);
+        assert_eq!(code, 202, "{body}");
+        let id = body["run_id"].as_str().unwrap().to_string();
+        server.poll("the run to end", || {
+            let st = server.get(&format!("/api/v1/runs/{id}")).1["status"].clone();
+            st != "running" && st != Value::Null
+        });
+        server.get(&format!("/api/v1/runs/{id}")).1
+    };
+    let echo = run("echo");
+    assert_eq!(echo["status"], "failed", "{echo}");
+    let log = echo["log"].as_array().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l["level"] == "error" && l["message"] == "upstream said: page-3"),
+        "{echo}"
+    );
+    let spam = run("spam");
+    assert_eq!(spam["status"], "fuel_exhausted", "{spam}");
+    let log = spam["log"].as_array().unwrap();
+    assert_eq!(log.len(), 1000, "the first MAX_KEPT_LOG_LINES are kept");
+    assert_eq!(log[999]["seq"], 999);
+    assert!(log
+        .iter()
+        .all(|l| l["message"] == "misbehave: spam spam spam spam"));
+    let (status, log) = server.stop();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    assert_eq!(status.code(), Some(0), "{tail:?}");
+}

@@ -462,6 +462,14 @@ pub trait RunLog: Send + 'static {
     fn get_schedule(&mut self, instance: &str) -> Result<Option<ScheduleEntry>, StoreError>;
     /// Persist the next run of `entry.instance`, replacing the one before.
     fn set_schedule(&mut self, entry: &ScheduleEntry) -> Result<(), StoreError>;
+    /// Keep `lines`, the guest log lines of run `run_id`.
+    fn insert_run_logs(
+        &mut self,
+        run_id: &str,
+        lines: &[crate::run::LogLine],
+    ) -> Result<(), StoreError>;
+    /// The kept log lines of run `run_id`, in order.
+    fn get_run_logs(&mut self, run_id: &str) -> Result<Vec<crate::run::LogLine>, StoreError>;
     /// Every alert's state (`sluice serve`'s alert rules).
     fn list_alerts(&mut self) -> Result<Vec<AlertState>, StoreError>;
     /// Replace `state`'s row and, if given, append `event`, in ONE

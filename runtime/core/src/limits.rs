@@ -176,6 +176,11 @@ pub const DEFAULT_MAX_STATE_BYTES: u64 = 1024 * 1024;
 /// Log lines a run may write; later lines are counted, not written.
 pub const DEFAULT_MAX_LOG_LINES: u64 = 10_000;
 
+/// A run's first guest log lines kept in its run log (`sluice serve`'s
+/// run page and `GET /api/v1/runs/{id}`); the rest still go to the
+/// process log (up to the run's `max_log_lines`).
+pub const MAX_KEPT_LOG_LINES: usize = 1000;
+
 /// Longest log message kept; longer ones are truncated.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 4096;
 

@@ -151,6 +151,18 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// One guest log line of a run, as its run log keeps it (redacted and
+/// truncated; not escaped: whoever shows it escapes it for its medium).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// Its place among the run's lines, from 0.
+    pub seq: u64,
+    pub at: String,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    pub message: String,
+}
+
 /// Per-stream counters of one run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StreamCounts {

@@ -633,6 +633,7 @@ async fn run_with_writer(
     let log_suppressed = host.log.suppressed;
     let peak_memory = host.limiter.peak_memory;
     let fuel_used = sandbox.fuel_used();
+    let log_lines = sandbox.take_log_lines();
     drop(sandbox);
 
     let (status, error) = match outcome {
@@ -667,6 +668,16 @@ async fn run_with_writer(
             Some(first) => format!("{first}; {unrecorded}"),
             None => unrecorded,
         });
+    }
+    if !log_lines.is_empty() {
+        let id = run_id.clone();
+        if let Err(e) = writer
+            .call(move |s| s.insert_run_logs(&id, &log_lines))
+            .await
+            .and_then(|r| r)
+        {
+            tracing::warn!(%run_id, error = %e, "could not keep the run's log lines");
+        }
     }
     Ok(RunReport {
         record,

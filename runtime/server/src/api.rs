@@ -229,9 +229,14 @@ async fn list_runs(State(api): State<Api>, Query(q): Query<RunsQuery>) -> Respon
     }
 }
 
+/// One run record, with its kept guest log lines as `log`.
 async fn get_run(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.service.run(&id).await {
-        Ok(Some(run)) => Json(json!(run)).into_response(),
+    match api.service.run_with_log(&id).await {
+        Ok(Some((run, log))) => {
+            let mut body = json!(run);
+            body["log"] = json!(log);
+            Json(body).into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
         Err(e) => store_error(e),
     }

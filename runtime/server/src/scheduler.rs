@@ -996,6 +996,22 @@ impl Service {
         .await
     }
 
+    /// One run and its kept log lines, from whichever run log has it.
+    pub async fn run_with_log(
+        &self,
+        id: &str,
+    ) -> Result<Option<(RunRecord, Vec<sluice_core::run::LogLine>)>, StoreError> {
+        for log in self.topo().logs() {
+            let id = id.to_string();
+            match with_store(&log, move |s| Ok((s.get_run(&id)?, s.get_run_logs(&id)?))).await {
+                Ok(found) => return Ok(Some(found)),
+                Err(StoreError::RunNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// One run, from whichever run log has it.
     pub async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         for log in self.topo().logs() {

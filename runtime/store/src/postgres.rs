@@ -37,6 +37,7 @@ use crate::quarantine::record_hash;
 use crate::sqlite::{holder_is_gone, ms, unix_ms, CRASHED_ERROR};
 
 mod alerts;
+mod run_logs;
 mod schedule;
 mod state;
 
@@ -1703,6 +1704,18 @@ impl RunLog for PostgresStore {
         instance: &str,
     ) -> Result<Option<sluice_core::destination::ScheduleEntry>, StoreError> {
         Ok(self.get_schedule_pg(instance)?)
+    }
+
+    fn insert_run_logs(
+        &mut self,
+        run_id: &str,
+        lines: &[sluice_core::run::LogLine],
+    ) -> Result<(), StoreError> {
+        Ok(self.insert_run_logs_pg(run_id, lines)?)
+    }
+
+    fn get_run_logs(&mut self, run_id: &str) -> Result<Vec<sluice_core::run::LogLine>, StoreError> {
+        Ok(self.get_run_logs_pg(run_id)?)
     }
 
     fn list_alerts(&mut self) -> Result<Vec<sluice_core::destination::AlertState>, StoreError> {

@@ -1050,6 +1050,18 @@ impl RunLog for ProtocolStore {
         self.log.get_schedule(instance)
     }
 
+    fn insert_run_logs(
+        &mut self,
+        run_id: &str,
+        lines: &[sluice_core::run::LogLine],
+    ) -> Result<(), StoreError> {
+        self.log.insert_run_logs(run_id, lines)
+    }
+
+    fn get_run_logs(&mut self, run_id: &str) -> Result<Vec<sluice_core::run::LogLine>, StoreError> {
+        self.log.get_run_logs(run_id)
+    }
+
     fn list_alerts(&mut self) -> Result<Vec<sluice_core::destination::AlertState>, StoreError> {
         self.log.list_alerts()
     }

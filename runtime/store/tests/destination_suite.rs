@@ -82,6 +82,10 @@ const CASES: &[(&str, Case)] = &[
         schedules_are_kept_per_instance_and_replaced,
     ),
     (
+        "run_log_lines_are_kept_per_run_in_order",
+        run_log_lines_are_kept_per_run_in_order,
+    ),
+    (
         "alert_states_are_replaced_and_their_events_kept_in_order",
         alert_states_are_replaced_and_their_events_kept_in_order,
     ),
@@ -1615,4 +1619,30 @@ fn alert_states_are_replaced_and_their_events_kept_in_order(store: &mut dyn Stor
     );
     assert_eq!(events[2].error.as_deref(), Some("connection refused"));
     assert_eq!(store.list_alert_events(1).unwrap().len(), 1);
+}
+
+/// A run's kept guest log lines: in order, as written (hostile text
+/// included), apart from another run's.
+fn run_log_lines_are_kept_per_run_in_order(store: &mut dyn Store) {
+    use sluice_core::run::LogLine;
+    assert!(store.get_run_logs("r1").unwrap().is_empty());
+    let line = |seq: u64, message: &str| LogLine {
+        seq,
+        at: format!("2026-01-01T00:00:0{seq}.000Z"),
+        level: if seq == 0 { "info" } else { "error" }.into(),
+        message: message.into(),
+    };
+    let lines = vec![
+        line(0, "starting"),
+        line(
+            1,
+            "<script>alert(1)</script>\"><img onerror=x>'; DROP TABLE _sluice_runs; --",
+        ),
+        line(2, "ünïcode \u{1F600} and a\nnewline"),
+    ];
+    store.insert_run_logs("r1", &lines).unwrap();
+    store.insert_run_logs("r2", &[line(0, "other")]).unwrap();
+    assert_eq!(store.get_run_logs("r1").unwrap(), lines);
+    assert_eq!(store.get_run_logs("r2").unwrap(), vec![line(0, "other")]);
+    assert!(store.get_run_logs("r3").unwrap().is_empty());
 }

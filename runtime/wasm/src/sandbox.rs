@@ -269,6 +269,12 @@ impl Sandbox {
         self.store.data()
     }
 
+    /// The guest log lines kept so far (the first
+    /// [`sluice_core::limits::MAX_KEPT_LOG_LINES`]), taken out.
+    pub fn take_log_lines(&mut self) -> Vec<sluice_core::run::LogLine> {
+        std::mem::take(&mut self.store.data_mut().log.kept)
+    }
+
     /// Fuel spent so far.
     pub fn fuel_used(&self) -> u64 {
         // Without fuel metering (measurement only) nothing is counted.

@@ -18,6 +18,7 @@ use sluice_core::value::Value;
 
 mod alerts;
 pub mod checkpoint;
+mod run_logs;
 mod schedule;
 mod state;
 
@@ -1828,6 +1829,18 @@ impl RunLog for SqliteStore {
         instance: &str,
     ) -> Result<Option<sluice_core::destination::ScheduleEntry>, StoreError> {
         Ok(self.get_schedule_sql(instance)?)
+    }
+
+    fn insert_run_logs(
+        &mut self,
+        run_id: &str,
+        lines: &[sluice_core::run::LogLine],
+    ) -> Result<(), StoreError> {
+        Ok(self.insert_run_logs_sql(run_id, lines)?)
+    }
+
+    fn get_run_logs(&mut self, run_id: &str) -> Result<Vec<sluice_core::run::LogLine>, StoreError> {
+        Ok(self.get_run_logs_sql(run_id)?)
     }
 
     fn list_alerts(&mut self) -> Result<Vec<sluice_core::destination::AlertState>, StoreError> {

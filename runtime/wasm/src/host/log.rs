@@ -5,7 +5,8 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::source_v0_2 as v0_2;
 use crate::bindings::{log, types::Level};
-use sluice_core::limits::MAX_LOG_MESSAGE_BYTES;
+use sluice_core::limits::{MAX_KEPT_LOG_LINES, MAX_LOG_MESSAGE_BYTES};
+use sluice_core::run::LogLine;
 use sluice_core::secrets::Secrets;
 use sluice_core::text::{escaped, truncate};
 
@@ -24,6 +25,8 @@ pub struct LogCtx {
     pub last_error: Option<String>,
     /// Values redacted from every line before it is kept or written.
     pub secrets: Secrets,
+    /// The first [`MAX_KEPT_LOG_LINES`] lines written, for the run log.
+    pub kept: Vec<LogLine>,
 }
 
 impl LogCtx {
@@ -36,6 +39,7 @@ impl LogCtx {
             suppressed: 0,
             last_error: None,
             secrets: secrets.clone(),
+            kept: Vec::new(),
         }
     }
 }
@@ -52,6 +56,21 @@ impl log::Host for LogCtx {
             return Ok(());
         }
         self.lines += 1;
+        if self.kept.len() < MAX_KEPT_LOG_LINES {
+            self.kept.push(LogLine {
+                seq: self.kept.len() as u64,
+                at: sluice_core::run::now_rfc3339(),
+                level: match level {
+                    Level::Trace => "trace",
+                    Level::Debug => "debug",
+                    Level::Info => "info",
+                    Level::Warn => "warn",
+                    Level::Error => "error",
+                }
+                .to_string(),
+                message: truncate(&message, MAX_LOG_MESSAGE_BYTES).to_string(),
+            });
+        }
         // One event per message, on one line: newlines, carriage returns
         // and escape sequences are shown escaped, never sent to the terminal.
         let msg = escaped(truncate(&message, MAX_LOG_MESSAGE_BYTES));
