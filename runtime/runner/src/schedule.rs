@@ -99,6 +99,13 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// `ms` since the epoch of an RFC 3339 time (what [`rfc3339_ms`] and
+/// the run log write); `None` if it is not one.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(text).ok()?;
+    i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
 impl Schedule {
     /// The schedule of `schedule` / `every` as `sluice.toml` gives them;
     /// `None` when neither is set (the instance runs on demand only).

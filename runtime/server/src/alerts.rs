@@ -14,6 +14,7 @@ use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
 use sluice_runner::alert_config::{
     AlertsConfig, Rule, RuleConfig, WebhookFormat, WebhookUrl, MIN_HISTORY_RUNS,
 };
+use sluice_runner::schedule::parse_rfc3339_ms;
 
 /// The newest runs of a run log an evaluation reads.
 pub const ALERT_RUNS_SCANNED: usize = 1000;
@@ -41,11 +42,6 @@ fn quiet(message: impl Into<String>) -> Condition {
         value: None,
         message: message.into(),
     }
-}
-
-fn ms_of(text: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339(text).ok()?;
-    i64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -87,7 +83,7 @@ pub fn evaluate(rule: &Rule, runs: &[RunRecord], now_ms: i64, since_ms: i64) -> 
                 .filter(|r| {
                     r.ended_at
                         .as_deref()
-                        .and_then(ms_of)
+                        .and_then(parse_rfc3339_ms)
                         .is_some_and(|t| t >= from)
                 })
                 .collect();
@@ -161,7 +157,7 @@ pub fn evaluate(rule: &Rule, runs: &[RunRecord], now_ms: i64, since_ms: i64) -> 
         Rule::Staleness { after } => {
             let last = succeeded
                 .first()
-                .and_then(|r| r.ended_at.as_deref().and_then(ms_of));
+                .and_then(|r| r.ended_at.as_deref().and_then(parse_rfc3339_ms));
             let age = Duration::from_millis(
                 u64::try_from(now_ms - last.unwrap_or(since_ms)).unwrap_or(0),
             );
@@ -229,7 +225,7 @@ pub fn step(state: Option<&AlertState>, cond: &Condition, now_ms: i64, repeat: D
         (true, true) => {
             let sent = state
                 .and_then(|s| s.last_sent_at.as_deref())
-                .and_then(ms_of);
+                .and_then(parse_rfc3339_ms);
             match sent {
                 // Never delivered: try again.
                 None => Step::Notify("firing"),
@@ -401,12 +397,7 @@ mod tests {
     fn run(id: &str, status: RunStatus, ended_ms: i64, upserted: u64, secs: u64) -> RunRecord {
         let mut r = RunRecord::started(id, "crm", "1", "h");
         r.status = status;
-        r.ended_at = Some(
-            humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + Duration::from_millis(ended_ms as u64),
-            )
-            .to_string(),
-        );
+        r.ended_at = Some(sluice_runner::schedule::rfc3339_ms(ended_ms));
         r.records_upserted = upserted;
         r.records_emitted = upserted;
         r.duration_ms = Some(secs * 1000);
@@ -571,12 +562,7 @@ mod tests {
             instance: "i".into(),
             firing,
             since: "s".into(),
-            last_sent_at: sent_ms.map(|t| {
-                humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + Duration::from_millis(t as u64),
-                )
-                .to_string()
-            }),
+            last_sent_at: sent_ms.map(sluice_runner::schedule::rfc3339_ms),
             message: "m".into(),
             value: None,
             updated_at: "u".into(),

@@ -335,8 +335,7 @@ impl Metrics {
 /// A run log time (RFC 3339, as [`sluice_core::run::now_rfc3339`]
 /// writes it) as Unix seconds.
 fn unix_seconds(text: &str) -> Option<f64> {
-    let t = humantime::parse_rfc3339(text).ok()?;
-    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+    sluice_runner::schedule::parse_rfc3339_ms(text).map(|ms| ms as f64 / 1000.0)
 }
 
 #[cfg(test)]

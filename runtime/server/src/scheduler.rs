@@ -1001,23 +1001,25 @@ impl Service {
         &self,
         id: &str,
     ) -> Result<Option<(RunRecord, Vec<sluice_core::run::LogLine>)>, StoreError> {
-        for log in self.topo().logs() {
-            let id = id.to_string();
-            match with_store(&log, move |s| Ok((s.get_run(&id)?, s.get_run_logs(&id)?))).await {
-                Ok(found) => return Ok(Some(found)),
-                Err(StoreError::RunNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(None)
+        self.find_run(id, |s, id| Ok((s.get_run(id)?, s.get_run_logs(id)?)))
+            .await
     }
 
     /// One run, from whichever run log has it.
     pub async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.find_run(id, |s, id| s.get_run(id)).await
+    }
+
+    /// `read` of run `id` from the first run log that has the run.
+    async fn find_run<R: Send + 'static>(
+        &self,
+        id: &str,
+        read: fn(&mut dyn Store, &str) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
         for log in self.topo().logs() {
             let id = id.to_string();
-            match with_store(&log, move |s| s.get_run(&id)).await {
-                Ok(run) => return Ok(Some(run)),
+            match with_store(&log, move |s| read(s, &id)).await {
+                Ok(found) => return Ok(Some(found)),
                 Err(StoreError::RunNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
