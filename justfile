@@ -16,13 +16,15 @@ default:
 # throwaway clusters with scripts/pg-cluster.sh), and the Singer/Airbyte
 # peers of the protocol output tests (target-jsonl and
 # airbyte-protocol-models from PyPI, into .tools/protocol-venv; Meltano,
-# into .tools/meltano-venv).
+# into .tools/meltano-venv), and Debian's Chromium and ChromeDriver for the
+# dashboard's browser tests.
 setup:
     scripts/setup-guest-toolchain.sh
     scripts/setup-js-guest.sh
     scripts/setup-python-guest.sh
     scripts/setup-postgres.sh
     scripts/setup-protocol-tools.sh
+    scripts/setup-chromium.sh
 
 # Build the example connectors to WebAssembly components.
 build-connectors: setup
@@ -39,6 +41,13 @@ build:
 bench *ARGS: setup
     scripts/bench.sh {{ARGS}}
 
+# `sluice serve` over a long run history (default 100,000 runs): dashboard
+# page and runs-API times, and the API under 50 concurrent clients
+# (docs/benchmarks.md). Pass flags after it, e.g. `just bench-serve --runs 10000`.
+bench-serve *ARGS: build-connectors
+    cargo build --release --quiet -p sluice -p sluice-bench
+    target/release/serve-pages {{ARGS}}
+
 # Set up, build, start the fixture upstream on 127.0.0.1, run open-meteo into sluice.db.
 demo: build-connectors build
     scripts/demo.sh
@@ -47,6 +56,11 @@ demo: build-connectors build
 # stopped by scripts/pg-cluster.sh) instead of ./sluice.db.
 demo-postgres: build-connectors build
     scripts/demo-postgres.sh
+
+# Screenshots of the dashboard's pages (docs/dashboard-*.png), taken by its
+# browser test in headless Chromium.
+screenshots: build-connectors build
+    scripts/screenshots.sh
 
 # Formatting and lints (host workspace and guest crates).
 lint:

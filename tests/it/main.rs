@@ -3,6 +3,7 @@
 //! (`common`: scratch directories, the built guests, the `sluice` binary).
 //! Run one area with `cargo test -p sluice --test it adversarial::`.
 
+mod browser;
 mod common;
 
 mod adversarial;

@@ -8,6 +8,8 @@
 
 use crate::common;
 
+mod dashboard;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -196,6 +198,22 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Wait until run `id` has ended with `status` and the server is done
+    /// with it (its instance no longer lists it as running, so its metrics
+    /// and alerts are counted: the run log holds the run's end a moment
+    /// before that); then the run.
+    fn await_run(&self, id: &str, status: &str) -> Value {
+        let mut run = Value::Null;
+        self.poll(&format!("run {id} to end {status}"), || {
+            run = self.get(&format!("/api/v1/runs/{id}")).1;
+            run["status"] == status && {
+                let name = run["connector"].as_str().unwrap_or_default();
+                self.instance(name)["running"] != id
+            }
+        });
+        run
     }
 
     /// The runs of `instance` with `status`.
@@ -597,10 +615,25 @@ fn metrics_count_runs_records_and_http_and_quarantine_and_drift_are_served() {
     let (code, body) = server.post("/api/v1/instances/shop/runs", &[]);
     assert_eq!(code, 202, "{body}");
     let id = body["run_id"].as_str().unwrap().to_string();
-    server.poll("the run to succeed", || {
-        server.get(&format!("/api/v1/runs/{id}")).1["status"] == "succeeded"
-    });
-    let (_, run) = server.get(&format!("/api/v1/runs/{id}"));
+    let run = server.await_run(&id, "succeeded");
+    // The runs API pages and filters in the store; an unknown status is
+    // refused.
+    let (code, page) = server.get("/api/v1/runs?instance=shop&status=succeeded&limit=1");
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(
+        (page["total"].as_u64(), page["runs"][0]["id"].as_str()),
+        (Some(1), Some(id.as_str()))
+    );
+    let (_, page) = server.get("/api/v1/runs?instance=shop&limit=1&offset=1");
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["runs"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+    let (code, body) = server.get("/api/v1/runs?status=sideways");
+    assert_eq!(code, 400, "{body}");
     if let Some(m) = scrape(&server) {
         let shop = ("instance", "shop");
         assert_eq!(
@@ -752,10 +785,7 @@ fn one_run_is_cancelled_through_the_api_and_the_server_goes_on() {
     assert_eq!(code, 403, "a cross-site cancel: {body}");
     let (code, body) = server.post(&cancel, &[]);
     assert_eq!(code, 202, "{body}");
-    server.poll("the run to end cancelled", || {
-        server.get(&format!("/api/v1/runs/{id}")).1["status"] == "cancelled"
-    });
-    let (_, run) = server.get(&format!("/api/v1/runs/{id}"));
+    let run = server.await_run(&id, "cancelled");
     let committed = rows();
     assert_eq!(run["records_upserted"].as_i64(), Some(committed), "{run}");
     assert!(
@@ -779,9 +809,7 @@ fn one_run_is_cancelled_through_the_api_and_the_server_goes_on() {
     let (code, body) = server.post(&format!("/api/v1/runs/{id2}/cancel?now=true"), &[]);
     assert_eq!(code, 202, "{body}");
     assert_eq!(body["cancel"], "now");
-    server.poll("the second run to end cancelled", || {
-        server.get(&format!("/api/v1/runs/{id2}")).1["status"] == "cancelled"
-    });
+    server.await_run(&id2, "cancelled");
     if let Some(m) = scrape(&server) {
         let cancelled = [("instance", "slow"), ("status", "cancelled")];
         assert_eq!(sample(&m, "sluice_runs_total", &cancelled), Some(2.0));
@@ -1084,9 +1112,7 @@ fn alert_rules_fire_once_resolve_and_reach_webhooks_with_retries() {
         let (code, body) = server.post("/api/v1/instances/broken/runs", &[]);
         assert_eq!(code, 202, "{body}");
         let id = body["run_id"].as_str().unwrap().to_string();
-        server.poll("the broken run to fail", || {
-            server.get(&format!("/api/v1/runs/{id}")).1["status"] == "failed"
-        });
+        server.await_run(&id, "failed");
     }
     server.poll("the failure-rate alert", || {
         !bodies_of("failing", "firing").is_empty()

@@ -377,6 +377,52 @@ pub struct AlertEvent {
     pub error: Option<String>,
 }
 
+/// Which runs [`RunLog::query_runs`] answers: those of `instance` (or of
+/// every instance) with `status` (or any) but not `exclude`, newest first,
+/// `limit` of them after skipping `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunQuery {
+    pub instance: Option<String>,
+    pub status: Option<RunStatus>,
+    pub exclude: Option<RunStatus>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+impl RunQuery {
+    /// The newest `limit` runs of `instance`, skipped runs aside.
+    pub fn recent(instance: &str, limit: usize) -> Self {
+        RunQuery {
+            instance: Some(instance.to_string()),
+            status: None,
+            exclude: Some(RunStatus::Skipped),
+            limit,
+            offset: 0,
+        }
+    }
+
+    /// Whether `run` passes the filter (paging aside).
+    pub fn picks(&self, run: &RunRecord) -> bool {
+        self.instance.as_ref().is_none_or(|i| &run.connector == i)
+            && self.status.is_none_or(|s| run.status == s)
+            && self.exclude.is_none_or(|s| run.status != s)
+    }
+
+    /// The total of a page of `found` runs, if the page tells it without
+    /// counting (it is the last page and not past the end).
+    pub fn total_of_page(&self, found: usize) -> Option<u64> {
+        (found < self.limit && (found > 0 || self.offset == 0))
+            .then(|| (self.offset + found) as u64)
+    }
+}
+
+/// One page of runs and how many runs the query picks in all.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    pub total: u64,
+}
+
 /// The run log: run history, streams declared, quarantine and replay,
 /// drift events, the component each instance ran, and the run lease.
 pub trait RunLog: Send + 'static {
@@ -444,6 +490,25 @@ pub trait RunLog: Send + 'static {
     fn update_run(&mut self, run: &RunRecord) -> Result<(), StoreError>;
     /// The newest `limit` runs, newest first.
     fn list_runs(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+    /// One page of the runs `query` picks, newest first, and how many it
+    /// picks in all: filtered and paged by the store (SQL) where it can, so
+    /// a page of a long history costs one indexed read. This default reads
+    /// the whole history through [`RunLog::list_runs`].
+    fn query_runs(&mut self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let picked: Vec<RunRecord> = self
+            .list_runs(usize::MAX)?
+            .into_iter()
+            .filter(|r| query.picks(r))
+            .collect();
+        Ok(RunPage {
+            total: picked.len() as u64,
+            runs: picked
+                .into_iter()
+                .skip(query.offset)
+                .take(query.limit)
+                .collect(),
+        })
+    }
     /// One run by id.
     fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError>;
     /// Every stream's checkpoint state of `instance`, by stream name.

@@ -1,6 +1,8 @@
 //! The HTTP API, JSON under `/api/v1`, plus `/healthz`, `/readyz` and
 //! Prometheus `/metrics`. With a token, every request but the two health
-//! checks needs `Authorization: Bearer TOKEN` (401 otherwise). Mutating
+//! checks needs `Authorization: Bearer TOKEN` (401 otherwise; the
+//! dashboard's pages, [`crate::dashboard`], also take the session cookie
+//! of a browser signed in at `/login`, and send one without it there). Mutating
 //! requests (any method but GET and HEAD) refuse cross-site requests: an
 //! `Origin` that is not the server's own, or `Sec-Fetch-Site:
 //! cross-site`, is answered 403. No CORS.
@@ -17,7 +19,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use sluice_core::destination::{QuarantineFilter, StoreError};
+use sluice_core::destination::{QuarantineFilter, RunQuery, RunStatus, StoreError};
 use sluice_runner::pipeline::PipelineError;
 
 use crate::scheduler::{CancelError, Service, StartError};
@@ -28,10 +30,6 @@ pub const DEFAULT_RUNS_LIMIT: usize = 50;
 
 /// The largest `limit` of `GET /api/v1/runs`.
 pub const MAX_RUNS_LIMIT: usize = 1000;
-
-/// The newest runs read from each run log to filter and page (older ones
-/// are not listed by this slice of the API).
-pub const MAX_RUNS_SCANNED: usize = 10_000;
 
 /// Alert events `GET /api/v1/alerts` answers when no `events` is given.
 pub const DEFAULT_ALERT_EVENTS: usize = 50;
@@ -58,6 +56,7 @@ pub fn router(service: Arc<Service>, local: SocketAddr, token: Option<ApiToken>)
         format!("http://[::1]:{port}"),
     ];
     own.dedup();
+    let (pages, open_pages) = crate::dashboard::router(service.clone(), token.clone());
     let api = Api {
         service,
         own_origins: Arc::new(own),
@@ -82,11 +81,13 @@ pub fn router(service: Arc<Service>, local: SocketAddr, token: Option<ApiToken>)
         .route("/api/v1/drift", get(list_drift))
         .route("/api/v1/connectors", get(list_connectors))
         .route("/api/v1/alerts", get(list_alerts))
+        .merge(pages)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(open_pages)
         .merge(guarded)
         .with_state(api)
 }
@@ -95,11 +96,20 @@ pub fn router(service: Arc<Service>, local: SocketAddr, token: Option<ApiToken>)
 /// same-site check.
 async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response {
     if let Some(token) = &api.token {
-        let presented = req
+        let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if !presented.is_some_and(|p| token.matches(p)) {
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|p| token.matches(p));
+        // A browser on a dashboard page signs in with its session cookie
+        // (the JSON API and /metrics take the header only).
+        let page = crate::dashboard::is_page(req.uri().path());
+        let signed_in = page
+            && crate::dashboard::cookie_token(req.headers()).is_some_and(|p| token.matches(&p));
+        if !bearer && !signed_in && page {
+            return axum::response::Redirect::to("/login").into_response();
+        }
+        if !bearer && !signed_in {
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
                 "this server needs Authorization: Bearer TOKEN (its API token)",
@@ -218,13 +228,28 @@ async fn list_runs(State(api): State<Api>, Query(q): Query<RunsQuery>) -> Respon
             return error(StatusCode::NOT_FOUND, format!("no instance named {name:?}"));
         }
     }
-    match api.service.runs(q.instance, q.status).await {
-        Ok(all) => {
-            let total = all.len();
-            let runs: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
-            Json(json!({ "runs": runs, "total": total, "limit": limit, "offset": offset }))
-                .into_response()
+    let status = match q.status.as_deref().map(|s| (s, RunStatus::parse(s))) {
+        None => None,
+        Some((_, Some(status))) => Some(status),
+        Some((s, None)) => {
+            return error(StatusCode::BAD_REQUEST, format!("no run status {s:?}"));
         }
+    };
+    let query = RunQuery {
+        instance: q.instance,
+        status,
+        exclude: None,
+        limit,
+        offset,
+    };
+    match api.service.runs(query).await {
+        Ok(page) => Json(json!({
+            "runs": page.runs,
+            "total": page.total,
+            "limit": limit,
+            "offset": offset,
+        }))
+        .into_response(),
         Err(e) => store_error(e),
     }
 }

@@ -14,10 +14,13 @@
 //! Alert rules ([`alerts`]) are evaluated after each run and on a timer,
 //! and sent to webhooks. `sluice.toml` is re-read on SIGHUP.
 //!
-//! Not built yet (see the README): the dashboard.
+//! The web dashboard ([`dashboard`]) is served at `/` by the same process:
+//! server-rendered HTML over the same service, with a browser sign-in
+//! (`/login`, a session cookie) when there is a token.
 
 pub mod alerts;
 pub mod api;
+pub mod dashboard;
 pub mod metrics;
 pub mod scheduler;
 

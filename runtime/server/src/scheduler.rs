@@ -15,8 +15,8 @@ use tokio::sync::{watch, Semaphore};
 use sluice_core::cancel::{Cancel, CancelLevel};
 use sluice_core::destination::Store;
 use sluice_core::destination::{
-    AlertEvent, AlertState, DriftEvent, QuarantineEntry, QuarantineFilter, ScheduleEntry,
-    StoreError,
+    AlertEvent, AlertState, DriftEvent, QuarantineEntry, QuarantineFilter, RunPage, RunQuery,
+    RunStatus, ScheduleEntry, StoreError,
 };
 use sluice_core::location::DbLocation;
 use sluice_core::run::{now_rfc3339, RunRecord};
@@ -352,16 +352,14 @@ impl Service {
     /// Seed `sluice_last_success_timestamp_seconds` from the run logs, so
     /// a restart does not make every instance look stale.
     async fn load_last_successes(&self) -> Result<(), StoreError> {
-        let t = self.topo();
-        for log in t.logs() {
-            let runs = with_store(&log, |s| s.list_runs(crate::api::MAX_RUNS_SCANNED)).await?;
-            for r in runs
-                .iter()
-                .filter(|r| r.status == sluice_core::run::RunStatus::Succeeded)
-            {
-                if t.is_log_of(&r.connector, &log) {
-                    self.metrics.succeeded(&r.connector, r);
-                }
+        for name in self.topo().config.names() {
+            let query = RunQuery {
+                status: Some(RunStatus::Succeeded),
+                exclude: None,
+                ..RunQuery::recent(&name, 1)
+            };
+            if let Some(run) = self.runs(query).await?.runs.first() {
+                self.metrics.succeeded(&name, run);
             }
         }
         Ok(())
@@ -673,6 +671,14 @@ impl Service {
         Ok(())
     }
 
+    /// Is `run_id` a run this server started that is going (or waiting
+    /// for its slot, before the run log has it)?
+    pub fn is_running(&self, run_id: &str) -> bool {
+        self.lock()
+            .values()
+            .any(|s| s.running.as_deref() == Some(run_id))
+    }
+
     /// Does `name` exist?
     pub fn has_instance(&self, name: &str) -> bool {
         self.lock().contains_key(name)
@@ -685,34 +691,24 @@ impl Service {
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
-        // The newest run of each instance, one read of each run log.
-        let t = self.topo();
-        let logs = t.logs();
-        let mut newest: Vec<BTreeMap<String, RunRecord>> = Vec::new();
-        for log in &logs {
-            let runs = with_store(log, |s| s.list_runs(crate::api::MAX_RUNS_SCANNED)).await?;
-            let mut by_instance = BTreeMap::new();
-            // A skipped run says nothing of the instance's health.
-            for r in runs
-                .into_iter()
-                .filter(|r| r.status != sluice_core::run::RunStatus::Skipped)
-            {
-                by_instance.entry(r.connector.clone()).or_insert(r);
+        // The newest run of each instance (skipped runs say nothing of its
+        // health), one indexed read each.
+        let mut newest: BTreeMap<String, RunRecord> = BTreeMap::new();
+        for (name, _) in &states {
+            let page = self.runs(RunQuery::recent(name, 1)).await?;
+            if let Some(run) = page.runs.into_iter().next() {
+                newest.insert(name.clone(), run);
             }
-            newest.push(by_instance);
         }
         let mut out = Vec::new();
         for (name, s) in states {
-            let last_recorded_run = logs
-                .iter()
-                .position(|log| t.is_log_of(&name, log))
-                .and_then(|i| newest[i].get(&name).cloned());
+            let last_recorded_run = newest.remove(&name);
             let health = if s.running.is_some() {
                 "running"
             } else {
                 match &last_recorded_run {
                     None => "unknown",
-                    Some(r) if r.status == sluice_core::run::RunStatus::Succeeded => "ok",
+                    Some(r) if r.status == RunStatus::Succeeded => "ok",
                     Some(_) => "failing",
                 }
             };
@@ -744,32 +740,40 @@ impl Service {
         Ok(out)
     }
 
-    /// Runs of every run log (newest first), filtered, at most
-    /// [`crate::api::MAX_RUNS_SCANNED`] per run log.
-    pub async fn runs(
-        &self,
-        instance: Option<String>,
-        status: Option<String>,
-    ) -> Result<Vec<RunRecord>, StoreError> {
+    /// One page of the runs `query` picks (newest first) and how many it
+    /// picks in all. An instance's runs are paged by its run log (one
+    /// indexed read); across several run logs, each gives its first
+    /// `offset + limit` and they are merged.
+    pub async fn runs(&self, query: RunQuery) -> Result<RunPage, StoreError> {
         let t = self.topo();
-        let logs: Vec<SharedStore> = match &instance {
+        let logs: Vec<SharedStore> = match &query.instance {
             Some(name) => t.stores.get(name).into_iter().cloned().collect(),
             None => t.logs(),
         };
-        let mut all = Vec::new();
-        for log in logs {
-            let runs = with_store(&log, |s| s.list_runs(crate::api::MAX_RUNS_SCANNED)).await?;
-            all.extend(runs.into_iter().filter(|r| {
-                instance.as_ref().is_none_or(|i| &r.connector == i)
-                    && status.as_ref().is_none_or(|st| {
-                        serde_json::to_value(r.status)
-                            .ok()
-                            .is_some_and(|v| v.as_str() == Some(st.as_str()))
-                    })
-            }));
+        if let [log] = logs.as_slice() {
+            return with_store(log, move |s| s.query_runs(&query)).await;
         }
-        all.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
-        Ok(all)
+        let each = RunQuery {
+            offset: 0,
+            limit: query.offset.saturating_add(query.limit),
+            ..query.clone()
+        };
+        let mut page = RunPage::default();
+        for log in logs {
+            let q = each.clone();
+            let part = with_store(&log, move |s| s.query_runs(&q)).await?;
+            page.total += part.total;
+            page.runs.extend(part.runs);
+        }
+        page.runs
+            .sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        page.runs = page
+            .runs
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect();
+        Ok(page)
     }
 
     /// Evaluate the alert rules (of instance `only`, or of every

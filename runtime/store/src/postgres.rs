@@ -25,8 +25,8 @@ use postgres::{Client, GenericClient, NoTls, Transaction};
 
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
-    QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, Scan, StoreError,
-    StreamDef, NO_RUN_START,
+    QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, RunPage, RunQuery, Scan,
+    StoreError, StreamDef, NO_RUN_START,
 };
 use sluice_core::location::PostgresLocation;
 use sluice_core::row::{ColumnKind, Row, StreamTable};
@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS _sluice_runs (
     component_change    TEXT
 );
 CREATE INDEX IF NOT EXISTS _sluice_runs_started ON _sluice_runs (started_at);
+CREATE INDEX IF NOT EXISTS _sluice_runs_instance ON _sluice_runs (connector, started_at);
 CREATE TABLE IF NOT EXISTS _sluice_streams (
     connector         TEXT NOT NULL,
     stream            TEXT NOT NULL,
@@ -1676,6 +1677,47 @@ impl RunLog for PostgresStore {
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         self.show_crashed(&mut runs)?;
         Ok(runs)
+    }
+
+    fn query_runs(&mut self, q: &RunQuery) -> Result<RunPage, StoreError> {
+        let filter = "($1::text IS NULL OR connector = $1) AND ($2::text IS NULL OR status = $2) \
+                      AND ($3::text IS NULL OR status <> $3)";
+        let status = q.status.map(RunStatus::as_str);
+        let exclude = q.exclude.map(RunStatus::as_str);
+        let big = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM _sluice_runs WHERE {filter} \
+                     ORDER BY started_at DESC, id DESC LIMIT $4 OFFSET $5"
+                ),
+                &[
+                    &q.instance,
+                    &status,
+                    &exclude,
+                    &big(q.limit),
+                    &big(q.offset),
+                ],
+            )
+            .map_err(PgError::from)?;
+        let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        self.show_crashed(&mut runs)?;
+        let total = match q.total_of_page(runs.len()) {
+            Some(total) => total,
+            None => {
+                let n: i64 = self
+                    .client
+                    .query_one(
+                        &format!("SELECT count(*) FROM _sluice_runs WHERE {filter}"),
+                        &[&q.instance, &status, &exclude],
+                    )
+                    .map_err(PgError::from)?
+                    .get(0);
+                n.max(0) as u64
+            }
+        };
+        Ok(RunPage { runs, total })
     }
 
     fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError> {

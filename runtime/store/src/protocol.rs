@@ -1032,6 +1032,13 @@ impl RunLog for ProtocolStore {
         self.log.list_runs(limit)
     }
 
+    fn query_runs(
+        &mut self,
+        query: &sluice_core::destination::RunQuery,
+    ) -> Result<sluice_core::destination::RunPage, StoreError> {
+        self.log.query_runs(query)
+    }
+
     fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError> {
         self.log.get_run(id)
     }

@@ -86,6 +86,10 @@ const CASES: &[(&str, Case)] = &[
         run_log_lines_are_kept_per_run_in_order,
     ),
     (
+        "runs_are_filtered_and_paged_by_the_store",
+        runs_are_filtered_and_paged_by_the_store,
+    ),
+    (
         "alert_states_are_replaced_and_their_events_kept_in_order",
         alert_states_are_replaced_and_their_events_kept_in_order,
     ),
@@ -1645,4 +1649,73 @@ fn run_log_lines_are_kept_per_run_in_order(store: &mut dyn Store) {
     assert_eq!(store.get_run_logs("r1").unwrap(), lines);
     assert_eq!(store.get_run_logs("r2").unwrap(), vec![line(0, "other")]);
     assert!(store.get_run_logs("r3").unwrap().is_empty());
+}
+
+/// `query_runs`: by instance, by status and not a status, newest first,
+/// paged, with the total of what the filter picks (however the page is).
+fn runs_are_filtered_and_paged_by_the_store(store: &mut dyn Store) {
+    use sluice_core::destination::RunQuery;
+    // 25 runs of `a` (every 5th failed, every 7th skipped), 5 of `b`, one
+    // per second, newest last.
+    let mut expected_a = Vec::new();
+    for i in 0..30u32 {
+        let instance = if i < 25 { "a" } else { "b" };
+        let status = match i {
+            _ if i % 7 == 0 => RunStatus::Skipped,
+            _ if i % 5 == 0 => RunStatus::Failed,
+            _ => RunStatus::Succeeded,
+        };
+        let mut run = RunRecord::started(&format!("run-{i:02}"), instance, "1", "h");
+        run.started_at = format!("2026-01-01T00:00:{i:02}.000Z");
+        store.insert_run(&run).unwrap();
+        run.status = status;
+        run.ended_at = Some(run.started_at.clone());
+        store.update_run(&run).unwrap();
+        if instance == "a" {
+            expected_a.push((run.id.clone(), status));
+        }
+    }
+    expected_a.reverse();
+    let ids = |page: &sluice_core::destination::RunPage| -> Vec<String> {
+        page.runs.iter().map(|r| r.id.clone()).collect()
+    };
+    let q = |instance: Option<&str>, status, exclude, limit, offset| RunQuery {
+        instance: instance.map(str::to_string),
+        status,
+        exclude,
+        limit,
+        offset,
+    };
+    let page = store.query_runs(&q(Some("a"), None, None, 10, 0)).unwrap();
+    assert_eq!(page.total, 25);
+    let want: Vec<String> = expected_a
+        .iter()
+        .take(10)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(ids(&page), want);
+    let page = store.query_runs(&q(Some("a"), None, None, 10, 20)).unwrap();
+    assert_eq!((page.runs.len(), page.total), (5, 25), "the last page");
+    let page = store.query_runs(&q(Some("a"), None, None, 10, 40)).unwrap();
+    assert_eq!((page.runs.len(), page.total), (0, 25), "past the end");
+    let failed: Vec<String> = expected_a
+        .iter()
+        .filter(|(_, s)| *s == RunStatus::Failed)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let page = store
+        .query_runs(&q(Some("a"), Some(RunStatus::Failed), None, 2, 1))
+        .unwrap();
+    assert_eq!(page.total, failed.len() as u64);
+    assert_eq!(ids(&page), failed[1..3].to_vec());
+    let page = store.query_runs(&RunQuery::recent("a", 100)).unwrap();
+    assert!(page.runs.iter().all(|r| r.status != RunStatus::Skipped));
+    assert_eq!(page.total, 25 - 4, "runs 0, 7, 14, 21 were skipped");
+    let page = store.query_runs(&q(None, None, None, 3, 0)).unwrap();
+    assert_eq!(page.total, 30);
+    assert_eq!(ids(&page), ["run-29", "run-28", "run-27"]);
+    let page = store
+        .query_runs(&q(Some("nobody"), None, None, 3, 0))
+        .unwrap();
+    assert_eq!((page.runs.len(), page.total), (0, 0));
 }

@@ -58,7 +58,10 @@
 //!   `{"error"}`, and commits.
 //!
 //! Whatever the behaviour, `partitions` of any stream are the config's
-//! `partitions` (JSON values).
+//! `partitions` (JSON values); `log_line`, if given, is logged (at warn)
+//! before anything else; and `fail_with`, if given, fails the run with that
+//! text where the behaviour would succeed (the dashboard's hostile-text
+//! test: tests/it/dashboard.rs).
 //!
 //! Besides `items`, the connector declares `loose`: an untyped key `k` and
 //! an untyped `v` (full refresh only).
@@ -96,6 +99,10 @@ pub struct Config {
     urls: Vec<String>,
     #[serde(default)]
     partitions: Vec<sluice_sdk::Value>,
+    #[serde(default)]
+    log_line: Option<String>,
+    #[serde(default)]
+    fail_with: Option<String>,
 }
 
 /// Recurse `depth` frames deep without a tail call, in wasm locals only,
@@ -225,204 +232,216 @@ impl Connector for Misbehave {
     }
 
     fn read(config: &Config, reader: &mut Reader) -> Result<(), Error> {
-        for id in 0..config.committed {
-            reader.emit("items", &item(id))?;
+        if let Some(line) = &config.log_line {
+            sluice_sdk::log::warn(line);
         }
-        if config.committed > 0 {
-            reader.commit("items", &json!({"last": config.committed}))?;
+        behave(config, reader)?;
+        match &config.fail_with {
+            Some(text) => Err(Error::Upstream(text.clone())),
+            None => Ok(()),
         }
-        for id in config.committed..config.committed + config.uncommitted {
-            reader.emit("items", &item(id))?;
+    }
+}
+
+/// What `behaviour` asks for.
+fn behave(config: &Config, reader: &mut Reader) -> Result<(), Error> {
+    for id in 0..config.committed {
+        reader.emit("items", &item(id))?;
+    }
+    if config.committed > 0 {
+        reader.commit("items", &json!({"last": config.committed}))?;
+    }
+    for id in config.committed..config.committed + config.uncommitted {
+        reader.emit("items", &item(id))?;
+    }
+    reader.flush()?;
+    match config.behaviour.as_str() {
+        "ok" => Ok(()),
+        "loop" => {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
         }
-        reader.flush()?;
-        match config.behaviour.as_str() {
-            "ok" => Ok(()),
-            "loop" => {
-                let mut x: u64 = 1;
-                loop {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
+        "grow" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
             }
-            "grow" => {
-                let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    hoard.push(vec![1u8; 1 << 20]);
-                    std::hint::black_box(&hoard);
-                }
-            }
-            "panic" => panic!("misbehave: deliberate panic"),
-            "http" => {
-                get(config)?.error_for_status()?;
-                Ok(())
-            }
-            "post" => {
-                post(config)?.error_for_status()?;
-                Ok(())
-            }
-            "echo" => {
-                let body = String::from_utf8_lossy(&get(config)?.body).into_owned();
-                sluice_sdk::log::error(&format!("upstream said: {body}"));
-                Err(Error::Upstream(format!("upstream said: {body}")))
-            }
-            "recurse" => {
-                let r = recurse(0);
-                Err(Error::Internal(format!("recursion returned {r}")))
-            }
-            "recurse_shadow" => {
-                let r = recurse_shadow(0);
-                Err(Error::Internal(format!("recursion returned {r}")))
-            }
-            "memgrow" => {
-                #[cfg(target_arch = "wasm32")]
-                loop {
-                    // Ignore -1 and keep asking: the host must stop this.
-                    std::hint::black_box(core::arch::wasm32::memory_grow(0, 16));
-                }
-                #[cfg(not(target_arch = "wasm32"))]
-                Err(Error::Internal("memgrow needs wasm32".into()))
-            }
-            "log_spam" => loop {
-                sluice_sdk::log::info("misbehave: spam spam spam spam");
-            },
-            "state_spam" => loop {
-                std::hint::black_box(reader.state::<sluice_sdk::Value>("items")?);
-            },
-            "emit_forever" => {
-                let label = "x".repeat(config.size as usize);
-                emit_forever(config, reader, |r, id| {
-                    r.emit("items", &json!({"id": id, "n": 0, "label": label}))
-                })
-            }
-            "tiny_emits" => emit_forever(config, reader, |r, id| {
-                r.emit("items", &json!({"id": id}))?;
-                r.flush()
-            }),
-            "giant_record" => {
-                let label = "x".repeat(config.size as usize);
-                reader.emit("items", &json!({"id": 0, "n": 0, "label": label}))?;
-                reader.commit("items", &json!({"last": 0}))
-            }
-            "giant_state" => {
-                let value = "s".repeat(config.size as usize);
-                reader.commit("items", &json!({"last": value}))
-            }
-            "undeclared_stream" => {
-                reader.emit("nope", &json!({"id": 1}))?;
-                reader.flush()
-            }
-            "not_object" => {
-                reader.emit("items", &json!([1, 2, 3]))?;
-                reader.flush()
-            }
-            "spin" => {
-                let mut x: u64 = 1;
-                for i in 0..config.size {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
-                    x ^= x >> 29;
-                }
-                sluice_sdk::log::debug(&format!("spin result {x}"));
-                Ok(())
-            }
-            "spin_alu" => {
-                let mut x: u64 = std::hint::black_box(1);
-                for i in 0..std::hint::black_box(config.size) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
-                    x ^= x >> 29;
-                }
-                sluice_sdk::log::debug(&format!("spin result {}", std::hint::black_box(x)));
-                Ok(())
-            }
-            "spin_wide" => {
-                let mut x = std::hint::black_box([1u64, 2, 3, 4]);
-                for i in 0..std::hint::black_box(config.size) {
-                    for (k, v) in x.iter_mut().enumerate() {
-                        *v = v
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(i ^ k as u64);
-                        *v ^= *v >> 29;
-                    }
-                }
-                sluice_sdk::log::debug(&format!("spin result {:?}", std::hint::black_box(x)));
-                Ok(())
-            }
-            "json_churn" => {
-                let page: Vec<sluice_sdk::Value> = (0..50).map(item).collect();
-                let mut total = 0usize;
-                for _ in 0..config.size {
-                    let text =
-                        serde_json::to_string(&page).map_err(|e| Error::Internal(e.to_string()))?;
-                    let back: Vec<sluice_sdk::Value> =
-                        serde_json::from_str(std::hint::black_box(&text))
-                            .map_err(|e| Error::Internal(e.to_string()))?;
-                    total += back.len();
-                }
-                sluice_sdk::log::debug(&format!("churned {total}"));
-                Ok(())
-            }
-            "drift_bomb" => {
-                let fields = config.fields.unwrap_or(500);
-                let mut batch = 0u64;
-                while config.size == 0 || batch < config.size {
-                    for r in 0..100 {
-                        let id = config.committed + config.uncommitted + batch * 100 + r;
-                        let mut text = format!(r#"{{"id":{id},"n":0,"label":"bomb""#);
-                        for f in 0..fields {
-                            text.push_str(&format!(r#","f{batch}_{r}_{f}":0"#));
-                        }
-                        text.push('}');
-                        reader.emit_raw("items", text)?;
-                    }
-                    reader.flush()?;
-                    batch += 1;
-                    if config.commit_every > 0 && batch % config.commit_every == 0 {
-                        reader.commit("items", &json!({"last": batch}))?;
-                    }
-                }
-                Ok(())
-            }
-            "raw" => {
-                let stream = config.stream.as_deref().unwrap_or("items");
-                for record in &config.records {
-                    reader.emit_raw(stream, record.clone())?;
-                }
-                reader.commit(stream, &json!({"raw": config.records.len()}))
-            }
-            "send_all" => {
-                let requests = config.urls.iter().map(|url| {
-                    let mut req = sluice_sdk::http::Request::get(url.clone());
-                    for (name, value) in &config.headers {
-                        req = req.header(name.clone(), value.clone());
-                    }
-                    req
-                });
-                let answers = sluice_sdk::http::send_all(requests);
-                if answers.len() != config.urls.len() {
-                    return Err(Error::Internal(format!(
-                        "{} answers to {} requests",
-                        answers.len(),
-                        config.urls.len()
-                    )));
-                }
-                for (i, answer) in answers.into_iter().enumerate() {
-                    let v = match answer {
-                        Ok(r) => json!({
-                            "status": r.status,
-                            "body": String::from_utf8_lossy(&r.body),
-                        }),
-                        Err(e) => json!({"error": e.to_string()}),
-                    };
-                    reader.emit("loose", &json!({"k": i, "v": v}))?;
-                }
-                reader.commit("loose", &json!({"answers": config.urls.len()}))
-            }
-            "http_forever" => loop {
-                let _ = std::hint::black_box(get(config));
-            },
-            "error" => Err(Error::Upstream(
-                "misbehave: deliberate connector error".into(),
-            )),
-            other => Err(Error::Config(format!("unknown behaviour {other:?}"))),
         }
+        "panic" => panic!("misbehave: deliberate panic"),
+        "http" => {
+            get(config)?.error_for_status()?;
+            Ok(())
+        }
+        "post" => {
+            post(config)?.error_for_status()?;
+            Ok(())
+        }
+        "echo" => {
+            let body = String::from_utf8_lossy(&get(config)?.body).into_owned();
+            sluice_sdk::log::error(&format!("upstream said: {body}"));
+            Err(Error::Upstream(format!("upstream said: {body}")))
+        }
+        "recurse" => {
+            let r = recurse(0);
+            Err(Error::Internal(format!("recursion returned {r}")))
+        }
+        "recurse_shadow" => {
+            let r = recurse_shadow(0);
+            Err(Error::Internal(format!("recursion returned {r}")))
+        }
+        "memgrow" => {
+            #[cfg(target_arch = "wasm32")]
+            loop {
+                // Ignore -1 and keep asking: the host must stop this.
+                std::hint::black_box(core::arch::wasm32::memory_grow(0, 16));
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            Err(Error::Internal("memgrow needs wasm32".into()))
+        }
+        "log_spam" => loop {
+            sluice_sdk::log::info("misbehave: spam spam spam spam");
+        },
+        "state_spam" => loop {
+            std::hint::black_box(reader.state::<sluice_sdk::Value>("items")?);
+        },
+        "emit_forever" => {
+            let label = "x".repeat(config.size as usize);
+            emit_forever(config, reader, |r, id| {
+                r.emit("items", &json!({"id": id, "n": 0, "label": label}))
+            })
+        }
+        "tiny_emits" => emit_forever(config, reader, |r, id| {
+            r.emit("items", &json!({"id": id}))?;
+            r.flush()
+        }),
+        "giant_record" => {
+            let label = "x".repeat(config.size as usize);
+            reader.emit("items", &json!({"id": 0, "n": 0, "label": label}))?;
+            reader.commit("items", &json!({"last": 0}))
+        }
+        "giant_state" => {
+            let value = "s".repeat(config.size as usize);
+            reader.commit("items", &json!({"last": value}))
+        }
+        "undeclared_stream" => {
+            reader.emit("nope", &json!({"id": 1}))?;
+            reader.flush()
+        }
+        "not_object" => {
+            reader.emit("items", &json!([1, 2, 3]))?;
+            reader.flush()
+        }
+        "spin" => {
+            let mut x: u64 = 1;
+            for i in 0..config.size {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                x ^= x >> 29;
+            }
+            sluice_sdk::log::debug(&format!("spin result {x}"));
+            Ok(())
+        }
+        "spin_alu" => {
+            let mut x: u64 = std::hint::black_box(1);
+            for i in 0..std::hint::black_box(config.size) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                x ^= x >> 29;
+            }
+            sluice_sdk::log::debug(&format!("spin result {}", std::hint::black_box(x)));
+            Ok(())
+        }
+        "spin_wide" => {
+            let mut x = std::hint::black_box([1u64, 2, 3, 4]);
+            for i in 0..std::hint::black_box(config.size) {
+                for (k, v) in x.iter_mut().enumerate() {
+                    *v = v
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(i ^ k as u64);
+                    *v ^= *v >> 29;
+                }
+            }
+            sluice_sdk::log::debug(&format!("spin result {:?}", std::hint::black_box(x)));
+            Ok(())
+        }
+        "json_churn" => {
+            let page: Vec<sluice_sdk::Value> = (0..50).map(item).collect();
+            let mut total = 0usize;
+            for _ in 0..config.size {
+                let text =
+                    serde_json::to_string(&page).map_err(|e| Error::Internal(e.to_string()))?;
+                let back: Vec<sluice_sdk::Value> =
+                    serde_json::from_str(std::hint::black_box(&text))
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                total += back.len();
+            }
+            sluice_sdk::log::debug(&format!("churned {total}"));
+            Ok(())
+        }
+        "drift_bomb" => {
+            let fields = config.fields.unwrap_or(500);
+            let mut batch = 0u64;
+            while config.size == 0 || batch < config.size {
+                for r in 0..100 {
+                    let id = config.committed + config.uncommitted + batch * 100 + r;
+                    let mut text = format!(r#"{{"id":{id},"n":0,"label":"bomb""#);
+                    for f in 0..fields {
+                        text.push_str(&format!(r#","f{batch}_{r}_{f}":0"#));
+                    }
+                    text.push('}');
+                    reader.emit_raw("items", text)?;
+                }
+                reader.flush()?;
+                batch += 1;
+                if config.commit_every > 0 && batch % config.commit_every == 0 {
+                    reader.commit("items", &json!({"last": batch}))?;
+                }
+            }
+            Ok(())
+        }
+        "raw" => {
+            let stream = config.stream.as_deref().unwrap_or("items");
+            for record in &config.records {
+                reader.emit_raw(stream, record.clone())?;
+            }
+            reader.commit(stream, &json!({"raw": config.records.len()}))
+        }
+        "send_all" => {
+            let requests = config.urls.iter().map(|url| {
+                let mut req = sluice_sdk::http::Request::get(url.clone());
+                for (name, value) in &config.headers {
+                    req = req.header(name.clone(), value.clone());
+                }
+                req
+            });
+            let answers = sluice_sdk::http::send_all(requests);
+            if answers.len() != config.urls.len() {
+                return Err(Error::Internal(format!(
+                    "{} answers to {} requests",
+                    answers.len(),
+                    config.urls.len()
+                )));
+            }
+            for (i, answer) in answers.into_iter().enumerate() {
+                let v = match answer {
+                    Ok(r) => json!({
+                        "status": r.status,
+                        "body": String::from_utf8_lossy(&r.body),
+                    }),
+                    Err(e) => json!({"error": e.to_string()}),
+                };
+                reader.emit("loose", &json!({"k": i, "v": v}))?;
+            }
+            reader.commit("loose", &json!({"answers": config.urls.len()}))
+        }
+        "http_forever" => loop {
+            let _ = std::hint::black_box(get(config));
+        },
+        "error" => Err(Error::Upstream(
+            "misbehave: deliberate connector error".into(),
+        )),
+        other => Err(Error::Config(format!("unknown behaviour {other:?}"))),
     }
 }
 

@@ -9,8 +9,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use sluice_core::destination::{
     CommitRequest, CommitStats, ComponentSeen, Destination, DriftEvent, LeaseHolder,
-    QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, Scan, StoreError,
-    StreamDef, NO_RUN_START,
+    QuarantineEntry, QuarantineFilter, ReplayApplied, ReplayPlan, RunLog, RunPage, RunQuery, Scan,
+    StoreError, StreamDef, NO_RUN_START,
 };
 use sluice_core::row::{ColumnKind, Row, StreamTable, META_COLUMNS};
 use sluice_core::run::{now_rfc3339, RunRecord, RunStatus};
@@ -142,6 +142,7 @@ CREATE TABLE IF NOT EXISTS _sluice_runs (
     http_breaker_trips INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS _sluice_runs_started ON _sluice_runs (started_at);
+CREATE INDEX IF NOT EXISTS _sluice_runs_instance ON _sluice_runs (connector, started_at);
 CREATE TABLE IF NOT EXISTS _sluice_streams (
     connector         TEXT NOT NULL,
     stream            TEXT NOT NULL,
@@ -1652,6 +1653,39 @@ impl SqliteStore {
         Ok(rows)
     }
 
+    fn query_runs_sql(&mut self, q: &RunQuery) -> Result<RunPage, SqlError> {
+        if self.lacks("_sluice_runs")? {
+            return Ok(RunPage::default());
+        }
+        let filter = "(?1 IS NULL OR connector = ?1) AND (?2 IS NULL OR status = ?2) \
+                      AND (?3 IS NULL OR status <> ?3)";
+        let status = q.status.map(RunStatus::as_str);
+        let exclude = q.exclude.map(RunStatus::as_str);
+        let big = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM _sluice_runs WHERE {filter} \
+             ORDER BY started_at DESC, id DESC LIMIT ?4 OFFSET ?5",
+            self.run_columns()?
+        ))?;
+        let mut runs: Vec<RunRecord> = stmt
+            .query_map(
+                params![q.instance, status, exclude, big(q.limit), big(q.offset)],
+                run_from_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        self.show_crashed(&mut runs)?;
+        let total = match q.total_of_page(runs.len()) {
+            Some(total) => total,
+            None => self
+                .conn
+                .prepare_cached(&format!("SELECT count(*) FROM _sluice_runs WHERE {filter}"))?
+                .query_row(params![q.instance, status, exclude], |r| r.get::<_, i64>(0))?
+                .max(0) as u64,
+        };
+        Ok(RunPage { runs, total })
+    }
+
     fn scan_sql(&mut self, table: &str) -> Result<Option<Scan>, SqlError> {
         if !has_table(&self.conn, table)? {
             return Ok(None);
@@ -1811,6 +1845,10 @@ impl RunLog for SqliteStore {
 
     fn list_runs(&mut self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         Ok(self.list_runs_sql(limit)?)
+    }
+
+    fn query_runs(&mut self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        Ok(self.query_runs_sql(query)?)
     }
 
     fn get_run(&mut self, id: &str) -> Result<RunRecord, StoreError> {
