@@ -64,11 +64,17 @@ impl Server {
 
     /// Started on `listen`, with `env` added to its environment.
     fn start_with(config_file: &Path, listen: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_args(config_file, listen, env, &[])
+    }
+
+    /// ... and `args` added to its command line.
+    fn start_args(config_file: &Path, listen: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
             .arg("--config-file")
             .arg(config_file)
             .args(["--listen", listen])
+            .args(args)
             .envs(env.iter().copied())
             .env("SLUICE_CACHE_DIR", common::cache_dir())
             .env("SLUICE_LOG", "info")
@@ -761,6 +767,53 @@ fn metrics_count_runs_records_and_http_and_quarantine_and_drift_are_served() {
 }
 
 #[test]
+fn sigterm_stops_a_run_that_never_commits_after_the_grace_given() {
+    let s = Scratch::new();
+    // 100 records committed, then a spin that never commits again.
+    let toml = format!(
+        "db = \"sluice.db\"\n\n[instances.spin]\ncomponent = \"{}\"\n\
+         config = {{ behaviour = \"loop\", committed = 100 }}\n\
+         limits = {{ fuel = 1000000000000, timeout = \"10m\" }}\n",
+        guest("misbehave").display()
+    );
+    let config_file = s.write("sluice.toml", &toml);
+    let refused = sluice([
+        "serve",
+        "--config-file",
+        config_file.to_str().unwrap(),
+        "--grace",
+        "2h",
+    ]);
+    assert!(!refused.ok);
+    assert!(refused.stderr.contains("at most 1h"), "{}", refused.stderr);
+
+    let server = Server::start_args(&config_file, "127.0.0.1:0", &[], &["--grace", "1s"]);
+    let (_, body) = server.post("/api/v1/instances/spin/runs", &[]);
+    let id = body["run_id"].as_str().unwrap().to_string();
+    let db = s.path("sluice.db");
+    server.poll("the first commit", || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM spin__items", [], |r| r.get(0)))
+            .unwrap_or(0i64)
+            == 100
+    });
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("or within 1s"), "{log}");
+    let shown = sluice(["runs", "show", &id, "--json", "--db", db.to_str().unwrap()]);
+    let run: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("no commit within the 1s grace period"),
+        "{run}"
+    );
+    assert_eq!(run["records_upserted"], 100, "{run}");
+}
+
+#[test]
 fn one_run_is_cancelled_through_the_api_and_the_server_goes_on() {
     let s = Scratch::new();
     let toml = format!(
@@ -1237,6 +1290,22 @@ fn a_run_is_served_with_its_guest_log_lines() {
             .any(|l| l["level"] == "error" && l["message"] == "upstream said: page-3"),
         "{echo}"
     );
+    // `sluice runs show` prints them too (and `--json` carries them).
+    let db = s.path("sluice.db");
+    let id = echo["id"].as_str().unwrap();
+    let shown = sluice(["runs", "show", id, "--db", db.to_str().unwrap()]);
+    assert!(shown.ok, "{}", shown.stderr);
+    assert!(
+        shown
+            .stdout
+            .lines()
+            .any(|l| l.contains("error") && l.ends_with("upstream said: page-3")),
+        "{}",
+        shown.stdout
+    );
+    let shown = sluice(["runs", "show", id, "--json", "--db", db.to_str().unwrap()]);
+    let json: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(json["log"], echo["log"], "{json}");
     let spam = run("spam");
     assert_eq!(spam["status"], "fuel_exhausted", "{spam}");
     let log = spam["log"].as_array().unwrap();

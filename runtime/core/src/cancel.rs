@@ -26,24 +26,40 @@ pub enum CancelLevel {
 pub struct Cancel {
     tx: Arc<watch::Sender<CancelLevel>>,
     parent: Option<Box<Cancel>>,
+    /// How long a run may go on after a stop request before it is stopped
+    /// without its commit (its children's too).
+    grace: Duration,
 }
 
 impl Default for Cancel {
     fn default() -> Self {
-        Cancel {
-            tx: Arc::new(watch::channel(CancelLevel::Run).0),
-            parent: None,
-        }
+        Cancel::with_grace(crate::limits::CANCEL_GRACE)
     }
 }
 
 impl Cancel {
+    /// A signal whose runs get `grace` to reach a commit after a stop
+    /// request (the default: [`crate::limits::CANCEL_GRACE`]).
+    pub fn with_grace(grace: Duration) -> Cancel {
+        Cancel {
+            tx: Arc::new(watch::channel(CancelLevel::Run).0),
+            parent: None,
+            grace,
+        }
+    }
+
+    /// The grace period of this signal's runs.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
     /// A signal of its own that is also stopped (or aborted) whenever
     /// this one is; stopping the child leaves this one running.
     pub fn child(&self) -> Cancel {
         Cancel {
             tx: Arc::new(watch::channel(CancelLevel::Run).0),
             parent: Some(Box::new(self.clone())),
+            grace: self.grace,
         }
     }
 

@@ -38,6 +38,9 @@ pub const LEASE_HEARTBEAT: Duration = Duration::from_secs(5);
 /// or after this long without one; a second request stops it at once.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
+/// The longest grace period `sluice serve --grace` takes.
+pub const MAX_CANCEL_GRACE: Duration = Duration::from_secs(3600);
+
 /// Epoch ticks a guest runs before it yields its thread to other runs
 /// (and the host looks at its deadline): 2 ticks, about 20 ms of guest
 /// execution at a time.

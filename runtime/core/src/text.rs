@@ -10,6 +10,23 @@
 
 use std::fmt;
 
+/// `n` bytes with a binary unit, one decimal past bytes (`512 B`,
+/// `1.5 KiB`, `48.0 MiB`), for tables and pages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// `text` for a terminal or log line: shown with [`Escaped`].
 pub fn escaped(text: &str) -> Escaped<'_> {
     Escaped(text)

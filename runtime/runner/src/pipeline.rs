@@ -14,7 +14,7 @@ use sluice_core::connector::{self, ConfiguredStream, SyncMode};
 use sluice_core::destination::{QuarantineFilter, ReplayPlan, Store, StoreError, StreamDef};
 use sluice_core::egress::HostGrant;
 use sluice_core::flat::FlatCheck;
-use sluice_core::limits::{Limits, CANCEL_GRACE, LEASE_HEARTBEAT, LEASE_TTL};
+use sluice_core::limits::{Limits, LEASE_HEARTBEAT, LEASE_TTL};
 use sluice_core::location::DbLocation;
 use sluice_core::mode::WriteMode;
 use sluice_core::row::StreamTable;
@@ -915,13 +915,13 @@ async fn drive(
     sandbox.attach_run(channel.clone());
     tokio::select! {
         read = sandbox.read(&req.config, &configured) => { read?; }
-        () = req.cancel.hard(CANCEL_GRACE) => {
+        () = req.cancel.hard(req.cancel.grace()) => {
             return Err(Failure {
                 status: RunStatus::Cancelled,
                 message: format!(
-                    "stopped by the operator: no commit within the {} s grace period, or a second \
+                    "stopped by the operator: no commit within the {} grace period, or a second \
                      stop request; records since the last commit are discarded",
-                    CANCEL_GRACE.as_secs()
+                    humantime::format_duration(req.cancel.grace())
                 ),
             })
         }

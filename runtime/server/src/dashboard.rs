@@ -32,6 +32,7 @@ use sluice_core::destination::{
     AlertState, QuarantineEntry, QuarantineFilter, RunQuery, RunStatus, StoreError,
 };
 use sluice_core::run::RunRecord;
+use sluice_core::text::human_bytes;
 
 use crate::scheduler::{InstanceView, Service, StartError};
 use crate::ApiToken;
@@ -82,7 +83,7 @@ struct Dash {
 }
 
 /// The dashboard's routes (behind the API's guard: token and same-site
-/// check) and its unguarded sign-in page.
+/// check) and its unguarded sign-in page and stylesheet.
 pub(crate) fn router<S>(service: Arc<Service>, token: Option<ApiToken>) -> (Router<S>, Router<S>) {
     let dash = Dash { service, token };
     let guarded = Router::new()
@@ -95,11 +96,12 @@ pub(crate) fn router<S>(service: Arc<Service>, token: Option<ApiToken>) -> (Rout
         .route("/runs/{id}/cancel", post(cancel))
         .route("/drift", get(drift_page))
         .route("/alerts", get(alerts_page))
-        .route("/assets/sluice.css", get(stylesheet))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(dash.clone());
     let open = Router::new()
         .route("/login", get(login_page).post(login))
+        // The sign-in page is styled too.
+        .route("/assets/sluice.css", get(stylesheet))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(dash);
     (guarded, open)
@@ -245,22 +247,6 @@ fn duration(ms: Option<u64>) -> String {
         Some(ms) if ms < 1000 => format!("{ms} ms"),
         Some(ms) if ms < 60_000 => format!("{:.1} s", ms as f64 / 1000.0),
         Some(ms) => format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000),
-    }
-}
-
-/// `n` bytes with a binary unit.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -420,27 +406,17 @@ fn alerts_table(states: &[&AlertState]) -> Markup {
 }
 
 async fn overview(State(d): State<Dash>) -> Response {
-    let instances = match d.service.instances().await {
-        Ok(list) => list,
-        Err(e) => return store_problem(e),
-    };
-    let mut sparks = Vec::with_capacity(instances.len());
-    for i in &instances {
-        match d
-            .service
-            .runs(RunQuery::recent(&i.name, SPARKLINE_RUNS))
-            .await
-        {
-            Ok(page) => sparks.push(
-                page.runs
-                    .iter()
-                    .rev()
-                    .map(|r| r.records_upserted)
-                    .collect::<Vec<_>>(),
-            ),
+    let (instances, sparks): (Vec<InstanceView>, Vec<Vec<u64>>) =
+        match d.service.instances_with_runs(SPARKLINE_RUNS).await {
+            Ok(list) => list
+                .into_iter()
+                .map(|(view, runs)| {
+                    let spark = runs.iter().rev().map(|r| r.records_upserted).collect();
+                    (view, spark)
+                })
+                .unzip(),
             Err(e) => return store_problem(e),
-        }
-    }
+        };
     let states = match d.service.alerts(0).await {
         Ok((states, _)) => states,
         Err(e) => return store_problem(e),
@@ -511,8 +487,8 @@ async fn instance_page(
     Path(name): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let Some(view) = (match d.service.instances().await {
-        Ok(list) => list.into_iter().find(|i| i.name == name),
+    let Some(view) = (match d.service.instance(&name).await {
+        Ok(view) => view,
         Err(e) => return store_problem(e),
     }) else {
         return unknown_instance(&name);
@@ -666,7 +642,7 @@ async fn run_page(State(d): State<Dash>, Path(id): Path<String>) -> Response {
                 dl.facts {
                     dt { "Requests" } dd #http-requests { (run.http_requests) }
                     dt { "Denied" } dd { (run.http_denied) }
-                    dt { "Received" } dd { (bytes(run.http_bytes)) }
+                    dt { "Received" } dd { (human_bytes(run.http_bytes)) }
                     dt { "Retries" } dd #http-retries { (run.http_retries) }
                     dt { "Throttled" } dd { (duration(Some(run.http_throttled_ms))) }
                     dt { "Breaker trips" } dd { (run.http_breaker_trips) }
@@ -676,7 +652,7 @@ async fn run_page(State(d): State<Dash>, Path(id): Path<String>) -> Response {
                 h2 { "Sandbox" }
                 dl.facts {
                     dt { "Fuel used" } dd #fuel { (run.fuel_used) }
-                    dt { "Peak memory" } dd #memory { (bytes(run.peak_memory_bytes)) }
+                    dt { "Peak memory" } dd #memory { (human_bytes(run.peak_memory_bytes)) }
                 }
             }
         }
@@ -1085,8 +1061,7 @@ mod tests {
         assert_eq!(duration(Some(1_500)), "1.5 s");
         assert_eq!(duration(Some(125_000)), "2m 05s");
         assert_eq!(duration(None), "—");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(48 << 20), "48.0 MiB");
+        assert_eq!(sluice_core::text::human_bytes(48 << 20), "48.0 MiB");
         let long = "é".repeat(ERROR_PREVIEW_CHARS + 5);
         assert_eq!(preview(&long).chars().count(), ERROR_PREVIEW_CHARS + 1);
         assert_eq!(when("2026-01-01T00:00:00.123Z"), "2026-01-01T00:00:00");

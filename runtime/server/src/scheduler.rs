@@ -686,23 +686,47 @@ impl Service {
 
     /// Every instance, by name.
     pub async fn instances(&self) -> Result<Vec<InstanceView>, StoreError> {
+        Ok(self
+            .instances_with_runs(1)
+            .await?
+            .into_iter()
+            .map(|(view, _)| view)
+            .collect())
+    }
+
+    /// Every instance, by name, with its newest `recent` runs (newest
+    /// first; skipped runs, which say nothing of its health, aside): one
+    /// indexed read of its run log each.
+    pub async fn instances_with_runs(
+        &self,
+        recent: usize,
+    ) -> Result<Vec<(InstanceView, Vec<RunRecord>)>, StoreError> {
+        self.views(None, recent).await
+    }
+
+    /// Instance `name` (None: there is none), as [`Service::instances`].
+    pub async fn instance(&self, name: &str) -> Result<Option<InstanceView>, StoreError> {
+        Ok(self.views(Some(name), 1).await?.pop().map(|(view, _)| view))
+    }
+
+    async fn views(
+        &self,
+        only: Option<&str>,
+        recent: usize,
+    ) -> Result<Vec<(InstanceView, Vec<RunRecord>)>, StoreError> {
         let states: Vec<(String, InstanceState)> = self
             .lock()
             .iter()
+            .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
-        // The newest run of each instance (skipped runs say nothing of its
-        // health), one indexed read each.
-        let mut newest: BTreeMap<String, RunRecord> = BTreeMap::new();
-        for (name, _) in &states {
-            let page = self.runs(RunQuery::recent(name, 1)).await?;
-            if let Some(run) = page.runs.into_iter().next() {
-                newest.insert(name.clone(), run);
-            }
-        }
         let mut out = Vec::new();
         for (name, s) in states {
-            let last_recorded_run = newest.remove(&name);
+            let runs = self
+                .runs(RunQuery::recent(&name, recent.max(1)))
+                .await?
+                .runs;
+            let last_recorded_run = runs.first().cloned();
             let health = if s.running.is_some() {
                 "running"
             } else {
@@ -712,7 +736,7 @@ impl Service {
                     Some(_) => "failing",
                 }
             };
-            out.push(InstanceView {
+            let view = InstanceView {
                 schedule: match &s.schedule {
                     Some(Schedule::Cron { pattern, .. }) => Some(pattern.clone()),
                     _ => None,
@@ -735,7 +759,8 @@ impl Service {
                 skipped_runs: s.skipped,
                 last_skip: s.last_skip,
                 name,
-            });
+            };
+            out.push((view, runs));
         }
         Ok(out)
     }

@@ -198,6 +198,11 @@ enum Command {
         /// The address to listen on (port 0: any free port).
         #[arg(long, value_name = "ADDR", default_value = sluice_server::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
+        /// After SIGTERM, how long running runs have to reach their next
+        /// commit before they are stopped without it (`30s`, `2m`; at most
+        /// 1h).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_grace)]
+        grace: std::time::Duration,
     },
     /// Run history: list runs, or `show ID`.
     Runs {
@@ -666,8 +671,26 @@ pub const EXIT_INSTANCE_BUSY: u8 = 75;
 
 /// A cancellation that SIGTERM or Ctrl-C triggers: the first stops runs at
 /// their next commit (or after the grace period), a second at once.
+/// `--grace`: a duration up to [`limits::MAX_CANCEL_GRACE`].
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    let grace = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30s, 2m)"))?;
+    if grace > limits::MAX_CANCEL_GRACE {
+        return Err(format!(
+            "at most {}",
+            humantime::format_duration(limits::MAX_CANCEL_GRACE)
+        ));
+    }
+    Ok(grace)
+}
+
 fn stop_on_signals() -> sluice_core::cancel::Cancel {
-    let cancel = sluice_core::cancel::Cancel::default();
+    stop_on_signals_with(limits::CANCEL_GRACE)
+}
+
+/// A stop signal raised by SIGTERM or Ctrl-C (its runs get `grace` to
+/// reach a commit); a second signal aborts.
+fn stop_on_signals_with(grace: std::time::Duration) -> sluice_core::cancel::Cancel {
+    let cancel = sluice_core::cancel::Cancel::with_grace(grace);
     let on_signal = cancel.clone();
     tokio::spawn(async move {
         let Ok(mut term) =
@@ -683,8 +706,8 @@ fn stop_on_signals() -> sluice_core::cancel::Cancel {
         };
         next().await;
         eprintln!(
-            "stopping: each run ends at its next commit (or within {} s); a second signal stops at once",
-            limits::CANCEL_GRACE.as_secs()
+            "stopping: each run ends at its next commit (or within {}); a second signal stops at once",
+            humantime::format_duration(grace)
         );
         on_signal.stop();
         next().await;
@@ -932,6 +955,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Serve {
             config_file,
             listen,
+            grace,
         } => {
             let config = OperatorConfig::load(config_file)?;
             let token = api_token(&config)?;
@@ -943,7 +967,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 listen: *listen,
                 token,
                 executor,
-                cancel: stop_on_signals(),
+                cancel: stop_on_signals_with(*grace),
                 on_listening: Box::new(|addr| {
                     eprintln!("sluice serve: listening on http://{addr}")
                 }),
@@ -1009,7 +1033,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 let mut store = db.open_read_only()?;
                 match action {
                     None => output::print_runs(&store.list_runs(*limit)?, *json)?,
-                    Some(RunsAction::Show { id }) => output::print_run(&store.get_run(id)?, *json)?,
+                    Some(RunsAction::Show { id }) => {
+                        output::print_run(&store.get_run(id)?, &store.get_run_logs(id)?, *json)?
+                    }
                 }
                 Ok(())
             })?;

@@ -9,7 +9,8 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use serde_json::{json, Value};
 use sluice_core::connector::{ConnectorSpec, Stream, SyncMode};
 use sluice_core::destination::{DriftEvent, QuarantineEntry};
-use sluice_core::text::escaped;
+use sluice_core::run::LogLine;
+use sluice_core::text::{escaped, human_bytes};
 use sluice_core::RunRecord;
 use sluice_runner::pipeline::{ReplaySummary, RunReport};
 use sluice_runner::registry::Registry;
@@ -120,22 +121,6 @@ pub fn print_streams(streams: &[Stream], as_json: bool) -> Result<()> {
         print_stream_lines(streams);
     }
     Ok(())
-}
-
-/// `n` bytes in a human unit.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 pub fn print_report(report: &RunReport, as_json: bool) -> Result<()> {
@@ -302,9 +287,12 @@ pub fn print_runs(runs: &[RunRecord], as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
+/// One run in full, with the guest log lines the run log kept.
+pub fn print_run(r: &RunRecord, log: &[LogLine], as_json: bool) -> Result<()> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        let mut body = serde_json::to_value(r)?;
+        body["log"] = serde_json::to_value(log)?;
+        println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
     println!("run        {}", r.id);
@@ -363,6 +351,17 @@ pub fn print_run(r: &RunRecord, as_json: bool) -> Result<()> {
     );
     if let Some(e) = &r.error {
         println!("error      {}", escaped(e));
+    }
+    if !log.is_empty() {
+        println!("log        {} lines kept", log.len());
+        for line in log {
+            println!(
+                "  {} {:<5} {}",
+                line.at,
+                escaped(&line.level),
+                escaped(&line.message)
+            );
+        }
     }
     Ok(())
 }
