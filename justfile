@@ -42,8 +42,9 @@ bench *ARGS: setup
     scripts/bench.sh {{ARGS}}
 
 # `sluice serve` over a long run history (default 100,000 runs): dashboard
-# page and runs-API times, and the API under 50 concurrent clients
-# (docs/benchmarks.md). Pass flags after it, e.g. `just bench-serve --runs 10000`.
+# page and runs-API times, and the API under 50 concurrent clients; with
+# `--scheduled 1000 --minutes 10`, 1,000 scheduled instances on one server
+# (docs/benchmarks.md). E.g. `just bench-serve --runs 0 --scheduled 1000`.
 bench-serve *ARGS: build-connectors
     cargo build --release --quiet -p sluice -p sluice-bench
     target/release/serve-pages {{ARGS}}

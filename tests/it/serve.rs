@@ -34,6 +34,18 @@ fn start_items(total: u64) -> Running {
     Running::start(router, 0).unwrap()
 }
 
+/// 30 items, every 5th with a string amount (quarantined), ids from 20
+/// on with a new field (drift).
+fn start_flawed_items() -> Running {
+    let (router, _) = items::router(ItemsConfig {
+        total: 30,
+        wrong_type_every: Some(5),
+        drift_from: Some(20),
+        ..Default::default()
+    });
+    Running::start(router, 0).unwrap()
+}
+
 /// An `items` instance against `fx`, with `extra` lines.
 fn items_instance(name: &str, fx: &Running, extra: &str) -> String {
     format!(
@@ -592,15 +604,7 @@ fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[test]
 fn metrics_count_runs_records_and_http_and_quarantine_and_drift_are_served() {
     let s = Scratch::new();
-    // Every 5th record has a string amount (quarantined); ids from 20 on
-    // carry a new field (drift).
-    let (router, _) = items::router(ItemsConfig {
-        total: 30,
-        wrong_type_every: Some(5),
-        drift_from: Some(20),
-        ..Default::default()
-    });
-    let fx = Running::start(router, 0).unwrap();
+    let fx = start_flawed_items();
     let toml = format!(
         "db = \"sluice.db\"\nconnectors_dir = \"{}\"\n{}",
         guest("items").parent().unwrap().display(),

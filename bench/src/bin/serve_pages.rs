@@ -24,11 +24,23 @@ const DEFAULT_CLIENTS: usize = 50;
 /// Requests each concurrent client makes.
 const REQUESTS_PER_CLIENT: usize = 40;
 
+/// Minutes the scheduled-instances figure runs (`--minutes`).
+const DEFAULT_MINUTES: u64 = 10;
+/// How often each scheduled instance falls due.
+const SCHEDULED_EVERY_SECS: u64 = 60;
+/// Seconds a due run is given before the end to count as due.
+const SETTLE_SECS: u64 = 10;
+/// How often the server's RSS is sampled.
+const RSS_EVERY: Duration = Duration::from_secs(2);
+
 struct Args {
     runs: u64,
     instances: u64,
     repeats: usize,
     clients: usize,
+    /// Scheduled instances for the second figure (0: skip it).
+    scheduled: u64,
+    minutes: u64,
 }
 
 fn args() -> Args {
@@ -37,6 +49,8 @@ fn args() -> Args {
         instances: DEFAULT_INSTANCES,
         repeats: DEFAULT_REPEATS,
         clients: DEFAULT_CLIENTS,
+        scheduled: 0,
+        minutes: DEFAULT_MINUTES,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,9 +64,12 @@ fn args() -> Args {
             "--instances" => a.instances = value().max(1),
             "--repeats" => a.repeats = value().max(1) as usize,
             "--clients" => a.clients = value().max(1) as usize,
-            other => {
-                panic!("unknown flag {other} (--runs N --instances N --repeats N --clients N)")
-            }
+            "--scheduled" => a.scheduled = value(),
+            "--minutes" => a.minutes = value().max(1),
+            other => panic!(
+                "unknown flag {other} (--runs N --instances N --repeats N --clients N \
+                 --scheduled N --minutes N)"
+            ),
         }
     }
     a
@@ -175,6 +192,21 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    if a.runs > 0 {
+        pages(&a, &rt, &client);
+    }
+    if a.scheduled > 0 {
+        scheduled(&a, &rt, &client);
+    }
+}
+
+/// The pages and the runs API over `--runs` seeded runs.
+fn pages(a: &Args, rt: &tokio::runtime::Runtime, client: &reqwest::Client) {
     let dir = tempfile::tempdir().unwrap();
     let misbehave = repo().join("connectors/target/wasm32-unknown-unknown/release/misbehave.wasm");
     let mut toml = format!("db = \"{}\"\n", dir.path().join("runs.db").display());
@@ -229,11 +261,6 @@ fn main() {
         ),
         ("API instances", "/api/v1/instances".to_string()),
     ];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = reqwest::Client::new();
     println!(
         "\n{:<38} {:>8} {:>8} {:>8}  ({} fetches each, one at a time)",
         "page", "p50 ms", "p99 ms", "max ms", a.repeats
@@ -260,12 +287,28 @@ fn main() {
     }
     // The runs API under concurrent clients.
     let url = format!("{base}/api/v1/runs?instance=i1&limit=50&offset=1000");
+    let (p50, p99, rps) = load(rt, client, &url, a.clients);
+    println!(
+        "\nAPI runs page under {} concurrent clients: p50 {p50} ms, p99 {p99} ms, {rps:.0} requests/s",
+        a.clients
+    );
+    stop(child);
+}
+
+/// `clients` concurrent clients fetching `url` [`REQUESTS_PER_CLIENT`]
+/// times each: p50 and p99 (ms) and requests/s.
+fn load(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    clients: usize,
+) -> (String, String, f64) {
     let t = Instant::now();
     let mut times: Vec<Duration> = rt.block_on(async {
         let mut tasks = Vec::new();
-        for _ in 0..a.clients {
+        for _ in 0..clients {
             let client = client.clone();
-            let url = url.clone();
+            let url = url.to_string();
             tasks.push(tokio::spawn(async move {
                 let mut times = Vec::new();
                 for _ in 0..REQUESTS_PER_CLIENT {
@@ -286,12 +329,133 @@ fn main() {
     });
     let wall = t.elapsed();
     times.sort();
-    println!(
-        "\nAPI runs page under {} concurrent clients: p50 {} ms, p99 {} ms, {:.0} requests/s",
-        a.clients,
+    (
         ms(quantile(&times, 0.5)),
         ms(quantile(&times, 0.99)),
-        times.len() as f64 / wall.as_secs_f64()
-    );
+        times.len() as f64 / wall.as_secs_f64(),
+    )
+}
+
+/// kB of a `/proc/PID/status` field.
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix("kB")
+                    .map(str::trim)
+                    .map(String::from)
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The upper bound (s) of the histogram bucket holding quantile `q` of
+/// `sluice_schedule_lag_seconds` in a scrape.
+fn lag_quantile(metrics: &str, q: f64) -> String {
+    let buckets: Vec<(String, f64)> = metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("sluice_schedule_lag_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_string(), count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |(_, c)| *c);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map_or("-".to_string(), |(le, _)| le.clone())
+}
+
+/// `--scheduled N` instances, each due every minute, on one server for
+/// `--minutes`: schedule lag, runs done vs due, RSS, and the API under
+/// load while they run.
+fn scheduled(a: &Args, rt: &tokio::runtime::Runtime, client: &reqwest::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = repo().join("connectors/target/wasm32-unknown-unknown/release/misbehave.wasm");
+    let mut toml = format!("db = \"{}\"\n", dir.path().join("runs.db").display());
+    for i in 0..a.scheduled {
+        toml.push_str(&format!(
+            "[instances.s{i}]\ncomponent = \"{}\"\nevery = \"{SCHEDULED_EVERY_SECS}s\"\n\
+             config = {{ behaviour = \"ok\", committed = 10 }}\n",
+            misbehave.display()
+        ));
+    }
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, toml).unwrap();
+    let (child, addr) = serve(&config);
+    let base = format!("http://{addr}");
+    let pid = child.id();
+    let started = Instant::now();
+    let length = Duration::from_secs(a.minutes * 60);
+    let mut rss_max = 0;
+    let mut api = None;
+    while started.elapsed() < length {
+        std::thread::sleep(RSS_EVERY);
+        rss_max = rss_max.max(proc_kb(pid, "VmRSS:"));
+        // Halfway through, the API under load while runs go on.
+        if api.is_none() && started.elapsed() > length / 2 {
+            api = Some(load(
+                rt,
+                client,
+                &format!("{base}/api/v1/runs?limit=50"),
+                a.clients,
+            ));
+        }
+    }
+    let elapsed = started.elapsed().as_secs();
+    let metrics = rt.block_on(async {
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let runs: String = rt.block_on(async {
+        client
+            .get(format!("{base}/api/v1/runs?status=succeeded&limit=1"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let runs: serde_json::Value = serde_json::from_str(&runs).unwrap();
+    let hwm = proc_kb(pid, "VmHWM:");
     stop(child);
+    // Runs that fell due at least SETTLE_SECS before the end (a run due
+    // just now has not had its chance).
+    let due = a.scheduled * (elapsed.saturating_sub(SETTLE_SECS) / SCHEDULED_EVERY_SECS + 1);
+    println!(
+        "\n{} instances due every {SCHEDULED_EVERY_SECS} s, {} min on one server:",
+        a.scheduled, a.minutes
+    );
+    println!(
+        "  schedule lag p50 <= {} s, p99 <= {} s (histogram bucket bounds)",
+        lag_quantile(&metrics, 0.5),
+        lag_quantile(&metrics, 0.99)
+    );
+    println!(
+        "  runs succeeded {} ({due} fell due {SETTLE_SECS} s or more before the end)",
+        runs["total"]
+    );
+    println!(
+        "  RSS peak {:.0} MiB (sampled max {:.0} MiB)",
+        hwm as f64 / 1024.0,
+        rss_max as f64 / 1024.0
+    );
+    if let Some((p50, p99, rps)) = api {
+        println!(
+            "  API runs page under {} clients meanwhile: p50 {p50} ms, p99 {p99} ms, {rps:.0} requests/s",
+            a.clients
+        );
+    }
 }

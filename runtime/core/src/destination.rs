@@ -379,7 +379,10 @@ pub struct AlertEvent {
 
 /// Which runs [`RunLog::query_runs`] answers: those of `instance` (or of
 /// every instance) with `status` (or any) but not `exclude`, newest first,
-/// `limit` of them after skipping `offset`.
+/// `limit` of them after skipping `offset`. With `counted`, the page's
+/// `total` is how many runs the filter picks in all (one more indexed
+/// read); without it, only what the page itself tells (`offset` plus the
+/// runs it holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunQuery {
     pub instance: Option<String>,
@@ -387,6 +390,7 @@ pub struct RunQuery {
     pub exclude: Option<RunStatus>,
     pub limit: usize,
     pub offset: usize,
+    pub counted: bool,
 }
 
 impl RunQuery {
@@ -398,6 +402,7 @@ impl RunQuery {
             exclude: Some(RunStatus::Skipped),
             limit,
             offset: 0,
+            counted: false,
         }
     }
 
@@ -408,10 +413,11 @@ impl RunQuery {
             && self.exclude.is_none_or(|s| run.status != s)
     }
 
-    /// The total of a page of `found` runs, if the page tells it without
-    /// counting (it is the last page and not past the end).
+    /// The total of a page of `found` runs, if it needs no count: the
+    /// query is not `counted`, or the page is the last one (and not past
+    /// the end).
     pub fn total_of_page(&self, found: usize) -> Option<u64> {
-        (found < self.limit && (found > 0 || self.offset == 0))
+        (!self.counted || (found < self.limit && (found > 0 || self.offset == 0)))
             .then(|| (self.offset + found) as u64)
     }
 }

@@ -241,6 +241,7 @@ async fn list_runs(State(api): State<Api>, Query(q): Query<RunsQuery>) -> Respon
         exclude: None,
         limit,
         offset,
+        counted: true,
     };
     match api.service.runs(query).await {
         Ok(page) => Json(json!({

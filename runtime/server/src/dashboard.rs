@@ -504,6 +504,7 @@ async fn instance_page(
         exclude: None,
         limit: RUNS_PER_PAGE,
         offset: (page_no - 1).saturating_mul(RUNS_PER_PAGE),
+        counted: true,
     };
     let (history, recent) = match (
         d.service.runs(query.clone()).await,

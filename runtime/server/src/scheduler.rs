@@ -798,6 +798,9 @@ impl Service {
             .skip(query.offset)
             .take(query.limit)
             .collect();
+        if !query.counted {
+            page.total = (query.offset + page.runs.len()) as u64;
+        }
         Ok(page)
     }
 

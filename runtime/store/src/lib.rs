@@ -12,6 +12,7 @@ pub mod open;
 pub mod postgres;
 pub mod protocol;
 pub mod quarantine;
+mod run_query;
 pub mod sqlite;
 mod state_change;
 pub mod writer;

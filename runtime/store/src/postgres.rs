@@ -1680,25 +1680,26 @@ impl RunLog for PostgresStore {
     }
 
     fn query_runs(&mut self, q: &RunQuery) -> Result<RunPage, StoreError> {
-        let filter = "($1::text IS NULL OR connector = $1) AND ($2::text IS NULL OR status = $2) \
-                      AND ($3::text IS NULL OR status <> $3)";
-        let status = q.status.map(RunStatus::as_str);
-        let exclude = q.exclude.map(RunStatus::as_str);
+        let (filter, args) = crate::run_query::run_filter(q, 1, |i| format!("${i}"));
+        let n = args.len();
         let big = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (limit, offset) = (big(q.limit), big(q.offset));
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        params.push(&limit);
+        params.push(&offset);
         let rows = self
             .client
             .query(
                 &format!(
-                    "SELECT {RUN_COLUMNS} FROM _sluice_runs WHERE {filter} \
-                     ORDER BY started_at DESC, id DESC LIMIT $4 OFFSET $5"
+                    "SELECT {RUN_COLUMNS} FROM _sluice_runs {filter} \
+                     ORDER BY started_at DESC, id DESC LIMIT ${} OFFSET ${}",
+                    n + 1,
+                    n + 2
                 ),
-                &[
-                    &q.instance,
-                    &status,
-                    &exclude,
-                    &big(q.limit),
-                    &big(q.offset),
-                ],
+                &params,
             )
             .map_err(PgError::from)?;
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
@@ -1706,15 +1707,15 @@ impl RunLog for PostgresStore {
         let total = match q.total_of_page(runs.len()) {
             Some(total) => total,
             None => {
-                let n: i64 = self
+                let count: i64 = self
                     .client
                     .query_one(
-                        &format!("SELECT count(*) FROM _sluice_runs WHERE {filter}"),
-                        &[&q.instance, &status, &exclude],
+                        &format!("SELECT count(*) FROM _sluice_runs {filter}"),
+                        &params[..n],
                     )
                     .map_err(PgError::from)?
                     .get(0);
-                n.max(0) as u64
+                count.max(0) as u64
             }
         };
         Ok(RunPage { runs, total })

@@ -1685,6 +1685,7 @@ fn runs_are_filtered_and_paged_by_the_store(store: &mut dyn Store) {
         exclude,
         limit,
         offset,
+        counted: true,
     };
     let page = store.query_runs(&q(Some("a"), None, None, 10, 0)).unwrap();
     assert_eq!(page.total, 25);
@@ -1711,6 +1712,8 @@ fn runs_are_filtered_and_paged_by_the_store(store: &mut dyn Store) {
     let page = store.query_runs(&RunQuery::recent("a", 100)).unwrap();
     assert!(page.runs.iter().all(|r| r.status != RunStatus::Skipped));
     assert_eq!(page.total, 25 - 4, "runs 0, 7, 14, 21 were skipped");
+    let page = store.query_runs(&RunQuery::recent("a", 3)).unwrap();
+    assert_eq!((page.runs.len(), page.total), (3, 3), "not counted");
     let page = store.query_runs(&q(None, None, None, 3, 0)).unwrap();
     assert_eq!(page.total, 30);
     assert_eq!(ids(&page), ["run-29", "run-28", "run-27"]);

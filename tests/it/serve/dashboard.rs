@@ -7,13 +7,11 @@
 //! With `SLUICE_SCREENSHOTS_DIR` set, the first test also saves a PNG of
 //! each page there (scripts/screenshots.sh makes docs/dashboard-*.png so).
 
-use super::{items_instance, Server, DEADLINE, TOKEN};
+use super::{items_instance, start_flawed_items, Server, DEADLINE, TOKEN};
 use crate::browser::Browser;
 use crate::common::{guest, Scratch};
 
 use serde_json::Value;
-use sluice_fixture::items::{self, ItemsConfig};
-use sluice_fixture::Running;
 use std::time::Instant;
 
 /// Wait until `done` holds in the browser (or fail, with what it shows).
@@ -55,15 +53,7 @@ fn page_text(b: &Browser) -> String {
 #[test]
 fn every_page_shows_a_known_database_and_run_now_runs() {
     let s = Scratch::new();
-    // Every 5th record has a string amount (quarantined); ids from 20 on
-    // carry a new field (drift).
-    let (router, _) = items::router(ItemsConfig {
-        total: 30,
-        wrong_type_every: Some(5),
-        drift_from: Some(20),
-        ..Default::default()
-    });
-    let fx = Running::start(router, 0).unwrap();
+    let fx = start_flawed_items();
     let toml = format!(
         "db = \"sluice.db\"\n\
          [alerts]\nevaluate_every = \"1s\"\n\

@@ -1657,21 +1657,25 @@ impl SqliteStore {
         if self.lacks("_sluice_runs")? {
             return Ok(RunPage::default());
         }
-        let filter = "(?1 IS NULL OR connector = ?1) AND (?2 IS NULL OR status = ?2) \
-                      AND (?3 IS NULL OR status <> ?3)";
-        let status = q.status.map(RunStatus::as_str);
-        let exclude = q.exclude.map(RunStatus::as_str);
+        let (filter, mut args) = crate::run_query::run_filter(q, 1, |i| format!("?{i}"));
+        let n = args.len();
+        let mut values: Vec<rusqlite::types::Value> =
+            args.drain(..).map(rusqlite::types::Value::Text).collect();
         let big = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let paged: Vec<rusqlite::types::Value> = values
+            .iter()
+            .cloned()
+            .chain([big(q.limit).into(), big(q.offset).into()])
+            .collect();
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM _sluice_runs WHERE {filter} \
-             ORDER BY started_at DESC, id DESC LIMIT ?4 OFFSET ?5",
-            self.run_columns()?
+            "SELECT {} FROM _sluice_runs {filter} \
+             ORDER BY started_at DESC, id DESC LIMIT ?{} OFFSET ?{}",
+            self.run_columns()?,
+            n + 1,
+            n + 2
         ))?;
         let mut runs: Vec<RunRecord> = stmt
-            .query_map(
-                params![q.instance, status, exclude, big(q.limit), big(q.offset)],
-                run_from_row,
-            )?
+            .query_map(rusqlite::params_from_iter(paged), run_from_row)?
             .collect::<Result<_, _>>()?;
         drop(stmt);
         self.show_crashed(&mut runs)?;
@@ -1679,8 +1683,10 @@ impl SqliteStore {
             Some(total) => total,
             None => self
                 .conn
-                .prepare_cached(&format!("SELECT count(*) FROM _sluice_runs WHERE {filter}"))?
-                .query_row(params![q.instance, status, exclude], |r| r.get::<_, i64>(0))?
+                .prepare_cached(&format!("SELECT count(*) FROM _sluice_runs {filter}"))?
+                .query_row(rusqlite::params_from_iter(values.drain(..)), |r| {
+                    r.get::<_, i64>(0)
+                })?
                 .max(0) as u64,
         };
         Ok(RunPage { runs, total })
