@@ -408,27 +408,15 @@ fn scheduled(a: &Args, rt: &tokio::runtime::Runtime, client: &reqwest::Client) {
         }
     }
     let elapsed = started.elapsed().as_secs();
-    let metrics = rt.block_on(async {
-        client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    let runs: String = rt.block_on(async {
-        client
-            .get(format!("{base}/api/v1/runs?status=succeeded&limit=1"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    let runs: serde_json::Value = serde_json::from_str(&runs).unwrap();
+    let get = |path: &str| -> String {
+        rt.block_on(async {
+            let resp = client.get(format!("{base}{path}")).send().await.unwrap();
+            resp.text().await.unwrap()
+        })
+    };
+    let metrics = get("/metrics");
+    let runs: serde_json::Value =
+        serde_json::from_str(&get("/api/v1/runs?status=succeeded&limit=1")).unwrap();
     let hwm = proc_kb(pid, "VmHWM:");
     stop(child);
     // Runs that fell due at least SETTLE_SECS before the end (a run due

@@ -106,10 +106,10 @@ async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response {
         let page = crate::dashboard::is_page(req.uri().path());
         let signed_in = page
             && crate::dashboard::cookie_token(req.headers()).is_some_and(|p| token.matches(&p));
-        if !bearer && !signed_in && page {
-            return axum::response::Redirect::to("/login").into_response();
-        }
         if !bearer && !signed_in {
+            if page {
+                return axum::response::Redirect::to("/login").into_response();
+            }
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
                 "this server needs Authorization: Bearer TOKEN (its API token)",

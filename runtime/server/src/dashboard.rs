@@ -487,7 +487,7 @@ async fn instance_page(
     Path(name): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let Some(view) = (match d.service.instance(&name).await {
+    let Some((view, recent)) = (match d.service.instance(&name, CHART_RUNS).await {
         Ok(view) => view,
         Err(e) => return store_problem(e),
     }) else {
@@ -506,14 +506,11 @@ async fn instance_page(
         offset: (page_no - 1).saturating_mul(RUNS_PER_PAGE),
         counted: true,
     };
-    let (history, recent) = match (
-        d.service.runs(query.clone()).await,
-        d.service.runs(RunQuery::recent(&name, CHART_RUNS)).await,
-    ) {
-        (Ok(h), Ok(r)) => (h, r),
-        (Err(e), _) | (_, Err(e)) => return store_problem(e),
+    let history = match d.service.runs(query.clone()).await {
+        Ok(h) => h,
+        Err(e) => return store_problem(e),
     };
-    let charted: Vec<&RunRecord> = recent.runs.iter().rev().collect();
+    let charted: Vec<&RunRecord> = recent.iter().rev().collect();
     let pages = history.total.div_ceil(RUNS_PER_PAGE as u64).max(1);
     let link = |p: u64| match status {
         Some(s) => format!("/instances/{name}?page={p}&status={}", s.as_str()),

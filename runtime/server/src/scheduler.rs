@@ -704,9 +704,14 @@ impl Service {
         self.views(None, recent).await
     }
 
-    /// Instance `name` (None: there is none), as [`Service::instances`].
-    pub async fn instance(&self, name: &str) -> Result<Option<InstanceView>, StoreError> {
-        Ok(self.views(Some(name), 1).await?.pop().map(|(view, _)| view))
+    /// Instance `name` (None: there is none) with its newest `recent`
+    /// runs, as [`Service::instances_with_runs`].
+    pub async fn instance(
+        &self,
+        name: &str,
+        recent: usize,
+    ) -> Result<Option<(InstanceView, Vec<RunRecord>)>, StoreError> {
+        Ok(self.views(Some(name), recent).await?.pop())
     }
 
     async fn views(

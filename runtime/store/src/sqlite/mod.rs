@@ -1657,10 +1657,10 @@ impl SqliteStore {
         if self.lacks("_sluice_runs")? {
             return Ok(RunPage::default());
         }
-        let (filter, mut args) = crate::run_query::run_filter(q, 1, |i| format!("?{i}"));
+        let (filter, args) = crate::run_query::run_filter(q, 1, |i| format!("?{i}"));
         let n = args.len();
-        let mut values: Vec<rusqlite::types::Value> =
-            args.drain(..).map(rusqlite::types::Value::Text).collect();
+        let values: Vec<rusqlite::types::Value> =
+            args.into_iter().map(rusqlite::types::Value::Text).collect();
         let big = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let paged: Vec<rusqlite::types::Value> = values
             .iter()
@@ -1675,7 +1675,7 @@ impl SqliteStore {
             n + 2
         ))?;
         let mut runs: Vec<RunRecord> = stmt
-            .query_map(rusqlite::params_from_iter(paged), run_from_row)?
+            .query_map(params_from_iter(paged), run_from_row)?
             .collect::<Result<_, _>>()?;
         drop(stmt);
         self.show_crashed(&mut runs)?;
@@ -1684,9 +1684,7 @@ impl SqliteStore {
             None => self
                 .conn
                 .prepare_cached(&format!("SELECT count(*) FROM _sluice_runs {filter}"))?
-                .query_row(rusqlite::params_from_iter(values.drain(..)), |r| {
-                    r.get::<_, i64>(0)
-                })?
+                .query_row(params_from_iter(values), |r| r.get::<_, i64>(0))?
                 .max(0) as u64,
         };
         Ok(RunPage { runs, total })
